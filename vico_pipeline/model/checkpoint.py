@@ -1,0 +1,187 @@
+"""Building the model, and loading weights by name: Hugging Face Qwen2, the authors' Video-XL
+layout, and our own training checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_model
+
+from .config import ModelConfig, ModelUserError
+from .decoder import Decoder, DecoderDims
+from .vision import VisionSide
+from .vst import VideoXL
+
+
+def decoder_dims(cfg: ModelConfig) -> DecoderDims:
+    if cfg.llm_path:
+        path = Path(cfg.llm_path) / "config.json"
+        if not path.exists():
+            raise ModelUserError(f"model.llm_path: no config.json in {cfg.llm_path}")
+        return DecoderDims.from_hf(json.loads(path.read_text()))
+    return DecoderDims(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_layers=cfg.num_layers, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim or cfg.hidden_size // cfg.num_heads, rope_theta=cfg.rope_theta,
+        rms_norm_eps=cfg.rms_norm_eps, tie_word_embeddings=cfg.tie_word_embeddings,
+    )
+
+
+def vision_tower(cfg: ModelConfig, weights: bool):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    if cfg.vision_path:
+        if not Path(cfg.vision_path).exists():
+            raise ModelUserError(f"model.vision_path: {cfg.vision_path} does not exist")
+        if weights:
+            return CLIPVisionModel.from_pretrained(cfg.vision_path, torch_dtype=torch.float32)
+        return CLIPVisionModel(CLIPVisionConfig.from_pretrained(cfg.vision_path))
+    return CLIPVisionModel(CLIPVisionConfig(
+        hidden_size=cfg.vision_hidden_size, intermediate_size=cfg.vision_intermediate_size,
+        num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+        image_size=cfg.image_size, patch_size=cfg.patch_size,
+    ))
+
+
+def build_model(cfg: ModelConfig, eos_id: int | None = None, weights: bool = True) -> VideoXL:
+    """A Video-XL model from the config: random dims, or `from_pretrained` local folders when
+    llm_path / vision_path are set (weights=False builds the shapes only, for loading a checkpoint)."""
+    torch.manual_seed(cfg.seed)
+    decoder = Decoder(decoder_dims(cfg))
+    if cfg.llm_path and weights:
+        load_hf_qwen2(decoder, cfg.llm_path)
+    tower = vision_tower(cfg, weights)
+    image_size, patch = tower.config.image_size, tower.config.patch_size
+    vision = VisionSide(tower, image_size, patch, decoder.dims.hidden_size, cfg.vision_chunk_frames)
+    decoder.init_vst(eos_id if cfg.vst_init == "eos" else None)
+    return VideoXL(decoder, vision, cfg.window_tokens)
+
+
+# --- Hugging Face Qwen2 -------------------------------------------------------------------
+
+def qwen2_name(hf_name: str) -> str:
+    """HF Qwen2 parameter name -> ours: the same, without the `model.` prefix."""
+    return hf_name[len("model."):] if hf_name.startswith("model.") else hf_name
+
+
+def read_safetensors_dir(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        if not (path / f).exists():
+            raise ModelUserError(f"no {f} in {path}")
+        state.update(load_file(str(path / f)))
+    return state
+
+
+def load_hf_qwen2(decoder: Decoder, path_or_state) -> None:
+    """Loads Qwen2 weights by name; VST parts are not in a Qwen2 checkpoint and stay as they are."""
+    state = read_safetensors_dir(path_or_state) if isinstance(path_or_state, (str, Path)) else path_or_state
+    ours = {qwen2_name(k): v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
+    if decoder.dims.tie_word_embeddings:
+        ours.pop("lm_head.weight", None)
+    missing, unexpected = decoder.load_state_dict(ours, strict=False)
+    missing = [k for k in missing if not k.startswith("vst_") and ".vst_" not in k and k != "lm_head.weight"]
+    if missing or unexpected:
+        raise ModelUserError(f"Qwen2 weights do not fit: missing {missing[:4]}, unexpected {unexpected[:4]}")
+
+
+# --- the authors' Video-XL checkpoint (LLaVA-style names) ---------------------------------
+
+AUTHOR_RULES = [
+    (r"^model\.vision_tower\.vision_tower\.(?:vision_model\.)?", "vision.tower."),
+    (r"^model\.mm_projector\.", "vision.projector."),
+    (r"^model\.beacon_embed_tokens\.", "decoder.vst_embed."),
+    (r"^model\.layers\.(\d+)\.self_attn\.beacon_([qkv])_proj\.", r"decoder.layers.\1.self_attn.vst_\2_proj."),
+    (r"^model\.", "decoder."),
+    (r"^lm_head\.", "decoder.lm_head."),
+]
+
+
+def author_name(name: str) -> str:
+    for pattern, repl in AUTHOR_RULES:
+        new, n = re.subn(pattern, repl, name)
+        if n:
+            return new
+    return name
+
+
+def load_videoxl_state(model: VideoXL, state: dict[str, torch.Tensor]) -> list[str]:
+    """Loads the authors' Video-XL state dict by name into ours; returns the names it skipped
+    (the vision tower's last layer, which Video-XL never runs). Raises when a weight of ours is missing."""
+    ours = model.state_dict()
+    tower_prefix = "vision.tower.vision_model." if any(k.startswith("vision.tower.vision_model.") for k in ours) else "vision.tower."
+    mapped, skipped = {}, []
+    for name, tensor in state.items():
+        new = author_name(name).replace("vision.tower.", tower_prefix, 1) if name.startswith("model.vision_tower.") else author_name(name)
+        if new == "decoder.vst_embed.weight":
+            tensor = tensor[:1]  # one VST embedding
+        if new in ours and ours[new].shape == tensor.shape:
+            mapped[new] = tensor
+        else:
+            skipped.append(name)
+    missing = [k for k in ours if k not in mapped and not (model.decoder.dims.tie_word_embeddings and k == "decoder.lm_head.weight")]
+    if missing:
+        raise ModelUserError(f"Video-XL checkpoint lacks {len(missing)} weights, e.g. {missing[:3]}")
+    model.load_state_dict(mapped, strict=False)
+    return skipped
+
+
+# --- our checkpoints ----------------------------------------------------------------------
+
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step-{step:07d}"
+
+
+def latest_checkpoint(path: str | Path) -> Path | None:
+    """A checkpoint folder itself, or the newest complete one under a run folder."""
+    path = Path(path)
+    if (path / "model.safetensors").exists():
+        return path
+    found = sorted(p for p in (path / "checkpoints").glob("step-*") if (p / "done").exists()) if (path / "checkpoints").exists() else []
+    return found[-1] if found else None
+
+
+def save_checkpoint(run_dir, step: int, model, optimizer, scheduler, trainer_state: dict, model_cfg: ModelConfig,
+                    tokenizer, keep: int = 2) -> Path:
+    """Writes into a temporary folder and renames, so a crash never leaves a half checkpoint."""
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **trainer_state}, tmp / "state.pt")
+    (tmp / "model_config.json").write_text(model_cfg.model_dump_json(indent=2))
+    tokenizer.save_pretrained(str(tmp / "tokenizer"))
+    (tmp / "done").write_text(str(step))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    old = sorted(p for p in final.parent.glob("step-*") if not p.name.endswith(".tmp"))
+    for p in old[:-keep] if keep > 0 else []:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def load_weights(model, ckpt: Path) -> None:
+    load_model(model, str(ckpt / "model.safetensors"))
+
+
+def load_for_eval(path: str | Path):
+    """(model, tokenizer, model config, checkpoint folder) from a run folder or a checkpoint folder."""
+    from transformers import AutoTokenizer
+
+    ckpt = latest_checkpoint(path)
+    if ckpt is None:
+        raise ModelUserError(f"eval.checkpoint: no checkpoint found in {path}")
+    cfg = ModelConfig.model_validate_json((ckpt / "model_config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(str(ckpt / "tokenizer"))
+    model = build_model(cfg, tokenizer.eos_token_id, weights=False)
+    load_weights(model, ckpt)
+    return model.eval(), tokenizer, cfg, ckpt

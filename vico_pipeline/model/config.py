@@ -1,0 +1,121 @@
+"""Config sections `model:`, `train:` and `eval:` for Video-XL; pydantic only, no torch."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ModelUserError(Exception):
+    """A user's mistake (missing shards, missing checkpoint, bad path): the CLI prints it as one line."""
+
+
+class ModelConfig(BaseModel):
+    """The Video-XL model: a Qwen2-family decoder, a CLIP vision tower, and the VST memory.
+
+    With `llm_path` / `vision_path` set, dims come from those local Hugging Face folders
+    (`from_pretrained`); otherwise the dims below build a randomly initialised model.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    # LLM (Qwen2 layout); ignored where llm_path is set.
+    llm_path: str | None = None
+    vocab_size: int = 512
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int | None = None
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    # Vision tower (CLIP ViT); ignored where vision_path is set.
+    vision_path: str | None = None
+    image_size: int = 56
+    patch_size: int = 14
+    vision_hidden_size: int = 32
+    vision_layers: int = 2
+    vision_heads: int = 2
+    vision_intermediate_size: int = 64
+    vision_chunk_frames: int = 16
+    # Tokenizer: a local folder; empty means "train a small byte-level BPE on the shards' text".
+    tokenizer_path: str | None = None
+    # VST memory.
+    window_tokens: int = 1440
+    ratios: list[int] = Field(default_factory=lambda: [2, 4, 8, 12, 16])
+    ratio: int = 8
+    vst_init: str = "eos"  # "eos" copies the EOS embedding, "random" keeps the random init
+    system_prompt: str = "You are a helpful assistant."
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        if self.vst_init not in ("eos", "random"):
+            raise ValueError("model.vst_init must be 'eos' or 'random'")
+        if self.ratio < 1 or any(r < 1 for r in self.ratios):
+            raise ValueError("model.ratio and model.ratios must be >= 1")
+        return self
+
+
+class TrainConfig(BaseModel):
+    """`vico train`: trains on a version's `shards/train`, writes into `output`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = "output/demo/v1"
+    output: str = "output/runs/tiny"
+    max_steps: int = 20
+    lr: float = 1e-4
+    vision_lr: float | None = None  # None: same as lr; 0 freezes the vision tower
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_ratio: float = 0.03
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    max_frames: int = 128
+    ratios: list[int] | None = None  # None: model.ratios
+    max_text_tokens: int = 1024
+    seed: int = 0
+    log_every: int = 1
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 2
+    resume: bool = True
+    gradient_checkpointing: bool = False
+    bf16: bool = True  # autocast on CUDA only
+    workers: int = 0  # Ray Train workers; 0 or 1 trains in this process
+    use_gpu: bool = False
+    ray_address: str | None = None  # None starts a local Ray for workers > 1
+    dataloader_workers: int = 0
+
+
+class EvalConfig(BaseModel):
+    """`vico eval`: VICO val accuracy and the needle grid, for each long-context method."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str = "output/runs/tiny"  # a run folder (latest checkpoint) or a checkpoint folder
+    data: str | None = None  # version folder for shards/val; None: the one the run trained on
+    output: str = "output/eval/tiny"
+    max_val_samples: int | None = 64
+    max_frames: int | None = None  # frames for VICO val; None: the training cap
+    generate_letter: bool = True
+    max_new_tokens: int = 4
+    needle_frames: list[int] = Field(default_factory=lambda: [4, 8, 16])
+    needle_depths: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    needle_trials: int = 2
+    needle_videos: int = 2  # haystack videos taken from the val shards
+    methods: list[str] = Field(default_factory=lambda: ["vst", "intp", "uniform"])
+    ratios: list[int] = Field(default_factory=lambda: [8, 16])
+    train_frames: int | None = None  # F for INTP (m*F frames) and uniform subsampling; None: train.max_frames
+    seed: int = 0
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvalConfig":
+        unknown = set(self.methods) - {"vst", "intp", "uniform"}
+        if unknown:
+            raise ValueError(f"eval.methods: unknown {sorted(unknown)}; use vst, intp, uniform")
+        if any(not 0.0 <= d <= 1.0 for d in self.needle_depths):
+            raise ValueError("eval.needle_depths must lie in [0, 1]")
+        return self

@@ -1,0 +1,128 @@
+"""VST memory: the decoder compresses the visual stream window by window into VST key/values.
+
+Order for one sample: text before the video (the sink, kept whole); each window of visual
+tokens with one VST after every `ratio` tokens, run against the memory (sink + VSTs so far),
+after which only its VSTs' key/values are kept; then the text after the video, uncompressed.
+Every call starts from nothing: the memory is a value returned to the caller, never state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .decoder import Decoder
+from .vision import VisionSide
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class Memory:
+    kv: KV  # per layer (k, v), pre-RoPE, [B, Hkv, length, head_dim]
+    sink: int
+    window_vsts: list[int] = field(default_factory=list)  # VSTs (or kept tokens) each window added
+
+    @property
+    def length(self) -> int:
+        return self.kv[0][0].shape[2]
+
+
+def vst_positions(n_visual: int, ratio: int | None) -> list[int]:
+    """Indices of the VSTs inside a window of n_visual tokens: one after every `ratio` visual tokens
+    (and one after a last, shorter group). None means no compression: no VSTs."""
+    if not ratio:
+        return []
+    return [min((g + 1) * ratio, n_visual) + g for g in range(math.ceil(n_visual / ratio))]
+
+
+def interleave(visual: torch.Tensor, vst: torch.Tensor, ratio: int | None):
+    """visual [B,L,D] -> window chunk [B, L+L/r, D] as [r visual][VST][r visual][VST]..., and the VST indices."""
+    b, n, d = visual.shape
+    vst_idx = torch.tensor(vst_positions(n, ratio), dtype=torch.long, device=visual.device)
+    if not vst_idx.numel():
+        return visual, vst_idx
+    total = n + vst_idx.numel()
+    is_vst = torch.zeros(total, dtype=torch.bool, device=visual.device)
+    is_vst[vst_idx] = True
+    vis_idx = (~is_vst).nonzero().squeeze(1)
+    chunk = visual.new_zeros(b, total, d)
+    chunk = chunk.index_copy(1, vis_idx, visual).index_copy(1, vst_idx, vst.expand(b, vst_idx.numel(), d))
+    return chunk, vst_idx
+
+
+def append(memory: KV | None, kv: KV, keep: torch.Tensor | None = None) -> KV:
+    if keep is not None:
+        kv = [(k.index_select(2, keep), v.index_select(2, keep)) for k, v in kv]
+    if memory is None:
+        return list(kv)
+    return [(torch.cat([mk, k], 2), torch.cat([mv, v], 2)) for (mk, mv), (k, v) in zip(memory, kv)]
+
+
+class VideoXL(nn.Module):
+    def __init__(self, decoder: Decoder, vision: VisionSide, window_tokens: int = 1440):
+        super().__init__()
+        self.decoder, self.vision = decoder, vision
+        self.window_tokens = window_tokens
+
+    @property
+    def window_frames(self) -> int:
+        return max(1, self.window_tokens // self.vision.tokens_per_frame)
+
+    def window_count(self, n_frames: int) -> int:
+        return math.ceil(n_frames / self.window_frames)
+
+    def window_lengths(self, n_frames: int) -> list[int]:
+        """Visual tokens in each window for n_frames frames."""
+        wf, p = self.window_frames, self.vision.tokens_per_frame
+        return [min(wf, n_frames - s) * p for s in range(0, n_frames, wf)]
+
+    def encode_video(self, pre_ids, pixels=None, ratios=None, rope_base=None, visual=None) -> Memory:
+        """Sink + compressed video. pixels [N,3,H,W] (or precomputed `visual` [N,P,D]);
+        ratios: one int/None for all windows, or a list with one per window (None = keep every token)."""
+        dec = self.decoder
+        _, kv = dec(dec.embed_tokens(pre_ids), rope_base=rope_base)
+        memory, sink = kv, pre_ids.shape[1]
+        n = visual.shape[0] if visual is not None else (0 if pixels is None else pixels.shape[0])
+        wf = self.window_frames
+        added = []
+        for w, start in enumerate(range(0, n, wf)):
+            vis = visual[start : start + wf] if visual is not None else self.vision(pixels[start : start + wf])
+            vis = vis.reshape(1, -1, vis.shape[-1]).to(dec.vst_embed.weight.dtype)
+            ratio = ratios[w] if isinstance(ratios, (list, tuple)) else ratios
+            chunk, vst_idx = interleave(vis, dec.vst_embed.weight[0], ratio)
+            _, kv = dec(chunk, past=memory, vst_idx=vst_idx, rope_base=rope_base)
+            # Raw visual KV is dropped here; only the window's VSTs join the memory.
+            memory = append(memory, kv, vst_idx if ratio else None)
+            added.append(vst_idx.numel() if ratio else chunk.shape[1])
+        return Memory(memory, sink, added)
+
+    def read(self, memory: Memory, ids: torch.Tensor, rope_base=None):
+        """Text after the video against the memory, uncompressed: (logits [B,T,V], memory extended by the text)."""
+        dec = self.decoder
+        past = [(k.expand(ids.shape[0], -1, -1, -1), v.expand(ids.shape[0], -1, -1, -1)) for k, v in memory.kv]
+        h, kv = dec(dec.embed_tokens(ids), past=past, rope_base=rope_base)
+        return dec.lm_head(h), Memory(append(past, kv), memory.sink, memory.window_vsts)
+
+    @torch.no_grad()
+    def generate(self, memory: Memory, ids: torch.Tensor, max_new_tokens: int, eos_id: int | None = None, rope_base=None):
+        """Greedy decoding from the memory; returns the new token ids (list)."""
+        out = []
+        logits, memory = self.read(memory, ids, rope_base)
+        for _ in range(max_new_tokens):
+            tok = int(logits[0, -1].argmax())
+            if eos_id is not None and tok == eos_id:
+                break
+            out.append(tok)
+            logits, memory = self.read(memory, torch.tensor([[tok]], device=ids.device), rope_base)
+        return out
+
+    def forward(self, pre_ids, pixels, post_ids, labels, ratios):
+        """Training loss: next-token cross-entropy on the answer tokens of the text after the video."""
+        memory = self.encode_video(pre_ids, pixels, ratios)
+        logits, _ = self.read(memory, post_ids)
+        return F.cross_entropy(logits[0, :-1].float(), labels[0, 1:], ignore_index=-100)
