@@ -1,0 +1,1 @@
+"""Pipeline stages: one stage a file, plain Python, no Ray import."""

@@ -1,0 +1,87 @@
+"""What every stage is: a small class that turns one item into rows.
+
+A stage knows nothing about Ray. `vico_pipeline.pipeline` builds it once per
+worker, calls `setup()` once, then `process(item)` for each item, and writes the
+rows it yields into the stage's table. A stage can be run on a plain list:
+
+    stage = FramesStage(config); stage.setup()
+    rows = [r for video in videos for r in stage.process(video)]
+
+`process` yields `ErrorRow`s for inputs that failed; the run goes on.
+"""
+from __future__ import annotations
+
+import importlib
+import traceback
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Iterator, Union
+
+import pyarrow as pa
+
+
+@dataclass
+class ErrorRow:
+    """One failed item, in the errors table's columns (`stage` is filled in by the runner)."""
+    item_id: str
+    source: str
+    error_type: str
+    message: str
+    stage: str = ""
+
+    def as_row(self) -> dict:
+        return asdict(self)
+
+
+ERRORS_SCHEMA = pa.schema([
+    ("stage", pa.string()),
+    ("item_id", pa.string()),
+    ("source", pa.string()),
+    ("error_type", pa.string()),
+    ("message", pa.string()),
+])
+
+
+class MissingPackage(Exception):
+    """A stage's optional package is not installed (raised at construction)."""
+
+
+def require(module: str, extra: str) -> Any:
+    """Import `module` or fail with the package to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingPackage(
+            f"'{module}' is not installed; install it with: pip install 'vico[{extra}]'") from None
+
+
+class Stage:
+    """Base class: subclasses set `name` and `schema` and implement `process`."""
+
+    name: ClassVar[str]
+    schema: ClassVar[pa.Schema]
+    # Heavy stages (models, engines) run in long-lived actors; light ones as tasks.
+    heavy: ClassVar[bool] = False
+
+    def __init__(self, config):
+        self.config = config
+
+    def setup(self) -> None:
+        """Load heavy objects once per worker."""
+
+    def process(self, item: dict) -> Iterator[Union[dict, ErrorRow]]:
+        raise NotImplementedError
+
+    def safe_process(self, item: dict, item_id: str, source: str) -> Iterator[Union[dict, ErrorRow]]:
+        """`process`, with any unexpected exception turned into an error row."""
+        try:
+            yield from self.process(item)
+        except Exception as exc:  # a bug or an unforeseen input must not end the run
+            last = traceback.extract_tb(exc.__traceback__)[-1]
+            yield ErrorRow(item_id, source, type(exc).__name__,
+                           f"{exc} (at {last.filename.rsplit('/', 1)[-1]}:{last.lineno})")
+
+
+def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows to a table of exactly `schema` (extra keys dropped, missing ones null)."""
+    columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
+    return pa.Table.from_pydict(columns, schema=schema)

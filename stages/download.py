@@ -1,0 +1,302 @@
+"""Download: one manifest line in, one video row per video it names out.
+
+URLs go through yt-dlp (direct files, HLS, pages with embedded videos,
+playlists, which expand to their videos). Local paths and file:// URLs are used
+in place when `sources.allow_local` is set; object-store URIs are copied.
+Every video is probed before it counts as downloaded, so a 404 page, an HTML
+file, an image or a truncated file becomes an error row with the reason.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from typing import Iterator
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+
+from stages.base import ErrorRow, Stage
+from stages.ffmpeg import MediaError, ffmpeg_exe, probe
+from stages.manifest import local_path, normalise_source, source_kind, video_id_for
+from vico_pipeline import storage
+
+VIDEOS_SCHEMA = pa.schema([
+    ("video_id", pa.string()),
+    ("source", pa.string()),
+    ("title", pa.string()),
+    ("uploader", pa.string()),
+    ("upload_date", pa.string()),
+    ("license", pa.string()),
+    ("has_subtitles", pa.bool_()),
+    ("duration_s", pa.float64()),
+    ("fps", pa.float64()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("rotation", pa.int32()),
+    ("codec", pa.string()),
+    ("variable_frame_rate", pa.bool_()),
+    ("has_audio", pa.bool_()),
+    ("bytes", pa.int64()),
+    ("media_path", pa.string()),
+    ("status", pa.string()),
+])
+
+
+class DownloadRejected(Exception):
+    def __init__(self, error_type: str, message: str):
+        super().__init__(message)
+        self.error_type = error_type
+
+
+# yt-dlp's messages -> our error types; throttling is told apart from dead links.
+_ERROR_PATTERNS = [
+    (r"HTTP Error 429|Too Many Requests", "throttled"),
+    (r"[Ss]ign in to confirm|confirm you.re not a bot", "throttled"),
+    (r"HTTP Error 404|Not Found", "not_found"),
+    (r"HTTP Error 403|Forbidden", "forbidden"),
+    (r"HTTP Error 5\d\d", "server_error"),
+    (r"Connection refused|Errno 111", "connection_refused"),
+    (r"timed out|Timeout", "timeout"),
+    (r"Unsupported URL|No video formats|no suitable", "not_a_video"),
+    (r"Name or service not known|getaddrinfo failed|Temporary failure in name resolution", "dns_error"),
+    (r"bytes read|ContentTooShort|IncompleteRead|Did not get any data", "truncated"),
+    (r"File is larger than max-filesize|larger than max", "too_large"),
+]
+TRANSIENT = {"throttled", "server_error", "timeout", "truncated"}
+
+
+def classify(message: str) -> str:
+    for pattern, error_type in _ERROR_PATTERNS:
+        if re.search(pattern, message):
+            return error_type
+    return "download_failed"
+
+
+class _DomainGate:
+    """At most N downloads at once per host, with a minimum interval between starts.
+
+    Shared by the threads of one worker process; across workers the caps multiply
+    by the worker count, which `download.concurrency` bounds.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._semaphores: dict[str, threading.Semaphore] = {}
+        self._last_start: dict[str, float] = defaultdict(float)
+
+    def acquire(self, host: str, concurrency: int, interval_s: float) -> threading.Semaphore:
+        with self._lock:
+            sem = self._semaphores.setdefault(host, threading.Semaphore(max(1, concurrency)))
+        sem.acquire()
+        with self._lock:
+            wait = self._last_start[host] + interval_s - time.monotonic()
+            self._last_start[host] = max(time.monotonic(), self._last_start[host] + interval_s)
+        if wait > 0:
+            time.sleep(wait)
+        return sem
+
+
+_GATE = _DomainGate()
+
+
+class DownloadStage(Stage):
+    name = "download"
+    schema = VIDEOS_SCHEMA
+
+    def __init__(self, config, media_root: str):
+        super().__init__(config)
+        self.dl = config.download
+        self.allow_local = config.sources.allow_local
+        self.media_root = media_root
+
+    def process(self, item: dict) -> Iterator[dict | ErrorRow]:
+        source = item["url"]
+        kind = source_kind(source)
+        vid = video_id_for(source) if kind != "invalid" else f"line-{item.get('line')}"
+        if kind == "invalid":
+            yield ErrorRow(vid, source, "bad_manifest_line", f"manifest line {item.get('line')} is not a URL or a path: {source[:80]!r}")
+            return
+        try:
+            if kind == "file":
+                if not self.allow_local:
+                    raise DownloadRejected("local_not_allowed", "local paths are not allowed by this config (sources.allow_local: false)")
+                yield self._local(source, item)
+            elif kind == "store":
+                yield self._from_store(source, item)
+            else:
+                yield from self._from_url(source, item)
+        except (DownloadRejected, MediaError) as exc:
+            yield ErrorRow(vid, source, exc.error_type, str(exc))
+
+    # -- sources -------------------------------------------------------------
+    def _local(self, source: str, item: dict) -> dict:
+        path = os.path.abspath(local_path(source))
+        if not os.path.isfile(path):
+            raise DownloadRejected("missing", f"no such file: {path}")
+        size = os.path.getsize(path)
+        self._check_size(size)
+        return self._video_row(source, path, path, size, item, {})
+
+    def _from_store(self, source: str, item: dict) -> dict:
+        fs, path = storage.fs_and_path(source)
+        if not fs.exists(path):
+            raise DownloadRejected("missing", f"no such object: {source}")
+        size = fs.size(path)
+        self._check_size(size)
+        with storage.local_copy(source) as local:
+            return self._store_media(source, local, size, item, {})
+
+    def _from_url(self, source: str, item: dict) -> Iterator[dict | ErrorRow]:
+        import yt_dlp
+
+        entries = self._expand(source)
+        for entry_source, info in entries:
+            vid = video_id_for(entry_source)
+            try:
+                with tempfile.TemporaryDirectory(prefix="vico-dl-") as tmp:
+                    path, info = self._download(entry_source, info, tmp)
+                    size = os.path.getsize(path)
+                    self._check_size(size)
+                    yield self._store_media(entry_source, path, size, item, info)
+            except (DownloadRejected, MediaError) as exc:
+                yield ErrorRow(vid, entry_source, exc.error_type, str(exc))
+            except yt_dlp.utils.YoutubeDLError as exc:
+                message = _clean(str(exc))
+                yield ErrorRow(vid, entry_source, classify(message), message)
+
+    def _ydl_options(self, tmp: str | None) -> dict:
+        height = self.dl.max_height
+        opts = {
+            "quiet": True, "no_warnings": True, "noprogress": True, "noplaylist": False,
+            "socket_timeout": self.dl.timeout_s, "retries": 1, "fragment_retries": 2,
+            "ffmpeg_location": ffmpeg_exe(), "max_filesize": self.dl.max_bytes,
+            # Prefer H.264 in MP4 up to the configured height; anything playable otherwise.
+            "format": f"bv*[height<=?{height}]+ba/b[height<=?{height}]/bv*+ba/b",
+            "format_sort": [f"res:{height}", "vcodec:h264", "ext:mp4:m4a"],
+            "merge_output_format": "mp4",
+            "logger": _QuietLogger(),
+            "extract_flat": False,
+        }
+        if tmp:
+            opts["outtmpl"] = os.path.join(tmp, "video.%(ext)s")
+        if self.dl.cookies_file:
+            opts["cookiefile"] = self.dl.cookies_file
+        return opts
+
+    def _expand(self, source: str) -> list[tuple[str, dict | None]]:
+        """A playlist (or a page with several videos) -> its entries; else the source itself."""
+        import yt_dlp
+
+        try:
+            info = self._with_retries(source, lambda: yt_dlp.YoutubeDL(
+                {**self._ydl_options(None), "extract_flat": "in_playlist"}).extract_info(source, download=False, process=False))
+        except yt_dlp.utils.YoutubeDLError:
+            return [(source, None)]  # the download attempt reports the error
+        if info.get("_type") not in ("playlist", "multi_video"):
+            return [(source, None)]
+        out = []
+        for index, entry in enumerate(info.get("entries") or []):
+            if not entry:
+                continue
+            url = entry.get("url") or entry.get("webpage_url")
+            if url and source_kind(url) == "url" and normalise_source(url) != normalise_source(source):
+                out.append((url, None))
+            else:
+                out.append((f"{source}{'&' if '?' in source else '?'}vico_entry={index}", entry))
+        return out or [(source, None)]
+
+    def _download(self, source: str, entry: dict | None, tmp: str) -> tuple[str, dict]:
+        import yt_dlp
+
+        def attempt():
+            for name in os.listdir(tmp):
+                os.remove(os.path.join(tmp, name))
+            with yt_dlp.YoutubeDL(self._ydl_options(tmp)) as ydl:
+                if entry is not None:  # an entry of a page that is not addressable by itself
+                    info = ydl.process_ie_result(dict(entry), download=False)
+                else:
+                    info = ydl.extract_info(source, download=False)
+                duration = info.get("duration")
+                if duration and duration > self.dl.max_duration_s:
+                    raise DownloadRejected("too_long", f"video is {duration:.0f} s, over download.max_duration_s={self.dl.max_duration_s:.0f}")
+                size = info.get("filesize") or info.get("filesize_approx")
+                if size:
+                    self._check_size(size)
+                info = ydl.process_ie_result(info, download=True)
+            files = [f for f in os.listdir(tmp) if not f.endswith((".part", ".ytdl"))]
+            if not files:
+                raise DownloadRejected("too_large" if "max-filesize" in str(info) else "download_failed",
+                                       "yt-dlp wrote no file (over download.max_bytes, or nothing downloadable)")
+            return os.path.join(tmp, max(files, key=lambda f: os.path.getsize(os.path.join(tmp, f)))), info
+
+        return self._with_retries(source, attempt)
+
+    def _with_retries(self, source: str, fn):
+        import yt_dlp
+
+        host = urlsplit(source).netloc
+        for attempt in range(self.dl.retries + 1):
+            gate = _GATE.acquire(host, self.dl.per_domain_concurrency, self.dl.per_domain_interval_s)
+            try:
+                return fn()
+            except yt_dlp.utils.YoutubeDLError as exc:
+                if classify(str(exc)) not in TRANSIENT or attempt == self.dl.retries:
+                    raise
+            finally:
+                gate.release()
+            # Exponential backoff with jitter, so many workers do not retry in step.
+            time.sleep(self.dl.backoff_s * (2 ** attempt) * (0.5 + random.random()))
+
+    # -- common --------------------------------------------------------------
+    def _check_size(self, size: int) -> None:
+        if size == 0:
+            raise DownloadRejected("empty_file", "the file is empty (0 bytes)")
+        if size > self.dl.max_bytes:
+            raise DownloadRejected("too_large", f"{size} bytes, over download.max_bytes={self.dl.max_bytes}")
+
+    def _store_media(self, source: str, local: str, size: int, item: dict, info: dict) -> dict:
+        vid = video_id_for(source)
+        ext = os.path.splitext(local)[1] or ".mp4"
+        meta = probe(local)  # before storing: a non-video never reaches the media folder
+        target = storage.join(self.media_root, vid + ext)
+        storage.upload_file(local, target)
+        return self._video_row(source, local, target, size, item, info, meta)
+
+    def _video_row(self, source, local, media_path, size, item, info, meta=None) -> dict:
+        meta = meta or probe(local)
+        if meta.duration_s > self.dl.max_duration_s:
+            raise DownloadRejected("too_long", f"video is {meta.duration_s:.0f} s, over download.max_duration_s={self.dl.max_duration_s:.0f}")
+        return {
+            "video_id": video_id_for(source),
+            "source": source,
+            "title": item.get("title") or info.get("title") or os.path.basename(urlsplit(source).path) or source,
+            "uploader": info.get("uploader"),
+            "upload_date": info.get("upload_date"),
+            "license": info.get("license"),
+            "has_subtitles": bool(info.get("subtitles") or info.get("automatic_captions")),
+            "duration_s": meta.duration_s, "fps": meta.fps, "width": meta.width, "height": meta.height,
+            "rotation": meta.rotation, "codec": meta.codec, "variable_frame_rate": meta.variable_frame_rate,
+            "has_audio": meta.has_audio, "bytes": size, "media_path": media_path, "status": "ok",
+        }
+
+
+class _QuietLogger:
+    """yt-dlp talks through this; errors reach us as exceptions instead."""
+
+    def debug(self, msg):
+        pass
+
+    info = warning = debug
+
+    def error(self, msg):
+        pass
+
+
+def _clean(message: str) -> str:
+    message = re.sub(r"\x1b\[[0-9;]*m", "", message)
+    return message.replace("ERROR: ", "").strip().splitlines()[0][:300]

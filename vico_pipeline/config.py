@@ -1,0 +1,216 @@
+"""The run configuration: YAML files validated into typed objects.
+
+`load_config(path, overrides)` is the one entry point. A user's mistake (missing
+file, unknown key, wrong type) raises `ConfigError` with one line that names the
+key or path; the CLI prints it and exits non-zero.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from vico_pipeline.model.config import EvalConfig, ModelConfig, TrainConfig
+
+
+class ConfigError(Exception):
+    """A user's mistake in a config file or a --set override (one line)."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(Section):
+    name: str = "vico"
+    # Version name; None picks the next free v1, v2, ...
+    version: Optional[str] = None
+
+
+class SourcesConfig(Section):
+    manifest: str = "manifest.txt"
+    allow_local: bool = False
+
+
+class OutputConfig(Section):
+    root: str = "output"
+
+
+class RayConfig(Section):
+    # None: embedded local Ray (or the cluster of the Ray job we run inside).
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    # Ray Data progress bars on the terminal.
+    progress: bool = True
+
+
+class DownloadConfig(Section):
+    max_height: int = 720
+    max_bytes: int = 4 * 1024**3
+    max_duration_s: float = 4 * 3600
+    retries: int = 3
+    backoff_s: float = 1.0
+    timeout_s: float = 30.0
+    cookies_file: Optional[str] = None
+    concurrency: int = 4
+    # Per-domain politeness: at most this many downloads at once from one host.
+    per_domain_concurrency: int = 2
+    # Seconds between the starts of two downloads from the same host.
+    per_domain_interval_s: float = 0.0
+    num_cpus: float = 1.0
+
+
+class ClipsConfig(Section):
+    seconds: float = 14.0
+    # A last partial window is kept when at least this long.
+    min_last_s: float = 4.0
+    write_files: Literal["off", "copy", "exact"] = "off"
+
+
+class FramesConfig(Section):
+    fps: float = 1.0
+    size: int = 336
+    jpeg_quality: int = Field(default=4, ge=2, le=31, description="ffmpeg -q:v (2 best, 31 worst)")
+    num_cpus: float = 1.0
+    concurrency: Optional[int] = None
+    # Threads ffmpeg may use for one decode.
+    ffmpeg_threads: int = 0
+
+
+class FilterConfig(Section):
+    enabled: bool = True
+    # Mean luma (0-255) under which a clip counts as black.
+    black_brightness: float = 12.0
+    # Mean absolute frame difference (0-255) under which a clip counts as frozen.
+    frozen_motion: float = 0.5
+    # Similarity (0-1) to the previous clip above which a clip counts as a near-duplicate.
+    duplicate_similarity: float = 0.995
+
+
+class EngineSection(Section):
+    engine: str = "describe"
+    model: Optional[str] = None
+    base_url: Optional[str] = None
+    # Name of the environment variable holding the API key (never the key itself).
+    api_key_env: Optional[str] = None
+    prompt_version: str = "v1"
+    max_tokens: int = 256
+    temperature: float = 0.0
+    batch_size: int = 8
+    concurrency: int = 4
+    retries: int = 3
+    backoff_s: float = 1.0
+    timeout_s: float = 60.0
+    num_gpus: float = 0.0
+    tensor_parallel_size: int = 1
+    replicas: int = 1
+    device: str = "auto"
+
+
+class CaptionConfig(EngineSection):
+    engine: Literal["describe", "transformers", "openai", "vllm"] = "describe"
+    frames_per_clip: int = 8
+    frame_size: int = 448
+
+
+class CluesConfig(EngineSection):
+    engine: Literal["template", "transformers", "openai", "vllm"] = "template"
+    max_clues: int = 12
+    min_clues: int = 3
+    # Two clues whose text similarity is above this are near-duplicates.
+    duplicate_similarity: float = 0.85
+
+
+class QuestionsConfig(Section):
+    tasks: list[Literal["event_order", "clue_time", "next_event", "before_after", "timeline"]] = [
+        "event_order", "clue_time", "next_event", "before_after", "timeline"]
+    seed: int = 0
+    per_task: int = 2
+
+
+class ShardsConfig(Section):
+    val_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+    max_rows: int = 256
+    max_bytes: int = 512 * 1024**2
+    row_group_rows: int = 16
+    seed: int = 0
+
+
+class Config(Section):
+    dataset: DatasetConfig = DatasetConfig()
+    sources: SourcesConfig = SourcesConfig()
+    output: OutputConfig = OutputConfig()
+    ray: RayConfig = RayConfig()
+    download: DownloadConfig = DownloadConfig()
+    clips: ClipsConfig = ClipsConfig()
+    frames: FramesConfig = FramesConfig()
+    filter: FilterConfig = FilterConfig()
+    caption: CaptionConfig = CaptionConfig()
+    clues: CluesConfig = CluesConfig()
+    questions: QuestionsConfig = QuestionsConfig()
+    shards: ShardsConfig = ShardsConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'a.b=3' -> ('a.b', 3); the value is read as YAML so lists and numbers work."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{key}'"
+    return f"config key '{key}': {first['msg']} (got {first.get('input')!r})"
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
+    tree: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections")
+    for text in overrides:
+        _set_dotted(tree, *parse_override(text))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def to_plain(config: Config) -> dict:
+    """The resolved config as plain data, for manifests and fingerprints."""
+    return config.model_dump(mode="json")

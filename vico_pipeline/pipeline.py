@@ -1,0 +1,207 @@
+"""The Ray Data DAG: stages wired together, their output cached, a version assembled.
+
+Rows that flow through Ray are small references, one per video:
+    {video_id, source, refs: {stage: part uri}, error_parts: [uri], stats: {stage: {...}}}
+Each stage's worker reads its inputs' part files, runs the stage on the video,
+writes its own part file atomically and adds its uri to `refs`. A part that
+already exists is reused without running the stage: that is how a killed run
+resumes and how a new version reuses unchanged stages (docs/design.md).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import uuid
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stages.base import ERRORS_SCHEMA, ErrorRow, rows_to_table
+from stages.manifest import normalise_source, source_kind, video_id_for
+from vico_pipeline import layout, storage
+from vico_pipeline.fingerprint import stage_fingerprints
+from vico_pipeline.registry import StageSpec, stage_specs
+
+ROW_GROUP_ROWS = 32  # clips carry frames: a few MB a row group
+
+
+# --------------------------------------------------------------------------- part files
+def write_part(rows: Iterable[dict | ErrorRow], schema: pa.Schema, part: str, errors: str,
+               stage: str) -> tuple[int, int]:
+    """Stream `rows` into `part` (atomically); error rows go to `errors`, written first.
+
+    The part's existence is the completion marker, so it is renamed into place last.
+    """
+    fd, tmp = tempfile.mkstemp(prefix="vico-part-", suffix=".parquet")
+    os.close(fd)
+    count, failed, buffer = 0, [], []
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for row in rows:
+                if isinstance(row, ErrorRow):
+                    row.stage = stage
+                    failed.append(row.as_row())
+                    continue
+                buffer.append(row)
+                count += 1
+                if len(buffer) >= ROW_GROUP_ROWS:
+                    writer.write_table(rows_to_table(buffer, schema))
+                    buffer = []
+            if buffer:
+                writer.write_table(rows_to_table(buffer, schema))
+        if failed:
+            storage.write_parquet(rows_to_table(failed, ERRORS_SCHEMA), errors)
+        storage.upload_file(tmp, part)
+    finally:
+        os.unlink(tmp)
+    return count, len(failed)
+
+
+def _read_rows(uri: str, video_id: str | None = None) -> list[dict]:
+    table = storage.read_parquet([uri])
+    if video_id is not None and "video_id" in table.column_names:
+        table = table.filter(pa.compute.equal(table["video_id"], video_id))
+    return table.to_pylist()
+
+
+# --------------------------------------------------------------------------- workers
+class StageRunner:
+    """Runs one stage on the videos that reach it; built once per Ray worker."""
+
+    def __init__(self, spec: StageSpec, config, stage_root: str):
+        self.spec = spec
+        self.stage_root = stage_root
+        self.stage = spec.build(config, stage_root)
+        self.stage.setup()
+
+    def __call__(self, row: dict) -> dict:
+        refs = json.loads(row["refs"])
+        if not all(refs.get(name) for name in self.spec.inputs):
+            return row  # the video failed upstream; its error row is already written
+        vid = row["video_id"]
+        part = layout.part_uri(self.stage_root, vid)
+        stats = json.loads(row["stats"])
+        started = time.perf_counter()
+        if storage.exists(part):
+            stats[self.spec.name] = {"cached": True}
+        else:
+            item = {"video_id": vid, "source": row["source"],
+                    "video": _read_rows(refs["download"], vid)[0]}
+            for name in self.spec.inputs:
+                if name != "download":
+                    item[name] = _read_rows(refs[name])
+            if any(name != "download" and not item[name] for name in self.spec.inputs):
+                return row  # nothing upstream to work on (e.g. every clip filtered out)
+            errors = layout.errors_uri(self.stage_root, vid)
+            count, failed = write_part(self.stage.safe_process(item, vid, row["source"]), self.stage.schema,
+                                       part, errors, self.spec.name)
+            stats[self.spec.name] = {"rows": count, "errors": failed,
+                                     "seconds": round(time.perf_counter() - started, 3)}
+            if failed:
+                row["error_parts"] = json.dumps(json.loads(row["error_parts"]) + [errors])
+        if storage.exists(layout.errors_uri(self.stage_root, vid)):
+            parts = json.loads(row["error_parts"])
+            if layout.errors_uri(self.stage_root, vid) not in parts:
+                row["error_parts"] = json.dumps(parts + [layout.errors_uri(self.stage_root, vid)])
+        if storage.parquet_rows(part) > 0:
+            refs[self.spec.name] = part
+        row["refs"] = json.dumps(refs)
+        row["stats"] = json.dumps(stats)
+        return row
+
+
+class DownloadRunner(StageRunner):
+    """The first stage: a manifest line in, one reference row per video out."""
+
+    def __call__(self, line: dict) -> list[dict]:
+        unit = download_unit(line["url"])
+        part = layout.part_uri(self.stage_root, unit)
+        errors = layout.errors_uri(self.stage_root, unit)
+        started = time.perf_counter()
+        if storage.exists(part):
+            stats = {"cached": True}
+        else:
+            count, failed = write_part(self.stage.safe_process(line, unit, line["url"]), self.stage.schema,
+                                       part, errors, self.spec.name)
+            stats = {"rows": count, "errors": failed, "seconds": round(time.perf_counter() - started, 3)}
+        error_parts = [errors] if storage.exists(errors) else []
+        videos = _read_rows(part)
+        out = [{"video_id": v["video_id"], "source": v["source"], "refs": json.dumps({"download": part}),
+                "error_parts": json.dumps(error_parts),
+                "stats": json.dumps({"download": stats if i == 0 else {"cached": True, "rows": 0}})}
+               for i, v in enumerate(videos)]
+        if not out:  # every video of the line failed: a row still carries its errors
+            out = [{"video_id": unit, "source": line["url"], "refs": "{}",
+                    "error_parts": json.dumps(error_parts), "stats": json.dumps({"download": stats})}]
+        return out
+
+
+def download_unit(url: str) -> str:
+    if source_kind(url) == "invalid":
+        import hashlib
+        return "invalid-" + hashlib.sha1(url.encode()).hexdigest()[:12]
+    return video_id_for(url)
+
+
+# Light stages run as Ray tasks; the stage object is kept per worker process.
+_RUNNERS: dict[tuple, StageRunner] = {}
+
+
+def _run_task(row: dict, spec: StageSpec, config, stage_root: str, runner_cls=StageRunner):
+    key = (spec.name, stage_root)
+    if key not in _RUNNERS:
+        _RUNNERS[key] = runner_cls(spec, config, stage_root)
+    return _RUNNERS[key](row)
+
+
+# --------------------------------------------------------------------------- the DAG
+def build_dataset(manifest_rows: list[dict], config, stage_roots: dict[str, str]):
+    import ray.data
+
+    specs = stage_specs()
+    ds = ray.data.from_items(manifest_rows, override_num_blocks=max(1, len(manifest_rows)))
+    for spec in specs:
+        res = spec.resources(config)
+        runner_cls = DownloadRunner if spec.name == "download" else StageRunner
+        apply = ds.flat_map if spec.name == "download" else ds.map
+        kwargs = {"num_cpus": res["num_cpus"]}
+        if res.get("num_gpus"):
+            kwargs["num_gpus"] = res["num_gpus"]
+        if res.get("actor"):
+            # Heavy stages (models) live in an actor pool: built once per actor, reused for every video.
+            size = res.get("concurrency") or 1
+            pool = ray.data.ActorPoolStrategy(min_size=size[0], max_size=size[1]) if isinstance(size, (tuple, list)) \
+                else ray.data.ActorPoolStrategy(size=size)
+            ds = apply(runner_cls, fn_constructor_args=(spec, config, stage_roots[spec.name]), compute=pool, **kwargs)
+        else:
+            if res.get("concurrency"):
+                kwargs["compute"] = ray.data.TaskPoolStrategy(size=res["concurrency"])
+            ds = apply(_run_task, fn_kwargs={"spec": spec, "config": config,
+                                             "stage_root": stage_roots[spec.name], "runner_cls": runner_cls},
+                       **kwargs)
+    return ds
+
+
+def run_stages(manifest_rows: list[dict], config, stage_roots: dict[str, str], progress: bool = True) -> list[dict]:
+    """Run the DAG to the end; returns the reference rows, one per video, in source order."""
+    from tqdm import tqdm
+
+    ds = build_dataset(manifest_rows, config, stage_roots)
+    rows = []
+    with tqdm(desc="videos", unit="video", disable=not progress) as bar:
+        for row in ds.iter_rows():
+            rows.append(dict(row))
+            bar.update(1)
+    return sorted(rows, key=lambda r: (r["source"], r["video_id"]))
+
+
+def stage_roots_for(config) -> tuple[dict[str, str], dict[str, str]]:
+    fps = stage_fingerprints(config, stage_specs())
+    roots = {name: layout.stage_dir(config.output.root, config.dataset.name, name, fp) for name, fp in fps.items()}
+    return roots, fps
+
+
+__all__ = ["run_stages", "stage_roots_for", "write_part", "StageRunner", "DownloadRunner", "normalise_source"]

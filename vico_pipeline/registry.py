@@ -1,0 +1,68 @@
+"""The stages of a run, in order, and what decides each one's output.
+
+`vico_pipeline.pipeline` turns this list into the Ray Data DAG. A stage's
+fingerprint hashes the config keys named here plus its inputs' fingerprints,
+so changing a key re-runs that stage and the ones after it, and nothing else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pyarrow as pa
+
+from stages.download import VIDEOS_SCHEMA
+from stages.frames import CLIPS_SCHEMA
+from vico_pipeline.storage import join
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    table: str
+    schema: pa.Schema
+    # Upstream stages whose rows for the same video make up the stage's item.
+    inputs: tuple[str, ...]
+    # (config, stage_root) -> a stages.base.Stage
+    build: Callable
+    # Dotted config keys (sections or single keys) that decide this stage's output.
+    config_keys: tuple[str, ...]
+    # Ray resources: (config) -> {"num_cpus", "num_gpus", "concurrency", "actor"}
+    resources: Callable = field(default=lambda config: {"num_cpus": 1, "num_gpus": 0, "concurrency": None, "actor": False})
+    # Bumped when the stage's code changes what it writes.
+    code_version: str = "1"
+
+
+def _download(config, root):
+    from stages.download import DownloadStage
+    return DownloadStage(config, media_root=join(root, "media"))
+
+
+def _frames(config, root):
+    from stages.frames import FramesStage
+    return FramesStage(config, clip_root=join(root, "clips"))
+
+
+def _download_resources(config):
+    return {"num_cpus": config.download.num_cpus, "num_gpus": 0,
+            "concurrency": config.download.concurrency, "actor": False}
+
+
+def _frames_resources(config):
+    return {"num_cpus": config.frames.num_cpus, "num_gpus": 0,
+            "concurrency": config.frames.concurrency, "actor": False}
+
+
+def stage_specs() -> list[StageSpec]:
+    specs = [
+        StageSpec("download", "videos", VIDEOS_SCHEMA, (), _download,
+                  ("sources.allow_local", "download.max_height", "download.max_bytes",
+                   "download.max_duration_s", "download.cookies_file"), _download_resources),
+        StageSpec("frames", "clips", CLIPS_SCHEMA, ("download",), _frames,
+                  ("clips", "frames.fps", "frames.size", "frames.jpeg_quality",
+                   "caption.frames_per_clip", "caption.frame_size"), _frames_resources),
+    ]
+    return specs
+
+
+__all__ = ["StageSpec", "stage_specs"]

@@ -1,0 +1,153 @@
+"""Reading and writing under `output.root`, on a local disk or an object store.
+
+Every write is atomic: a local file is written under a temporary name and
+renamed; an object-store object is one PUT, which is atomic by itself. So a
+reader never sees half a file, and a file that exists is complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from typing import Iterator, Optional
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+
+def fs_and_path(uri: str):
+    return url_to_fs(uri)
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def join(root: str, *parts: str) -> str:
+    out = root.rstrip("/")
+    for part in parts:
+        out += "/" + part.strip("/")
+    return out
+
+
+def exists(uri: str) -> bool:
+    fs, path = fs_and_path(uri)
+    return fs.exists(path)
+
+
+def makedirs(uri: str) -> None:
+    fs, path = fs_and_path(uri)
+    if is_local(uri):
+        fs.makedirs(path, exist_ok=True)
+
+
+def listdir(uri: str) -> list[str]:
+    """Names (not paths) directly under `uri`; empty when it does not exist."""
+    fs, path = fs_and_path(uri)
+    try:
+        entries = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+
+def remove(uri: str) -> None:
+    fs, path = fs_and_path(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = fs_and_path(uri)
+    if is_local(uri):
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    else:
+        with fs.open(path, "wb") as handle:
+            handle.write(data)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = fs_and_path(uri)
+    with fs.open(path, "rb") as handle:
+        return handle.read()
+
+
+def write_json(uri: str, obj) -> None:
+    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=False, default=str).encode())
+
+
+def read_json(uri: str):
+    return json.loads(read_bytes(uri))
+
+
+def write_parquet(table: pa.Table, uri: str, row_group_size: Optional[int] = None) -> int:
+    """Write `table` atomically; returns the bytes written."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=row_group_size, compression="zstd")
+    data = sink.getvalue()
+    write_bytes(uri, data)
+    return len(data)
+
+
+def read_parquet(uris: list[str], schema: Optional[pa.Schema] = None) -> pa.Table:
+    tables = []
+    for uri in uris:
+        fs, path = fs_and_path(uri)
+        with fs.open(path, "rb") as handle:
+            tables.append(pq.read_table(handle))
+    if not tables:
+        if schema is None:
+            raise ValueError("no parquet files to read and no schema given")
+        return schema.empty_table()
+    if schema is not None:
+        tables = [t.select(schema.names).cast(schema) for t in tables]
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def parquet_rows(uri: str) -> int:
+    """Row count from the footer, without reading the data."""
+    fs, path = fs_and_path(uri)
+    with fs.open(path, "rb") as handle:
+        return pq.ParquetFile(handle).metadata.num_rows
+
+
+def upload_file(local: str, uri: str) -> None:
+    """Copy a local file to `uri` (rename when both are on the local disk)."""
+    fs, path = fs_and_path(uri)
+    if is_local(uri):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}")
+        shutil.copyfile(local, tmp)
+        os.replace(tmp, path)
+    else:
+        fs.put_file(local, path)
+
+
+@contextlib.contextmanager
+def local_copy(uri: str) -> Iterator[str]:
+    """A local path for `uri`: itself when local, else a temporary download."""
+    if is_local(uri):
+        yield uri[len("file://"):] if uri.startswith("file://") else uri
+        return
+    fs, path = fs_and_path(uri)
+    with tempfile.TemporaryDirectory(prefix="vico-") as tmp:
+        local = os.path.join(tmp, os.path.basename(path))
+        fs.get_file(path, local)
+        yield local
+
+
+def open_read(uri: str):
+    return fsspec.open(uri, "rb")
