@@ -20,3 +20,56 @@ def _tiny_model_config(**kw):
 def tiny_model_config():
     """A factory: tiny_model_config(**overrides) -> ModelConfig (hidden 32, 2 layers, 4 tokens a frame)."""
     return _tiny_model_config
+
+
+TASKS = ["temporal_order", "counting"]
+
+
+def _jpeg(color, size=(64, 48)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def write_version(root, n_train=3, n_val=2, n_frames=6):
+    """A version folder with shards/{train,val} and questions/ in the contract's columns."""
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    colors = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple"]
+    questions = []
+    for split, n in (("train", n_train), ("val", n_val)):
+        rows = []
+        for i in range(n):
+            vid = f"{split}{i}"
+            frames = [_jpeg(colors[(i + k) % len(colors)]) for k in range(n_frames)]
+            conv = []
+            for q, task in enumerate(TASKS):
+                options = [colors[(i + q + j) % len(colors)] for j in range(4)]
+                answer = q % 4
+                text = f"Which colour came first? ({task})"
+                conv += [{"from": "human", "value": ("<video>\n" if q == 0 else "") + text},
+                         {"from": "gpt", "value": f"({'ABCD'[answer]}) {options[answer]}"}]
+                questions.append({"question_id": f"{vid}-q{q}", "video_id": vid, "task": task, "question": text,
+                                  "options": options, "answer": options[answer], "answer_index": answer,
+                                  "evidence_clip_ids": [], "split": split})
+            rows.append({"sample_id": vid, "video_id": vid, "frames": frames,
+                         "frame_times_s": [float(k) for k in range(n_frames)], "conversations": conv, "split": split})
+        folder = root / "shards" / split
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows), folder / "part-00000.parquet")
+    (root / "questions").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(questions), root / "questions" / "part-00000.parquet")
+    return root
+
+
+@pytest.fixture
+def version_dir(tmp_path):
+    return write_version(tmp_path / "demo" / "v1")

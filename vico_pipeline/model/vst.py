@@ -125,4 +125,6 @@ class VideoXL(nn.Module):
         """Training loss: next-token cross-entropy on the answer tokens of the text after the video."""
         memory = self.encode_video(pre_ids, pixels, ratios)
         logits, _ = self.read(memory, post_ids)
+        if not (labels[0, 1:] != -100).any():
+            return logits.sum() * 0.0  # no answer tokens (truncated text): nothing to learn, no NaN
         return F.cross_entropy(logits[0, :-1].float(), labels[0, 1:], ignore_index=-100)

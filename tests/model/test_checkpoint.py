@@ -1,0 +1,81 @@
+"""The authors' Video-XL checkpoint layout (LLaVA-style names) loads by name into ours."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from vico_pipeline.model.checkpoint import author_name, build_model, load_videoxl_state  # noqa: E402
+from vico_pipeline.model.config import ModelUserError  # noqa: E402
+
+
+def authors_state_dict(cfg, seed=5):
+    """A state dict with the authors' names and shapes, written out by hand from the layout
+    of their Qwen2 + LLaVA code (the vision tower keeps all its layers, as theirs does)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    g = torch.Generator().manual_seed(seed)
+    d, inter, kv = cfg.hidden_size, cfg.intermediate_size, cfg.num_kv_heads * (cfg.hidden_size // cfg.num_heads)
+    sd = {"model.embed_tokens.weight": (cfg.vocab_size, d), "model.norm.weight": (d,), "lm_head.weight": (cfg.vocab_size, d),
+          "model.beacon_embed_tokens.weight": (1, d),
+          "model.mm_projector.0.weight": (d, cfg.vision_hidden_size), "model.mm_projector.0.bias": (d,),
+          "model.mm_projector.2.weight": (d, d), "model.mm_projector.2.bias": (d,)}
+    for i in range(cfg.num_layers):
+        p = f"model.layers.{i}."
+        for pre in ("", "beacon_"):
+            sd |= {p + f"self_attn.{pre}q_proj.weight": (d, d), p + f"self_attn.{pre}q_proj.bias": (d,),
+                   p + f"self_attn.{pre}k_proj.weight": (kv, d), p + f"self_attn.{pre}k_proj.bias": (kv,),
+                   p + f"self_attn.{pre}v_proj.weight": (kv, d), p + f"self_attn.{pre}v_proj.bias": (kv,)}
+        sd |= {p + "self_attn.o_proj.weight": (d, d), p + "mlp.gate_proj.weight": (inter, d), p + "mlp.up_proj.weight": (inter, d),
+               p + "mlp.down_proj.weight": (d, inter), p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,)}
+    state = {k: torch.randn(*shape, generator=g) for k, shape in sd.items()}
+    tower = CLIPVisionModel(CLIPVisionConfig(
+        hidden_size=cfg.vision_hidden_size, intermediate_size=cfg.vision_intermediate_size,
+        num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+        image_size=cfg.image_size, patch_size=cfg.patch_size))
+    for k, v in tower.state_dict().items():
+        k = k[len("vision_model."):] if k.startswith("vision_model.") else k
+        state["model.vision_tower.vision_tower.vision_model." + k] = torch.randn(v.shape, generator=g)
+    return state
+
+
+def test_author_names_map_to_ours():
+    assert author_name("model.layers.3.self_attn.beacon_q_proj.weight") == "decoder.layers.3.self_attn.vst_q_proj.weight"
+    assert author_name("model.layers.3.self_attn.q_proj.bias") == "decoder.layers.3.self_attn.q_proj.bias"
+    assert author_name("model.beacon_embed_tokens.weight") == "decoder.vst_embed.weight"
+    assert author_name("model.mm_projector.2.weight") == "vision.projector.2.weight"
+    assert author_name("model.vision_tower.vision_tower.vision_model.pre_layrnorm.bias") == "vision.tower.pre_layrnorm.bias"
+    assert author_name("lm_head.weight") == "decoder.lm_head.weight"
+
+
+def test_load_authors_checkpoint(tiny_model_config):
+    cfg = tiny_model_config()
+    state = authors_state_dict(cfg)
+    model = build_model(cfg)
+    skipped = load_videoxl_state(model, state)
+    # Only the vision tower's last layer is skipped: Video-XL reads the second-to-last layer.
+    last = cfg.vision_layers - 1
+    assert skipped and all(f"encoder.layers.{last}." in k for k in skipped)
+    ours = model.state_dict()
+    a = model.decoder.layers[1].self_attn
+    assert torch.equal(a.vst_k_proj.bias, state["model.layers.1.self_attn.beacon_k_proj.bias"])
+    assert torch.equal(a.q_proj.weight, state["model.layers.1.self_attn.q_proj.weight"])
+    assert torch.equal(model.decoder.vst_embed.weight, state["model.beacon_embed_tokens.weight"])
+    assert torch.equal(model.vision.projector[2].weight, state["model.mm_projector.2.weight"])
+    tower_key = next(k for k in ours if k.endswith("embeddings.patch_embedding.weight"))
+    assert torch.equal(ours[tower_key], state["model.vision_tower.vision_tower.vision_model.embeddings.patch_embedding.weight"])
+    # A second model loaded from the same state computes the same thing.
+    other = build_model(cfg.model_copy(update={"seed": 9}))
+    load_videoxl_state(other, state)
+    pre, post, pixels = torch.tensor([[1, 2, 3]]), torch.tensor([[4, 5]]), torch.randn(3, 3, 56, 56)
+    with torch.no_grad():
+        x = model.read(model.encode_video(pre, pixels, 2), post)[0]
+        y = other.read(other.encode_video(pre, pixels, 2), post)[0]
+    torch.testing.assert_close(x, y)
+
+
+def test_missing_weights_are_reported(tiny_model_config):
+    cfg = tiny_model_config()
+    state = authors_state_dict(cfg)
+    del state["model.layers.0.self_attn.beacon_v_proj.weight"]
+    with pytest.raises(ModelUserError, match="lacks 1 weights"):
+        load_videoxl_state(build_model(cfg), state)
