@@ -34,3 +34,29 @@ def stage_fingerprints(config, specs) -> dict[str, str]:
             "inputs": {name: out[name] for name in spec.inputs},
         })
     return out
+
+
+# Keys that decide where and how fast a run goes, never what it writes.
+_RUNTIME_ONLY = {"num_cpus", "num_gpus", "concurrency", "replicas", "ffmpeg_threads",
+                 "per_domain_concurrency", "per_domain_interval_s", "progress"}
+
+
+def _without_runtime(node):
+    if isinstance(node, dict):
+        return {k: _without_runtime(v) for k, v in node.items() if k not in _RUNTIME_ONLY}
+    return node
+
+
+def version_fingerprint(config, manifest_rows: list[dict]) -> str:
+    """A version's fingerprint: the resolved config (output location, version name, where it
+    runs and the model/train/eval sections excluded), the manifest's content, the code version."""
+    from vico_pipeline import __version__
+    from vico_pipeline.registry import stage_specs
+
+    plain = to_plain(config)
+    for section in ("output", "ray", "model", "train", "eval"):
+        plain.pop(section, None)
+    plain["dataset"].pop("version", None)
+    manifest = [{k: row.get(k) for k in ("url", "id", "title")} for row in manifest_rows]
+    code = {"package": __version__, "stages": {s.name: s.code_version for s in stage_specs()}}
+    return digest({"config": _without_runtime(plain), "manifest": manifest, "code": code})

@@ -1,14 +1,22 @@
 """A run end to end: manifest in, a complete version folder out.
 
-A version is written table by table; `manifest.json` with `"status": "complete"`
-is written last, so a version without it is incomplete and readers skip it.
+    claim      .claim.json (the fingerprint) written first, so a killed run finds its folder again
+    stages     the Ray Data DAG; every stage part is cached under _stages/ (docs/design.md)
+    assemble   each table's folder gets the parts the run reached; videos/ and errors/ are written
+    shards     shards/train/ and shards/val/ (stages/shards.py)
+    card       README.md
+    manifest   manifest.json with "status": "complete", written LAST
+
+A version without that manifest is incomplete and every reader here refuses it.
+Every file is written under a temporary name and renamed (`storage`), so a
+killed run leaves at most stale temp files, whose names readers skip.
 """
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
+import re
 import sys
 import time
 
@@ -19,37 +27,50 @@ from stages.download import VIDEOS_SCHEMA
 from stages.manifest import read_manifest
 from vico_pipeline import __version__, layout, storage
 from vico_pipeline.config import to_plain
-from vico_pipeline.fingerprint import digest
+from vico_pipeline.fingerprint import digest, version_fingerprint  # noqa: F401 (re-exported)
 from vico_pipeline.registry import stage_specs
+
+CLAIM = ".claim.json"
+CARD = "README.md"
 
 
 class RunError(Exception):
     """The run as a whole cannot go on (one line for the user)."""
 
 
-def redact(plain: dict) -> dict:
-    """Secrets never reach a manifest: values of keys that look like credentials are masked."""
-    out = {}
-    for key, value in plain.items():
-        if isinstance(value, dict):
-            out[key] = redact(value)
-        elif any(word in key.lower() for word in ("secret", "token", "password")) or key.lower() in ("api_key", "key"):
-            out[key] = "***" if value else value
-        else:
-            out[key] = value
-    return out
+# --------------------------------------------------------------------------- secrets
+_SECRET_KEY = re.compile(r"(secret|password|passwd|credential|private_key|access_key|api_key$|^token$|_token$|^key$)", re.I)
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
+_SECRET_QUERY = re.compile(r"([?&](?:token|key|api_key|apikey|sig|signature|secret|password|x-amz-signature|x-amz-credential)=)[^&\s]+", re.I)
 
 
-def version_fingerprint(config, manifest_rows: list[dict]) -> str:
-    plain = to_plain(config)
-    plain.pop("output", None)
-    plain["dataset"].pop("version", None)
-    plain["ray"] = None  # where it runs does not change what it makes
-    for section in ("model", "train", "eval"):
-        plain.pop(section, None)
-    return digest({"config": plain, "manifest": manifest_rows, "code": __version__})
+def redact_text(text: str) -> str:
+    """Credentials inside a string (user:pass@ in URLs, token=... query values) masked."""
+    text = _URL_USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
+    return _SECRET_QUERY.sub(lambda m: m.group(1) + "***", text)
 
 
+def redact(plain):
+    """Secrets never reach a manifest: credential-like keys masked, credentials in URLs masked.
+
+    `*_env` keys hold the NAME of an environment variable, which is not a secret.
+    """
+    if isinstance(plain, dict):
+        out = {}
+        for key, value in plain.items():
+            if _SECRET_KEY.search(str(key)) and not str(key).endswith("_env") and not isinstance(value, (dict, list)):
+                out[key] = "***" if value else value
+            else:
+                out[key] = redact(value)
+        return out
+    if isinstance(plain, list):
+        return [redact(v) for v in plain]
+    if isinstance(plain, str):
+        return redact_text(plain)
+    return plain
+
+
+# --------------------------------------------------------------------------- listing
 def list_versions(dataset_root: str) -> list[dict]:
     """Every version folder with its manifest (or status 'incomplete')."""
     out = []
@@ -57,11 +78,19 @@ def list_versions(dataset_root: str) -> list[dict]:
         if name.startswith(("_", ".")):
             continue
         path = storage.join(dataset_root, name)
-        manifest_path = storage.join(path, layout.MANIFEST)
-        manifest = storage.read_json(manifest_path) if storage.exists(manifest_path) else {}
+        manifest = _read_manifest(path)
         out.append({"version": name, "path": path, "manifest": manifest,
                     "status": manifest.get("status", "incomplete")})
     return sorted(out, key=lambda v: (layout.version_number(v["version"]) or 1 << 30, v["version"]))
+
+
+def _read_manifest(version_root: str) -> dict:
+    path = storage.join(version_root, layout.MANIFEST)
+    try:
+        manifest = storage.read_json(path)
+    except (FileNotFoundError, ValueError, OSError):
+        return {}  # missing, or not ours: the version is not complete
+    return manifest if isinstance(manifest, dict) else {}
 
 
 def next_version_name(dataset_root: str) -> str:
@@ -70,10 +99,22 @@ def next_version_name(dataset_root: str) -> str:
 
 
 def is_complete(version_root: str) -> bool:
-    path = storage.join(version_root, layout.MANIFEST)
-    return storage.exists(path) and storage.read_json(path).get("status") == "complete"
+    return _read_manifest(version_root).get("status") == "complete"
 
 
+def open_version(version_root: str) -> dict:
+    """The manifest of a complete version; RunError (one line) for anything else."""
+    version_root = version_root.rstrip("/")
+    if not storage.exists(version_root):
+        raise RunError(f"no such version folder: {version_root}")
+    manifest = _read_manifest(version_root)
+    if manifest.get("status") != "complete":
+        raise RunError(f"{version_root} is not a complete version (no manifest.json with status complete); "
+                       "rerun its `vico run` command to finish it")
+    return manifest
+
+
+# --------------------------------------------------------------------------- the run
 def run(config, log=lambda msg: print(msg, file=sys.stderr)) -> str:
     """Run the pipeline for `config`; returns the version folder (new, or found complete)."""
     from vico_pipeline.pipeline import run_stages, stage_roots_for
@@ -87,71 +128,135 @@ def run(config, log=lambda msg: print(msg, file=sys.stderr)) -> str:
         storage.makedirs(dataset_root)
     except OSError as exc:
         raise RunError(f"output.root is not writable: {config.output.root} ({exc.strerror or exc})") from None
-    for existing in list_versions(dataset_root):
+    versions = list_versions(dataset_root)
+    for existing in versions:
         if existing["status"] == "complete" and existing["manifest"].get("fingerprint") == fingerprint:
             log(f"version {existing['version']} already holds this config and manifest; nothing to do")
             return existing["path"]
-    name = config.dataset.version or _resumable(dataset_root, fingerprint) or next_version_name(dataset_root)
+    name = config.dataset.version or _resumable(versions, fingerprint) or next_version_name(dataset_root)
     version_root = layout.version_dir(config.output.root, config.dataset.name, name)
     if is_complete(version_root):
         raise RunError(f"version {name} exists with another config; choose another dataset.version")
-    # Claim the folder first, so a resumed run finds its version again.
-    storage.write_json(storage.join(version_root, ".claim.json"), {"fingerprint": fingerprint})
+    resumed = storage.exists(storage.join(version_root, CLAIM))
+    # Claim the folder first, so a killed run, started again, finds its version.
+    try:
+        storage.write_json(storage.join(version_root, CLAIM), {"fingerprint": fingerprint, "version": name})
+    except OSError as exc:
+        raise RunError(f"output.root is not writable: {config.output.root} ({exc.strerror or exc})") from None
 
     log(init_ray(config.ray))
     configure_data_context(config.ray.progress)
     roots, stage_fps = stage_roots_for(config)
-    log(f"writing {version_root} from {len(manifest_rows)} manifest lines")
+    log(f"{'resuming' if resumed else 'writing'} {version_root} from {len(manifest_rows)} manifest lines")
+    t_dag = time.time()
     refs = run_stages(manifest_rows, config, roots, progress=config.ray.progress)
-    counts = assemble(version_root, refs)
-    stats = stage_stats(refs)
+    t_assemble = time.time()
+    counts, part_rows, errors = assemble(version_root, refs)
+    t_shards = time.time()
+    shard_index = write_version_shards(config, version_root, refs)
+    counts["shards"] = {"rows": sum(s["rows"] for s in shard_index), "bytes": sum(s["bytes"] for s in shard_index),
+                        "files": len(shard_index)}
+    finished = time.time()
+    stats = stage_stats(refs, part_rows, errors)
+    stats["shards"] = {"items_in": counts["questions"]["rows"] if "questions" in counts else 0,
+                       "items_out": counts["shards"]["rows"], "failed": 0, "cached": 0,
+                       "seconds": round(finished - t_shards, 3)}
     manifest = {
         "version": name,
         "dataset": config.dataset.name,
         "fingerprint": fingerprint,
         "code_version": __version__,
+        "stage_code_versions": {spec.name: spec.code_version for spec in stage_specs()},
         "created": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(),
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "seconds": round(time.time() - started, 2),
+        "finished": dt.datetime.fromtimestamp(finished, dt.timezone.utc).isoformat(),
+        "seconds": round(finished - started, 2),
+        "phases_s": {"stages": round(t_assemble - t_dag, 2), "assemble": round(t_shards - t_assemble, 2),
+                     "shards": round(finished - t_shards, 2)},
+        "resumed": resumed,
         "config": redact(to_plain(config)),
-        "manifest_source": config.sources.manifest,
+        "manifest_source": redact_text(config.sources.manifest),
+        "manifest_lines": len(manifest_rows),
         "clips_mode": config.clips.write_files,
         "tables": counts,
         "stages": stats,
         "stage_fingerprints": stage_fps,
-        "reused": {stage: roots[stage] for stage, s in stats.items() if s["items"] and s["cached"] == s["items"]},
-        "status": "complete",
+        "reused": reused_map(stats, roots, stage_fps, versions, version_root),
+        "shards": shard_index,
     }
-    storage.write_json(storage.join(version_root, layout.MANIFEST), manifest)
+    from vico_pipeline.card import write_card
+    write_card(version_root, manifest)
+    manifest["status"] = "complete"
+    storage.write_json(storage.join(version_root, layout.MANIFEST), manifest)  # last: the version is complete
+    log(f"version {name} complete: " + ", ".join(f"{t} {c['rows']}" for t, c in counts.items()))
     return version_root
 
 
-def _resumable(dataset_root: str, fingerprint: str) -> str | None:
+def _resumable(versions: list[dict], fingerprint: str) -> str | None:
     """An incomplete version claimed by the same fingerprint: a killed run to finish."""
-    for version in list_versions(dataset_root):
-        claim = storage.join(version["path"], ".claim.json")
-        if version["status"] != "complete" and storage.exists(claim) and \
-                storage.read_json(claim).get("fingerprint") == fingerprint:
-            return version["version"]
+    for version in versions:
+        claim = storage.join(version["path"], CLAIM)
+        if version["status"] != "complete" and storage.exists(claim):
+            try:
+                if storage.read_json(claim).get("fingerprint") == fingerprint:
+                    return version["version"]
+            except ValueError:
+                continue
     return None
 
 
-def stage_stats(refs: list[dict]) -> dict:
+# --------------------------------------------------------------------------- stats
+def stage_stats(refs: list[dict], part_rows: dict[str, int], errors: pa.Table) -> dict:
+    """Per stage: items_in (videos that reached it), items_out (rows), failed (error rows),
+    cached (videos whose part was reused), seconds (worker time spent on the rest)."""
+    failed: dict[str, int] = {}
+    for stage in errors.column("stage").to_pylist():
+        failed[stage] = failed.get(stage, 0) + 1
     stats: dict[str, dict] = {}
+    for spec in stage_specs():
+        stats[spec.name] = {"items_in": 0, "items_out": 0, "failed": failed.get(spec.name, 0), "cached": 0,
+                            "seconds": 0.0}
     for row in refs:
+        refs_of = json.loads(row["refs"])
         for stage, s in json.loads(row["stats"]).items():
-            acc = stats.setdefault(stage, {"items": 0, "cached": 0, "rows": 0, "errors": 0, "seconds": 0.0})
-            acc["items"] += 1
+            acc = stats.setdefault(stage, {"items_in": 0, "items_out": 0, "failed": 0, "cached": 0, "seconds": 0.0})
+            if stage == "download" and s.get("cached") and s.get("rows") == 0:
+                pass  # the 2nd.. video of one manifest line (a playlist): counted with the first
+            else:
+                acc["items_in"] += 1
             acc["cached"] += int(bool(s.get("cached")))
-            acc["rows"] += s.get("rows", 0)
-            acc["errors"] += s.get("errors", 0)
             acc["seconds"] = round(acc["seconds"] + s.get("seconds", 0.0), 3)
+        for stage, part in refs_of.items():
+            if stage != "download" and stage in stats:
+                stats[stage]["items_out"] += part_rows.get(part, 0)
+    download_parts = {json.loads(r["refs"]).get("download") for r in refs} - {None}
+    if "download" in stats:
+        stats["download"]["items_out"] = sum(part_rows.get(p, 0) for p in download_parts)
     return stats
 
 
+def reused_map(stats: dict, roots: dict[str, str], stage_fps: dict[str, str], versions: list[dict],
+               version_root: str) -> dict:
+    """{stage: where its output came from}, for every stage that reused cached parts.
+
+    `version` is the first complete version made with the same stage fingerprint
+    (None: parts an interrupted run of this version had already written).
+    """
+    out = {}
+    for stage, s in stats.items():
+        if stage not in roots or not s.get("cached"):
+            continue
+        origin = next((v["version"] for v in versions if v["status"] == "complete"
+                       and v["manifest"].get("stage_fingerprints", {}).get(stage) == stage_fps[stage]), None)
+        out[stage] = {"from": roots[stage], "version": origin, "videos": s["cached"], "of": s["items_in"],
+                      "all": s["cached"] >= s["items_in"]}
+    return out
+
+
+# --------------------------------------------------------------------------- assembly
 def _link(src: str, dst: str) -> None:
     """Put an immutable part into a version: a hard link on a local disk, else a copy."""
     if storage.is_local(src) and storage.is_local(dst):
+        src, dst = _local(src), _local(dst)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         if os.path.exists(dst):
             os.remove(dst)
@@ -167,33 +272,61 @@ def _link(src: str, dst: str) -> None:
         fs.copy(src_path, dst_path)
 
 
-def assemble(version_root: str, refs: list[dict]) -> dict:
-    """Fill the version's tables from the stage parts the run reached; returns counts and bytes."""
-    counts = {}
+def _local(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def _size(uri: str) -> int:
+    fs, path = storage.fs_and_path(uri)
+    return fs.size(path)
+
+
+def table_parts(refs: list[dict]) -> dict[str, list[str]]:
+    """{table: sorted part uris} for the tables the stages fill (the last stage filling a table wins)."""
+    out: dict[str, list[str]] = {}
     for spec in stage_specs():
         if spec.name == "download":
             continue
-        parts = sorted({json.loads(r["refs"])[spec.name] for r in refs if json.loads(r["refs"]).get(spec.name)})
-        table_root = layout.table_dir(version_root, spec.table)
+        out[spec.table] = sorted({json.loads(r["refs"])[spec.name] for r in refs
+                                  if json.loads(r["refs"]).get(spec.name)})
+    return out
+
+
+def assemble(version_root: str, refs: list[dict]) -> tuple[dict, dict[str, int], pa.Table]:
+    """Fill the version's tables from the stage parts the run reached.
+
+    Returns ({table: rows, bytes, files}, {part uri: rows}, the errors table).
+    Each table folder is emptied first, so a resumed assembly leaves nothing stale.
+    """
+    counts, part_rows = {}, {}
+    schemas = {spec.table: spec.schema for spec in stage_specs()}
+    for table, parts in table_parts(refs).items():
+        table_root = layout.table_dir(version_root, table)
         storage.remove(table_root)
         nbytes = rows = 0
         for part in parts:
             target = storage.join(table_root, part.rsplit("/", 1)[-1])
             _link(part, target)
-            rows += storage.parquet_rows(target)
-            nbytes += storage.fs_and_path(target)[0].size(storage.fs_and_path(target)[1])
+            part_rows[part] = storage.parquet_rows(target)
+            rows += part_rows[part]
+            nbytes += _size(target)
         if not parts:  # an empty table is still a readable dataset
-            nbytes = storage.write_parquet(spec.schema.empty_table(), storage.join(table_root, "empty.parquet"))
-        counts[spec.table] = {"rows": rows, "bytes": nbytes, "files": max(1, len(parts))}
+            nbytes = storage.write_parquet(schemas[table].empty_table(), storage.join(table_root, "empty.parquet"))
+        counts[table] = {"rows": rows, "bytes": nbytes, "files": max(1, len(parts))}
+    for part in {json.loads(r["refs"]).get("download") for r in refs} - {None}:
+        part_rows[part] = storage.parquet_rows(part)
     errors = assemble_errors(refs)
+    storage.remove(layout.table_dir(version_root, "errors"))
     counts["errors"] = {"rows": errors.num_rows,
                         "bytes": storage.write_parquet(errors, storage.join(version_root, "errors", "part-00000.parquet")),
                         "files": 1}
     videos = assemble_videos(refs, errors)
+    storage.remove(layout.table_dir(version_root, "videos"))
     counts["videos"] = {"rows": videos.num_rows,
                         "bytes": storage.write_parquet(videos, storage.join(version_root, "videos", "part-00000.parquet")),
                         "files": 1}
-    return counts
+    order = {t: i for i, t in enumerate(layout.TABLES)}
+    return dict(sorted(counts.items(), key=lambda kv: order.get(kv[0], 99))), part_rows, errors
 
 
 def assemble_errors(refs: list[dict]) -> pa.Table:
@@ -223,3 +356,31 @@ def assemble_videos(refs: list[dict], errors: pa.Table) -> pa.Table:
             seen.add(e["item_id"])
             videos.append({"video_id": e["item_id"], "source": e["source"], "status": f"failed:download:{e['error_type']}"})
     return rows_to_table(videos, VIDEOS_SCHEMA)
+
+
+# --------------------------------------------------------------------------- shards
+def write_version_shards(config, version_root: str, refs: list[dict]) -> list[dict]:
+    """shards/train and shards/val from the version's questions and clips; returns the shard index."""
+    from stages.shards import plan_shards, sample_inputs, write_shard
+
+    parts = table_parts(refs)
+    inputs = sample_inputs(parts.get("questions", []), parts.get("clips", []))
+    plans = plan_shards(inputs, config.shards)
+    for split in ("train", "val"):
+        storage.remove(layout.shards_dir(version_root, split))
+    if len(plans) > 1 and _ray_ready():
+        import ray
+
+        task = ray.remote(num_cpus=1)(write_shard)
+        index = ray.get([task.remote(plan, version_root, config.shards) for plan in plans])
+    else:
+        index = [write_shard(plan, version_root, config.shards) for plan in plans]
+    return [entry for entries in index for entry in entries]
+
+
+def _ray_ready() -> bool:
+    try:
+        import ray
+    except ImportError:
+        return False
+    return ray.is_initialized()
