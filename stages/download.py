@@ -203,7 +203,9 @@ class DownloadStage(Stage):
         for index, entry in enumerate(info.get("entries") or []):
             if not entry:
                 continue
-            url = entry.get("url") or entry.get("webpage_url")
+            formats = entry.get("formats") or []
+            # An embedded video with one file is addressed by that file's URL.
+            url = entry.get("url") or (formats[0].get("url") if len(formats) == 1 else entry.get("webpage_url"))
             if url and source_kind(url) == "url" and normalise_source(url) != normalise_source(source):
                 out.append((url, None))
             else:

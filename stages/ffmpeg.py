@@ -64,6 +64,10 @@ def probe(path: str) -> Probe:
                           capture_output=True, text=True, errors="replace")
     text = proc.stderr
     if "Invalid data found" in text or "moov atom not found" in text:
+        if _looks_like_html(path):
+            raise MediaError("html_not_video", "the file is an HTML page, not a video")
+        if "moov atom not found" in text and _head(path)[4:8] == b"ftyp":
+            raise MediaError("truncated", "the MP4 has no index (moov atom): the file is cut short")
         raise MediaError("corrupt", f"ffmpeg cannot read the file: {_last_line(text)}")
     if "No such file" in text:
         raise MediaError("missing", f"no such file: {path}")
@@ -92,6 +96,19 @@ def probe(path: str) -> Probe:
         # ffmpeg states 'fps' (average) and 'tbr' (base rate); they differ for VFR streams.
         variable_frame_rate=bool(tbr and fps_match and abs(_rate(tbr) - fps) > 0.01 * max(fps, 1)),
     )
+
+
+def _head(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(512)
+    except OSError:
+        return b""
+
+
+def _looks_like_html(path: str) -> bool:
+    head = _head(path).lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml"))
 
 
 def _rate(match: re.Match) -> float:

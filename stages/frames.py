@@ -209,16 +209,21 @@ class FramesStage(Stage):
         mode = self.config.clips.write_files
         with tempfile.TemporaryDirectory(prefix="vico-clips-") as tmp:
             pattern = os.path.join(tmp, "%05d.mp4")
+            listing = os.path.join(tmp, "segments.csv")
             codec = (["-c", "copy"] if mode == "copy" else
                      ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-c:a", "aac",
-                      "-force_key_frames", f"expr:gte(t,n_forced*{self.seconds})"])
+                      "-bf", "0", "-force_key_frames", f"expr:gte(t,n_forced*{self.seconds})"])
             run(["-i", path, "-map", "0:v:0", "-map", "0:a?", *codec, "-f", "segment",
-                 "-segment_time", str(self.seconds), "-reset_timestamps", "1", pattern])
+                 "-segment_time", str(self.seconds), "-segment_list", listing, "-segment_list_type", "csv",
+                 "-reset_timestamps", "1", pattern])
             out = {}
-            for name in sorted(os.listdir(tmp)):
-                index = int(name.split(".")[0])
+            for line in open(listing).read().splitlines():
+                name, start, end = line.rsplit(",", 2)
+                # Stream copy cuts on keyframes: a segment belongs to the window it starts in.
+                index = int((float(start) + 1e-3) // self.seconds)
+                if index in out:
+                    continue
                 target = storage.join(self.clip_root, vid, f"{clip_id(vid, index)}.mp4")
-                length = probe(os.path.join(tmp, name)).duration_s
                 storage.upload_file(os.path.join(tmp, name), target)
-                out[index] = (target, length)
+                out[index] = (target, round(float(end) - float(start), 3))
             return out

@@ -1,0 +1,72 @@
+"""Test media made with the real ffmpeg: good videos, odd videos and broken files."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+from stages.ffmpeg import ffmpeg_exe
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def testsrc(path: str, seconds: float, size: str = "320x180", rate: int = 10, extra_in: tuple = (),
+            codec: tuple = ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", "20"),
+            audio: bool = False) -> str:
+    inputs = ["-f", "lavfi", "-i", f"testsrc2=s={size}:r={rate}:d={seconds}"]
+    if audio:
+        inputs += ["-f", "lavfi", "-i", f"sine=d={seconds}"]
+    ffmpeg(*extra_in, *inputs, *codec, *(["-c:a", "aac", "-shortest"] if audio else []), path)
+    return path
+
+
+def make_media(directory: str) -> dict[str, str]:
+    """Every kind of input the ingest tests feed the pipeline, by name."""
+    os.makedirs(directory, exist_ok=True)
+    p = lambda name: os.path.join(directory, name)  # noqa: E731
+    media = {}
+    media["good"] = testsrc(p("good.mp4"), 40, audio=True)
+    media["short"] = testsrc(p("short.mp4"), 5)
+    media["webm"] = testsrc(p("vp9.webm"), 30, codec=("-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "200k"))
+    media["mkv"] = testsrc(p("h264.mkv"), 30, codec=("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-f", "matroska"))
+    # Variable frame rate: keep every frame for 10 s, then one in three.
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=320x180:r=30:d=30", "-vf", "select='lt(t,10)+not(mod(n,3))'",
+           "-fps_mode", "vfr", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", p("vfr.mp4"))
+    media["vfr"] = p("vfr.mp4")
+    # A phone video: portrait pixels stored landscape, with a display rotation.
+    testsrc(p("landscape.mp4"), 20, size="320x176")
+    try:
+        ffmpeg("-display_rotation", "90", "-i", p("landscape.mp4"), "-c", "copy", p("rotated.mp4"))
+    except subprocess.CalledProcessError:  # ffmpeg before 7 spells it as metadata
+        ffmpeg("-i", p("landscape.mp4"), "-c", "copy", "-metadata:s:v", "rotate=90", p("rotated.mp4"))
+    media["rotated"] = p("rotated.mp4")
+    # Broken inputs.
+    with open(p("corrupt.mp4"), "wb") as handle:
+        handle.write(os.urandom(50_000))
+    media["corrupt"] = p("corrupt.mp4")
+    open(p("empty.mp4"), "wb").close()
+    media["empty"] = p("empty.mp4")
+    with open(media["good"], "rb") as handle:
+        data = handle.read()
+    with open(p("truncated.mp4"), "wb") as handle:  # moov atom at the end: cut off
+        handle.write(data[: len(data) // 2])
+    media["truncated"] = p("truncated.mp4")
+    ffmpeg("-f", "lavfi", "-i", "sine=d=20", "-c:a", "aac", p("audio.m4a"))
+    shutil.copy(p("audio.m4a"), p("audio-only.mp4"))
+    media["audio_only"] = p("audio-only.mp4")
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=320x180:r=1:d=1", "-frames:v", "1", p("image.png"))
+    shutil.copy(p("image.png"), p("image.mp4"))
+    media["image"] = p("image.mp4")
+    with open(p("page.mp4"), "w") as handle:
+        handle.write("<html><body>Sign in to continue</body></html>")
+    media["html_as_mp4"] = p("page.mp4")
+    return media
+
+
+def make_hls(source: str, directory: str) -> str:
+    os.makedirs(directory, exist_ok=True)
+    ffmpeg("-i", source, "-c", "copy", "-f", "hls", "-hls_time", "4", "-hls_playlist_type", "vod",
+           os.path.join(directory, "index.m3u8"))
+    return os.path.join(directory, "index.m3u8")
