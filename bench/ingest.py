@@ -1,0 +1,106 @@
+"""Ingest benchmark: the frames stage against a bare ffmpeg decode of the same file.
+
+(a) FramesStage on a 10-minute 720p H.264 video: decode once, two fps/scale
+    branches, JPEG encoding, per-clip signals.
+(b) The floor: ffmpeg decoding the same file through the same fps and scale
+    filters into the null muxer (no JPEG, no Python).
+Ratio (a)/(b); goal <= 1.15. Then the end-to-end `vico run` of the demo against
+the sum of its stages' own seconds (from the version manifest).
+
+    python bench/ingest.py [--minutes 10] [--height 720] [--repeat 2] [--skip-demo]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from stages.ffmpeg import ffmpeg_exe, probe  # noqa: E402
+from stages.frames import FramesStage, _scale  # noqa: E402
+from vico_pipeline.config import load_config  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_video(path: str, minutes: float, height: int) -> None:
+    if os.path.exists(path):
+        return
+    width = height * 16 // 9
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
+                    "-i", f"testsrc2=s={width}x{height}:r=30:d={minutes * 60}",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", "60", path + ".tmp.mp4"],
+                   check=True)
+    os.replace(path + ".tmp.mp4", path)
+
+
+def frames_stage(path: str, config) -> tuple[float, int]:
+    meta = probe(path)
+    stage = FramesStage(config)
+    start = time.perf_counter()
+    clips = 0
+    for row in stage.process({"video": {"video_id": "bench", "source": path,
+                                        "duration_s": meta.duration_s, "media_path": path}}):
+        clips += isinstance(row, dict)
+    return time.perf_counter() - start, clips
+
+
+def bare_decode(path: str, config) -> float:
+    per_clip, seconds = config.caption.frames_per_clip, config.clips.seconds
+    graph = (f"[0:v]split=2[a][b];[a]fps={config.frames.fps},{_scale(config.frames.size)}[t];"
+             f"[b]fps={per_clip}/{seconds},{_scale(config.caption.frame_size)}[c]")
+    start = time.perf_counter()
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-i", path,
+                    "-filter_complex", graph, "-map", "[t]", "-f", "null", "-", "-map", "[c]", "-f", "null", "-"],
+                   check=True)
+    return time.perf_counter() - start
+
+
+def demo_end_to_end(work: str) -> dict:
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    vico = [sys.executable, "-m", "vico_pipeline.cli"]
+    subprocess.run([*vico, "demo-videos", f"{work}/demo", "--count", "3", "--minutes", "2"], check=True,
+                   cwd=REPO, env=env, capture_output=True)
+    start = time.perf_counter()
+    proc = subprocess.run([*vico, "run", "configs/demo.yaml", "--set", f"sources.manifest={work}/demo/manifest.txt",
+                           "--set", f"output.root={work}/out", "--set", "ray.progress=false"],
+                          check=True, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    manifest = json.load(open(os.path.join(proc.stdout.strip().splitlines()[-1], "manifest.json")))
+    stage_seconds = {name: s["seconds"] for name, s in manifest["stages"].items()}
+    return {"wall_s": round(wall, 2), "pipeline_s": manifest["seconds"], "stage_seconds": stage_seconds,
+            "sum_of_stages_s": round(sum(stage_seconds.values()), 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--height", type=int, default=720)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "vico-bench-ingest"))
+    args = parser.parse_args()
+    os.makedirs(args.work, exist_ok=True)
+    path = os.path.join(args.work, f"bench-{args.minutes:g}min-{args.height}p.mp4")
+    make_video(path, args.minutes, args.height)
+    config = load_config(os.path.join(REPO, "configs/demo.yaml"))
+    stage_times, floor_times = [], []
+    for _ in range(args.repeat):  # interleaved, so both see the same machine noise
+        floor_times.append(bare_decode(path, config))
+        seconds, clips = frames_stage(path, config)
+        stage_times.append(seconds)
+    result = {"video": f"{args.minutes:g} min {args.height}p H.264 30 fps", "clips": clips,
+              "frames_stage_s": round(min(stage_times), 2), "bare_ffmpeg_s": round(min(floor_times), 2),
+              "ratio": round(min(stage_times) / min(floor_times), 3)}
+    if not args.skip_demo:
+        result["demo"] = demo_end_to_end(args.work)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
