@@ -170,6 +170,7 @@ class DownloadStage(Stage):
                 yield ErrorRow(vid, entry_source, classify(message), message)
 
     def _ydl_options(self, tmp: str | None) -> dict:
+        self._logger = _QuietLogger()
         height = self.dl.max_height
         opts = {
             "quiet": True, "no_warnings": True, "noprogress": True, "noplaylist": False,
@@ -179,7 +180,7 @@ class DownloadStage(Stage):
             "format": f"bv*[height<=?{height}]+ba/b[height<=?{height}]/bv*+ba/b",
             "format_sort": [f"res:{height}", "vcodec:h264", "ext:mp4:m4a"],
             "merge_output_format": "mp4",
-            "logger": _QuietLogger(),
+            "logger": self._logger,
             "extract_flat": False,
         }
         if tmp:
@@ -232,8 +233,9 @@ class DownloadStage(Stage):
                 info = ydl.process_ie_result(info, download=True)
             files = [f for f in os.listdir(tmp) if not f.endswith((".part", ".ytdl"))]
             if not files:
-                raise DownloadRejected("too_large" if "max-filesize" in str(info) else "download_failed",
-                                       "yt-dlp wrote no file (over download.max_bytes, or nothing downloadable)")
+                if any("max-filesize" in line for line in self._logger.lines):
+                    raise DownloadRejected("too_large", f"the file is over download.max_bytes={self.dl.max_bytes}")
+                raise DownloadRejected("download_failed", "yt-dlp wrote no file: " + " | ".join(self._logger.lines[-2:]))
             return os.path.join(tmp, max(files, key=lambda f: os.path.getsize(os.path.join(tmp, f)))), info
 
         return self._with_retries(source, attempt)
@@ -288,15 +290,15 @@ class DownloadStage(Stage):
 
 
 class _QuietLogger:
-    """yt-dlp talks through this; errors reach us as exceptions instead."""
+    """yt-dlp talks through this; we keep its last lines to explain a missing file."""
+
+    def __init__(self):
+        self.lines: list[str] = []
 
     def debug(self, msg):
-        pass
+        self.lines = (self.lines + [str(msg)])[-50:]
 
-    info = warning = debug
-
-    def error(self, msg):
-        pass
+    info = warning = error = debug
 
 
 def _clean(message: str) -> str:

@@ -29,6 +29,8 @@ def media(tmp_path_factory):
 class _Handler(SimpleHTTPRequestHandler):
     """Static files, plus the misbehaving routes the ingest tests need."""
 
+    hits: dict[str, int] = {}
+
     def log_message(self, *args):
         pass
 
@@ -44,6 +46,14 @@ class _Handler(SimpleHTTPRequestHandler):
             self.wfile.flush()
             self.connection.close()
             return
+        if self.path.startswith("/flaky/"):  # /flaky/N/name: 503 for the first N requests, then the file
+            _, _, count, name = self.path.split("/", 3)
+            seen = _Handler.hits.get(self.path, 0)
+            _Handler.hits[self.path] = seen + 1
+            if seen < int(count):
+                self.send_error(503)
+                return
+            self.path = "/" + name
         if self.path.startswith("/status/"):
             self.send_error(int(self.path.rsplit("/", 1)[-1]))
             return
@@ -65,11 +75,16 @@ class _Handler(SimpleHTTPRequestHandler):
         self.wfile.write(body)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # clients that hang up early (size limits, retries) are part of the tests
+
+
 @pytest.fixture(scope="session")
 def http_server(media):
     """A server on 127.0.0.1 serving the media folder; yields its base URL."""
     directory = os.path.dirname(media["good"])
-    server = ThreadingHTTPServer(("127.0.0.1", 0), lambda *a, **k: _Handler(*a, directory=directory, **k))
+    server = _QuietServer(("127.0.0.1", 0), lambda *a, **k: _Handler(*a, directory=directory, **k))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
