@@ -1,0 +1,142 @@
+"""Caption: a clip's frames and a versioned prompt in, a caption and its key event out.
+
+The clips the filter kept go to the caption engine in batches; while the
+engine works on one batch, a thread prepares the next (JPEG decoding,
+processor), so a GPU engine is not left waiting on the CPU. The engine is
+asked for JSON `{caption, key_event}` (structured output where it has it);
+the parser copes with plain text. A clip whose request failed, or whose
+answer is empty or unreadable, becomes an error row; the others go on.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+import pyarrow as pa
+
+from stages.base import ErrorRow, Stage
+from vico_pipeline.engines import Request, build_engine
+from vico_pipeline.engines.parse import extract_json, first_sentence, readable
+
+CAPTIONS_SCHEMA = pa.schema([
+    ("clip_id", pa.string()),
+    ("video_id", pa.string()),
+    ("clip_index", pa.int32()),
+    ("start_s", pa.float64()),
+    ("end_s", pa.float64()),
+    ("caption", pa.string()),
+    ("key_event", pa.string()),
+    ("engine", pa.string()),
+    ("model", pa.string()),
+    ("prompt_version", pa.string()),
+    # "json" when the answer kept to the asked JSON, "text" when the parser fell back.
+    ("answer_format", pa.string()),
+    ("prompt_tokens", pa.int32()),
+    ("completion_tokens", pa.int32()),
+    ("latency_s", pa.float64()),
+])
+
+CAPTION_SCHEMA_JSON = {
+    "type": "object",
+    "properties": {"caption": {"type": "string"}, "key_event": {"type": "string"}},
+    "required": ["caption", "key_event"],
+}
+
+# Prompts are versioned: a new wording is a new version (and a new caption fingerprint).
+PROMPTS = {
+    "v1": (
+        "These {n} frames are sampled in order from one {seconds:.0f}-second clip of a longer video "
+        "({start} to {end}). Describe the clip for someone who cannot see it: the sequence of actions "
+        "in order, the people, objects and setting, and any visible text (quote it). Say only what is "
+        "visible; do not guess.\n"
+        'Answer with JSON only: {{"caption": "3 to 6 sentences", "key_event": "one sentence: the most '
+        'important event of the clip, recognisable without timestamps"}}'
+    ),
+}
+
+
+def clock(seconds: float) -> str:
+    """mm:ss, or h:mm:ss from one hour on."""
+    total = int(round(seconds))
+    h, rest = divmod(total, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def caption_prompt(version: str, clip: dict) -> str:
+    if version not in PROMPTS:
+        raise ValueError(f"unknown caption prompt version {version!r}; known: {', '.join(PROMPTS)}")
+    return PROMPTS[version].format(n=len(clip["caption_frames"]), seconds=clip["end_s"] - clip["start_s"],
+                                   start=clock(clip["start_s"]), end=clock(clip["end_s"]))
+
+
+def parse_caption(text: str) -> tuple[str, str, str]:
+    """(caption, key_event, answer_format) from an engine's answer; caption '' when unusable."""
+    data = extract_json(text)
+    if isinstance(data, dict) and isinstance(data.get("caption"), str) and data["caption"].strip():
+        caption = " ".join(data["caption"].split())
+        key = data.get("key_event")
+        key = " ".join(key.split()) if isinstance(key, str) and key.strip() else first_sentence(caption)
+        return caption, key, "json"
+    caption = " ".join((text or "").split())
+    return caption, first_sentence(caption), "text"
+
+
+class CaptionStage(Stage):
+    name = "caption"
+    schema = CAPTIONS_SCHEMA
+    heavy = True
+
+    def setup(self) -> None:
+        self.engine = build_engine(self.config.caption, "caption")
+        self.prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vico-caption-prepare")
+
+    def batch_size(self) -> int:
+        section = self.config.caption
+        if section.engine == "vllm":
+            return 256  # vLLM batches continuously: give it the whole video
+        if section.engine == "openai":
+            return max(section.batch_size, section.concurrency)
+        return max(1, section.batch_size)
+
+    def process(self, item: dict) -> Iterator[dict | ErrorRow]:
+        vid, source = item["video_id"], item["source"]
+        verdicts = item.get("filter") or []
+        kept = {r["clip_id"] for r in verdicts if r["kept"]}
+        clips = sorted((c for c in item["frames"] if c["clip_id"] in kept), key=lambda c: c["clip_index"])
+        if not clips:
+            reasons: dict[str, int] = {}
+            for r in verdicts:
+                reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+            detail = ", ".join(f"{n} {why}" for why, n in sorted(reasons.items())) or "no clips"
+            yield ErrorRow(vid, source, "no_clips_kept", f"the clip filter kept none of {len(verdicts)} clips ({detail})")
+            return
+        section = self.config.caption
+        size = self.batch_size()
+        batches = [clips[i:i + size] for i in range(0, len(clips), size)]
+        requests = [[Request(prompt=caption_prompt(section.prompt_version, c), images=c["caption_frames"],
+                             json_schema=CAPTION_SCHEMA_JSON) for c in batch] for batch in batches]
+        pending = self.prefetch.submit(self.engine.prepare, requests[0])
+        for index, batch in enumerate(batches):
+            prepared = pending.result()
+            if index + 1 < len(batches):  # the next batch is prepared while this one generates
+                pending = self.prefetch.submit(self.engine.prepare, requests[index + 1])
+            results = self.engine.generate(prepared)
+            for clip, result in zip(batch, results):
+                yield from self._row(clip, result, source)
+
+    def _row(self, clip: dict, result, source: str):
+        if not result.ok:
+            yield ErrorRow(clip["clip_id"], source, f"caption_{result.error_type}", result.error or "")
+            return
+        caption, key_event, answer_format = parse_caption(result.text)
+        if not readable(caption, min_words=3):
+            yield ErrorRow(clip["clip_id"], source, "unreadable_caption",
+                           f"the caption engine's answer is empty or not text: {result.text[:120]!r}")
+            return
+        yield {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "clip_index": clip["clip_index"],
+               "start_s": clip["start_s"], "end_s": clip["end_s"], "caption": caption, "key_event": key_event,
+               "engine": self.engine.kind, "model": self.engine.model,
+               "prompt_version": self.config.caption.prompt_version, "answer_format": answer_format,
+               "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+               "latency_s": round(result.latency_s, 4)}

@@ -1,0 +1,72 @@
+"""The `template` clue engine: distinct events picked from the captions, no model.
+
+It reads the captions of one video (`Request.data`: clips in time order with
+their caption and key event), walks them in time order, and keeps a clip's key
+event when it is not a near-duplicate of one already kept (word and word-pair
+overlap, `similarity`). When more than `clues.max_clues` remain it keeps an
+even spread over the video. It answers in the same JSON an LLM is asked for,
+so the same validator checks both.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from vico_pipeline.engines.base import Engine, Request, Result
+
+_STOPWORDS = frozenset("a an the of to in on at and or is are was were be with by for from its it this that as".split())
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def features(text: str) -> set[str]:
+    """Words and word pairs of a text, stopwords left out."""
+    words = [w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS]
+    return set(words) | {f"{a} {b}" for a, b in zip(words, words[1:])}
+
+
+def similarity(a: str, b: str) -> float:
+    """Jaccard overlap of words and word pairs: 1.0 for the same wording, order-aware."""
+    fa, fb = features(a), features(b)
+    if not fa and not fb:
+        return 1.0
+    return len(fa & fb) / len(fa | fb)
+
+
+def pick_distinct(texts: list[str], threshold: float) -> list[int]:
+    """Indices of texts kept in order, each below `threshold` similarity to every kept one."""
+    kept: list[int] = []
+    for i, text in enumerate(texts):
+        if text.strip() and all(similarity(text, texts[j]) < threshold for j in kept):
+            kept.append(i)
+    return kept
+
+
+def spread(indices: list[int], k: int) -> list[int]:
+    """At most `k` of `indices`, evenly spread, first and last kept."""
+    if len(indices) <= k:
+        return indices
+    if k == 1:
+        return indices[:1]
+    return [indices[round(i * (len(indices) - 1) / (k - 1))] for i in range(k)]
+
+
+class TemplateEngine(Engine):
+    kind = "template"
+
+    def __init__(self, section):
+        super().__init__(section)
+        self.model = "template-v1"
+        self.threshold = getattr(section, "duplicate_similarity", 0.85)
+        self.max_clues = getattr(section, "max_clues", 12)
+
+    def generate(self, prepared: list[Request]) -> list[Result]:
+        out = []
+        for request in prepared:
+            started = time.perf_counter()
+            clips = request.data or []
+            texts = [c.get("key_event") or c.get("caption") or "" for c in clips]
+            chosen = spread(pick_distinct(texts, self.threshold), self.max_clues)
+            events = [{"clip_id": clips[i]["clip_id"], "clue": texts[i][:1].upper() + texts[i][1:]} for i in chosen]
+            out.append(Result(text=json.dumps({"events": events}), latency_s=time.perf_counter() - started))
+        return out

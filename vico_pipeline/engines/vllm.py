@@ -1,0 +1,92 @@
+"""The `vllm` engine: vLLM's offline `LLM` inside our stage actor, on the actor's GPUs.
+
+Why not `ray.data.llm`: its processors map a whole Ray Dataset of prompts,
+one row per request, with their own actor pool. Our DAG moves one reference
+row per video and each stage reads and writes that video's part file (the
+cache and resume unit, docs/design.md); turning captioning into a
+dataset-wide map would break the per-video parts. So the caption and clue
+stages are actors that build `vllm.LLM` once (in `setup`) and hand it a
+whole video's clips per call; vLLM's continuous batching fills the GPU from
+that list. See docs/engines.md for what was and was not run.
+
+`tensor_parallel_size` > 1 uses vLLM's multiprocessing executor inside the
+actor, which holds that many GPUs (`engine_resources`).
+"""
+from __future__ import annotations
+
+import time
+
+from stages.base import require
+from vico_pipeline.engines.base import Engine, EngineError, Request, Result
+from vico_pipeline.engines.openai import chat_messages
+
+
+def llm_kwargs(section, max_images: int) -> dict:
+    """Arguments of `vllm.LLM(...)` from a config section."""
+    if not section.model:
+        raise EngineError("the vllm engine needs a model (hub name or local directory)")
+    kwargs = {"model": section.model, "tensor_parallel_size": section.tensor_parallel_size,
+              "gpu_memory_utilization": section.gpu_memory_utilization, "trust_remote_code": False}
+    if section.max_model_len:
+        kwargs["max_model_len"] = section.max_model_len
+    if max_images:
+        kwargs["limit_mm_per_prompt"] = {"image": max_images}
+    if section.tensor_parallel_size > 1:
+        kwargs["distributed_executor_backend"] = "mp"  # GPUs of this actor, no nested placement group
+    kwargs.update(section.engine_args)
+    return kwargs
+
+
+def sampling_kwargs(section) -> dict:
+    return {"max_tokens": section.max_tokens, "temperature": section.temperature}
+
+
+def structured(vllm, schema: dict) -> dict:
+    """Guided JSON decoding arguments for SamplingParams, across vLLM versions."""
+    params = getattr(vllm, "sampling_params", None)
+    if params is not None and hasattr(params, "StructuredOutputsParams"):  # vLLM >= 0.11
+        return {"structured_outputs": params.StructuredOutputsParams(json=schema)}
+    if params is not None and hasattr(params, "GuidedDecodingParams"):
+        return {"guided_decoding": params.GuidedDecodingParams(json=schema)}
+    return {}
+
+
+def parse_output(output, latency: float) -> Result:
+    """One `vllm.RequestOutput` to a Result."""
+    if not output.outputs:
+        return Result(error_type="empty_response", error="vLLM returned no completion", latency_s=latency)
+    completion = output.outputs[0]
+    return Result(text=(completion.text or "").strip(),
+                  prompt_tokens=len(output.prompt_token_ids or []),
+                  completion_tokens=len(completion.token_ids or []), latency_s=latency)
+
+
+class VLLMEngine(Engine):
+    kind = "vllm"
+
+    def __init__(self, section, max_images: int | None = None):
+        super().__init__(section)
+        self.vllm = require("vllm", "vllm")
+        if max_images is None:
+            max_images = getattr(section, "frames_per_clip", 0)
+        self.llm = self.vllm.LLM(**llm_kwargs(section, max_images))
+
+    def sampling_params(self, request: Request):
+        kwargs = sampling_kwargs(self.section)
+        if self.section.structured_output and request.json_schema is not None:
+            kwargs.update(structured(self.vllm, request.json_schema))
+        return self.vllm.SamplingParams(**kwargs)
+
+    def generate(self, prepared: list[Request]) -> list[Result]:
+        if not prepared:
+            return []
+        conversations = [chat_messages(r) for r in prepared]
+        params = [self.sampling_params(r) for r in prepared]
+        started = time.perf_counter()
+        try:
+            outputs = self.llm.chat(conversations, params, use_tqdm=False)
+        except Exception as exc:  # the batch fails, the run goes on
+            latency = time.perf_counter() - started
+            return [Result(error_type=type(exc).__name__, error=str(exc)[:500], latency_s=latency) for _ in prepared]
+        latency = time.perf_counter() - started
+        return [parse_output(o, latency) for o in outputs]
