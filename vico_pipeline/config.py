@@ -85,7 +85,7 @@ class FilterConfig(Section):
     # Mean luma (0-255) under which a clip counts as black.
     black_brightness: float = 12.0
     # Mean absolute frame difference (0-255) under which a clip counts as frozen.
-    frozen_motion: float = 0.5
+    frozen_motion: float = 0.2
     # Similarity (0-1) to the previous clip above which a clip counts as a near-duplicate.
     duplicate_similarity: float = 0.995
 
@@ -108,6 +108,14 @@ class EngineSection(Section):
     tensor_parallel_size: int = 1
     replicas: int = 1
     device: str = "auto"
+    # CPUs each engine worker (task or actor) holds.
+    num_cpus: float = 1.0
+    # Ask the engine for JSON (response_format / guided decoding) where it supports it.
+    structured_output: bool = True
+    # vllm: share of GPU memory for weights + KV cache, context length, extra LLM(...) arguments.
+    gpu_memory_utilization: float = 0.9
+    max_model_len: Optional[int] = None
+    engine_args: dict[str, Any] = {}
 
 
 class CaptionConfig(EngineSection):
@@ -118,10 +126,16 @@ class CaptionConfig(EngineSection):
 
 class CluesConfig(EngineSection):
     engine: Literal["template", "transformers", "openai", "vllm"] = "template"
+    # A JSON list of up to max_clues events needs more room than one caption.
+    max_tokens: int = 1024
     max_clues: int = 12
     min_clues: int = 3
     # Two clues whose text similarity is above this are near-duplicates.
     duplicate_similarity: float = 0.85
+    # Times the engine is asked again when its answer yields too few valid clues.
+    validation_retries: int = 1
+    # Longest caption text (characters) put into the clue prompt per clip.
+    max_caption_chars: int = 600
 
 
 class QuestionsConfig(Section):

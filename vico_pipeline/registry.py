@@ -53,7 +53,50 @@ def _frames_resources(config):
             "concurrency": config.frames.concurrency, "actor": False}
 
 
+def _filter(config, root):
+    from stages.clip_filter import ClipFilterStage
+    return ClipFilterStage(config)
+
+
+def _caption(config, root):
+    from stages.caption import CaptionStage
+    return CaptionStage(config)
+
+
+def _clues(config, root):
+    from stages.clues import CluesStage
+    return CluesStage(config)
+
+
+def _questions(config, root):
+    from stages.questions import QuestionsStage
+    return QuestionsStage(config)
+
+
+def _light_resources(config):
+    return {"num_cpus": 1, "num_gpus": 0, "concurrency": None, "actor": False}
+
+
+def _caption_resources(config):
+    from vico_pipeline.engines import engine_resources
+    return engine_resources(config.caption)
+
+
+def _clues_resources(config):
+    from vico_pipeline.engines import engine_resources
+    return engine_resources(config.clues)
+
+
+# What decides an engine stage's output (not where it runs, nor how fast).
+_ENGINE_KEYS = ("engine", "model", "prompt_version", "max_tokens", "temperature", "structured_output")
+
+
 def stage_specs() -> list[StageSpec]:
+    from stages.caption import CAPTIONS_SCHEMA
+    from stages.clip_filter import FILTERED_SCHEMA
+    from stages.clues import CLUES_SCHEMA
+    from stages.questions import QUESTIONS_SCHEMA
+
     specs = [
         StageSpec("download", "videos", VIDEOS_SCHEMA, (), _download,
                   ("sources.allow_local", "download.max_height", "download.max_bytes",
@@ -61,6 +104,16 @@ def stage_specs() -> list[StageSpec]:
         StageSpec("frames", "clips", CLIPS_SCHEMA, ("download",), _frames,
                   ("clips", "frames.fps", "frames.size", "frames.jpeg_quality",
                    "caption.frames_per_clip", "caption.frame_size"), _frames_resources),
+        StageSpec("filter", "filtered", FILTERED_SCHEMA, ("download", "frames"), _filter,
+                  ("filter",), _light_resources),
+        StageSpec("caption", "captions", CAPTIONS_SCHEMA, ("download", "frames", "filter"), _caption,
+                  tuple(f"caption.{k}" for k in _ENGINE_KEYS), _caption_resources),
+        StageSpec("clues", "clues", CLUES_SCHEMA, ("download", "caption"), _clues,
+                  tuple(f"clues.{k}" for k in _ENGINE_KEYS) + (
+                      "clues.max_clues", "clues.min_clues", "clues.duplicate_similarity",
+                      "clues.validation_retries", "clues.max_caption_chars"), _clues_resources),
+        StageSpec("questions", "questions", QUESTIONS_SCHEMA, ("download", "clues"), _questions,
+                  ("questions", "clips.seconds", "shards.val_fraction"), _light_resources),
     ]
     return specs
 
