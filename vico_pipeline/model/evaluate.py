@@ -1,0 +1,233 @@
+"""`vico eval`: VICO val accuracy per task, and the needle grid for VST, INTP and uniform subsampling."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_for_eval
+from .config import EvalConfig, ModelUserError
+from .data import IM_END, IM_START, ShardRows, question_prompt
+from .intp import context_scale, ntk_rope_base, rearrange
+from .needle import haystack_with_needle, make_needle
+from .vision import frames_to_pixels, uniform_indices
+
+LETTERS = "ABCDEFGH"
+ANSWER_PREFIX = "Best option:("
+
+
+class Evaluator:
+    """A loaded checkpoint plus the prompt layout; every method builds its memory afresh per question."""
+
+    def __init__(self, model, tokenizer, mcfg, device):
+        self.model, self.tok, self.mcfg, self.device = model, tokenizer, mcfg, device
+        self.letter_ids = [self.ids(c)[0] for c in LETTERS[:4]]
+
+    def ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def tensor(self, ids: list[int]) -> torch.Tensor:
+        return torch.tensor([ids], device=self.device)
+
+    def pre_ids(self) -> torch.Tensor:
+        return self.tensor(self.ids(f"{IM_START}system\n{self.mcfg.system_prompt}{IM_END}\n{IM_START}user\n"))
+
+    def prompt_ids(self, question: str, options: list[str]) -> list[int]:
+        return self.ids("\n" + question_prompt(question, options) + f"{IM_END}\n{IM_START}assistant\n")
+
+    def pixels(self, frames) -> torch.Tensor:
+        return frames_to_pixels(frames, self.model.vision.image_size).to(self.device, self._dtype())
+
+    def _dtype(self):
+        return next(self.model.parameters()).dtype
+
+    @torch.no_grad()
+    def memory(self, pixels, ratio, rope_base=None, intp_groups: int = 1):
+        if intp_groups > 1:
+            visual = rearrange(pixels, intp_groups, self.model.vision)
+            return self.model.encode_video(self.pre_ids(), visual=visual, ratios=None, rope_base=rope_base)
+        return self.model.encode_video(self.pre_ids(), pixels, ratios=ratio, rope_base=rope_base)
+
+    @torch.no_grad()
+    def letter(self, memory, question, options, rope_base=None) -> int:
+        """The generated letter after "Best option:(" (greedy, among A-D)."""
+        ids = self.prompt_ids(question, options) + self.ids(ANSWER_PREFIX)
+        logits, _ = self.model.read(memory, self.tensor(ids), rope_base)
+        return int(logits[0, -1, self.letter_ids].argmax())
+
+    @torch.no_grad()
+    def free_letter(self, memory, question, options, max_new_tokens: int) -> int:
+        """Letter parsed from unconstrained greedy generation; -1 if none."""
+        ids = self.prompt_ids(question, options) + self.ids(ANSWER_PREFIX)
+        text = self.tok.decode(self.model.generate(memory, self.tensor(ids), max_new_tokens, self.tok.eos_token_id))
+        return next((LETTERS.index(c) for c in text if c in LETTERS[:len(options)]), -1)
+
+    @torch.no_grad()
+    def likelihood(self, memory, question, options) -> int:
+        """The option whose text has the highest mean log-likelihood as the answer."""
+        prompt = self.prompt_ids(question, options)
+        scores = []
+        for option in options:
+            answer = self.ids(option + IM_END)
+            logits, _ = self.model.read(memory, self.tensor(prompt + answer))
+            logp = logits[0, len(prompt) - 1:-1].float().log_softmax(-1)
+            scores.append(logp.gather(1, torch.tensor(answer, device=self.device)[:, None]).mean().item())
+        return max(range(len(options)), key=scores.__getitem__)
+
+
+def vico_qa(ev: Evaluator, version: Path, ecfg: EvalConfig, max_frames: int) -> dict:
+    """Accuracy per task on the version's val questions, by option likelihood and by generated letter."""
+    import pyarrow.parquet as pq
+
+    qdir = version / "questions"
+    if not qdir.exists():
+        return {"vico_qa": {}, "vico_qa_letter": {}, "vico_qa_count": {}, "note": f"no questions table in {version}"}
+    questions = [q for q in pq.read_table(qdir).to_pylist() if q.get("split") == "val" and q.get("options")]
+    rows = ShardRows(version, "val")
+    frames_of = {}
+    for i in range(len(rows)):
+        row = rows[i]
+        frames_of.setdefault(row["video_id"], row["frames"])
+    questions = [q for q in questions if q["video_id"] in frames_of][: ecfg.max_val_samples]
+    right, right_letter, count = defaultdict(int), defaultdict(int), defaultdict(int)
+    for q in questions:
+        frames = frames_of[q["video_id"]]
+        pixels = ev.pixels([frames[i] for i in uniform_indices(len(frames), max_frames)])
+        memory = ev.memory(pixels, ev.mcfg.ratio)
+        count[q["task"]] += 1
+        right[q["task"]] += ev.likelihood(memory, q["question"], q["options"]) == q["answer_index"]
+        if ecfg.generate_letter:
+            right_letter[q["task"]] += ev.free_letter(memory, q["question"], q["options"], ecfg.max_new_tokens) == q["answer_index"]
+    return {"vico_qa": {t: right[t] / n for t, n in count.items()},
+            "vico_qa_letter": {t: right_letter[t] / n for t, n in count.items()} if ecfg.generate_letter else {},
+            "vico_qa_count": dict(count)}
+
+
+def method_runs(ecfg: EvalConfig, mcfg, train_frames: int) -> list[tuple[str, dict]]:
+    runs = []
+    for m in ecfg.methods:
+        if m == "vst":
+            runs += [(f"vst-r{r}", {"kind": "vst", "ratio": r}) for r in ecfg.ratios]
+        elif m == "intp":
+            runs.append(("intp", {"kind": "intp"}))
+        else:
+            runs.append(("uniform", {"kind": "uniform", "ratio": mcfg.ratio}))
+    return runs
+
+
+def run_cell(ev: Evaluator, spec: dict, frames: list, needle, train_frames: int, text_len: int) -> tuple[bool, int]:
+    """One needle question under one method; (correct, KV memory bytes)."""
+    dims = ev.model.decoder.dims
+    rope_base, groups, ratio = None, 1, spec.get("ratio")
+    if spec["kind"] == "uniform":
+        frames = [frames[i] for i in uniform_indices(len(frames), train_frames)]
+    elif spec["kind"] == "intp":
+        # m = T / F groups, no compression, RoPE base scaled by s = new length / trained length.
+        groups = max(1, math.ceil(len(frames) / train_frames))
+        per_frame = ev.model.vision.tokens_per_frame
+        s = context_scale(text_len + len(frames) * per_frame, text_len + train_frames * per_frame)
+        rope_base = ntk_rope_base(dims.rope_theta, dims.head_dim, s) if groups > 1 else None
+        ratio = None
+    memory = ev.memory(ev.pixels(frames), ratio, rope_base, groups)
+    pred = ev.letter(memory, needle.question, needle.options, rope_base)
+    kv_bytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in memory.kv)
+    return pred == needle.answer_index, kv_bytes
+
+
+def needle_grid(ev: Evaluator, haystacks: list[list], ecfg: EvalConfig, train_frames: int) -> list[dict]:
+    size = ev.model.vision.image_size
+    rng = random.Random(ecfg.seed)
+    needles = [make_needle(rng, size) for _ in range(ecfg.needle_trials)]
+    text_len = ev.pre_ids().shape[1] + len(ev.prompt_ids(needles[0].question, needles[0].options))
+    cuda = ev.device.type == "cuda"
+    cells = []
+    for name, spec in method_runs(ecfg, ev.mcfg, train_frames):
+        for n_frames in ecfg.needle_frames:
+            for depth in ecfg.needle_depths:
+                if cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                t0, right, peak = time.time(), 0, 0
+                for trial, needle in enumerate(needles):
+                    frames = haystack_with_needle(haystacks[trial % len(haystacks)], n_frames, depth, needle.image)
+                    ok, kv_bytes = run_cell(ev, spec, frames, needle, train_frames, text_len)
+                    right += ok
+                    peak = max(peak, kv_bytes)
+                if cuda:
+                    torch.cuda.synchronize()
+                    peak = torch.cuda.max_memory_allocated()
+                cells.append({"method": name, "frames": n_frames, "depth": depth, "accuracy": right / len(needles),
+                              "peak_memory_bytes": int(peak), "memory_measure": "cuda_peak" if cuda else "kv_cache",
+                              "seconds": round((time.time() - t0) / len(needles), 4)})
+    return cells
+
+
+def heatmaps(cells: list[dict], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for method in sorted({c["method"] for c in cells}):
+        mine = [c for c in cells if c["method"] == method]
+        frames = sorted({c["frames"] for c in mine})
+        depths = sorted({c["depth"] for c in mine})
+        grid = [[next(c["accuracy"] for c in mine if c["frames"] == f and c["depth"] == d) for f in frames] for d in depths]
+        fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(frames), 1.2 + 0.5 * len(depths)))
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+        ax.set_xticks(range(len(frames)), [str(f) for f in frames])
+        ax.set_yticks(range(len(depths)), [f"{int(d * 100)}%" for d in depths])
+        ax.set_xlabel("frames")
+        ax.set_ylabel("needle depth")
+        ax.set_title(f"needle accuracy: {method}")
+        fig.colorbar(im, ax=ax)
+        path = out / f"needle_{method}.png"
+        fig.savefig(path, dpi=80, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path.name)
+    return written
+
+
+def run_eval(ecfg: EvalConfig, fallback_data: str | None = None, fallback_train_frames: int = 128) -> Path:
+    """Writes results.json and one heat map per method into eval.output; returns that folder."""
+    device = torch.device("cuda" if ecfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if ecfg.device == "auto" else ecfg.device))
+    model, tokenizer, mcfg, ckpt = load_for_eval(ecfg.checkpoint)
+    model.to(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    run_cfg = _run_config(ckpt)
+    version = Path(ecfg.data or run_cfg.get("data") or fallback_data or "")
+    train_frames = ecfg.train_frames or run_cfg.get("max_frames") or fallback_train_frames
+    rows = ShardRows(version, "val")  # raises ModelUserError when missing
+    ev = Evaluator(model, tokenizer, mcfg, device)
+    out = Path(ecfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    results = {"checkpoint": str(ckpt), "data": str(version), "device": device.type, "train_frames": train_frames}
+    results |= vico_qa(ev, version, ecfg, ecfg.max_frames or train_frames)
+    haystacks = [rows[i]["frames"] for i in range(min(len(rows), ecfg.needle_videos))]
+    haystacks = [h for h in haystacks if h]
+    if not haystacks:
+        raise ModelUserError(f"no frames in {version}/shards/val to build needle haystacks from")
+    results["needle"] = needle_grid(ev, haystacks, ecfg, train_frames)
+    results["heatmaps"] = heatmaps(results["needle"], out)
+    results["seconds"] = round(time.time() - t0, 2)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return out
+
+
+def _run_config(ckpt: Path) -> dict:
+    """The train section the checkpoint's run was started with (config.yaml in the run folder)."""
+    import yaml
+
+    for folder in (ckpt, *ckpt.parents[:3]):
+        path = folder / "config.yaml"
+        if path.exists():
+            return (yaml.safe_load(path.read_text()) or {}).get("train", {}) or {}
+    return {}
