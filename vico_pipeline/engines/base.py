@@ -110,5 +110,8 @@ def engine_resources(section) -> dict:
         gpus = section.num_gpus
         if section.engine == "vllm" and not gpus:
             gpus = section.tensor_parallel_size
-        return {"num_cpus": section.num_cpus, "num_gpus": gpus, "concurrency": section.replicas, "actor": True}
+        replicas = section.replicas
+        grow_to = getattr(section, "max_replicas", None)  # an autoscaling pool when set
+        concurrency = (replicas, grow_to) if grow_to and grow_to > replicas else replicas
+        return {"num_cpus": section.num_cpus, "num_gpus": gpus, "concurrency": concurrency, "actor": True}
     return {"num_cpus": section.num_cpus, "num_gpus": 0, "concurrency": None, "actor": False}

@@ -72,3 +72,32 @@ def build_tiny_vlm(path: str, image_size: int = 32, seed: int = 0) -> str:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def jpeg(colour: tuple[int, int, int], size: tuple[int, int] = (64, 48), box: tuple | None = None) -> bytes:
+    """A JPEG of one colour, with an optional white box (x0, y0, x1, y1)."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", size, colour)
+    if box:
+        ImageDraw.Draw(image).rectangle(box, fill=(240, 240, 240))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def synthetic_clips(video_id: str, colours: list[tuple[int, int, int]], seconds: float = 14.0,
+                    frames: int = 4) -> list[dict]:
+    """Clip rows as the frames stage writes them: one colour a clip, a box moving left to right."""
+    rows = []
+    for index, colour in enumerate(colours):
+        images = [jpeg(colour, box=(4 + 12 * f, 10, 14 + 12 * f, 20)) for f in range(frames)]
+        rows.append({"clip_id": f"{video_id}-{index:05d}", "video_id": video_id, "clip_index": index,
+                     "start_s": index * seconds, "end_s": (index + 1) * seconds,
+                     "caption_frames": images,
+                     "caption_frame_times_s": [index * seconds + f * seconds / frames for f in range(frames)],
+                     "train_frames": [], "train_frame_times_s": [],
+                     "brightness": 100.0, "motion": 3.0, "dup_similarity": 0.5})
+    return rows
