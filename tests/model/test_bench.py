@@ -1,0 +1,25 @@
+"""bench/videoxl_prefill.py runs end to end with tiny shapes on CPU (the GPU run uses the same code)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_tiny_runs_on_cpu(tmp_path):
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "videoxl_prefill.py"), "--tiny", "--train-steps", "1", "--out", str(out)],
+                   check=True, cwd=ROOT, capture_output=True, timeout=300)
+    report = json.loads(out.read_text())
+    assert [p["frames"] for p in report["prefill"]] == [4, 8, 16]
+    assert all(p["seconds"] > 0 and p["tflops"] > 0 for p in report["prefill"])
+    # Memory grows by window/ratio per window: 16 tokens a window at ratio 4 -> 4 VSTs.
+    tokens = [p["memory_tokens"] for p in report["prefill"]]
+    assert tokens[1] - tokens[0] == 4 and tokens[2] - tokens[1] == 8
+    assert report["train_step"]["seconds_per_step"] > 0

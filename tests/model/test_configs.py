@@ -1,0 +1,25 @@
+"""configs/train-tiny.yaml and eval-tiny.yaml validate, and config.py needs no torch."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from vico_pipeline.model.config import EvalConfig, ModelConfig, TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_tiny_configs_validate():
+    for name in ("train-tiny.yaml", "eval-tiny.yaml"):
+        raw = yaml.safe_load((ROOT / "configs" / name).read_text())
+        assert set(raw) == {"model", "train", "eval"}
+        ModelConfig(**raw["model"]), TrainConfig(**raw["train"]), EvalConfig(**raw["eval"])
+
+
+def test_defaults_and_no_torch_import():
+    ModelConfig(), TrainConfig(), EvalConfig()
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None; "
+            "import vico_pipeline.model.config, vico_pipeline.model.cli")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
