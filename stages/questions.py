@@ -154,6 +154,8 @@ def build_questions(video_id: str, clues: list[dict], tasks: list[str], per_task
                     clip_seconds: float, duration_s: float, val_fraction: float) -> list[dict]:
     """Every question for one video; `clues` need clip_id, start_s, end_s, text."""
     clues = sorted(clues, key=lambda c: (c["start_s"], c["clip_id"]))
+    if len(clues) < 2:
+        return []  # no task can be built on one event
     rng = random.Random(f"{seed}:{video_id}")
     letters, sides = Deck(rng, 4), Deck(rng, 2)
     split = split_for(video_id, val_fraction)
