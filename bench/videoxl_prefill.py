@@ -116,7 +116,7 @@ def prefill(model: VideoXL, frames: int, ratio: int, device, dtype, sink=32, que
     flops = prefill_flops(model, CLIP_SHAPE[0], frames, ratio, sink, question)
     return {"frames": frames, "ratio": ratio, "memory_tokens": memory.length, "seconds": round(seconds, 4),
             "peak_memory_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
-            "tflops": round(flops / seconds / 1e12, 3), "flops": flops}
+            "tflops": round(flops / seconds / 1e12, 4), "flops": flops}
 
 
 def train_step(dims: DecoderDims, clip: dict, frames: int, ratio: int, window_tokens: int, device, steps: int) -> dict:
