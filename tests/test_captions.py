@@ -1,0 +1,66 @@
+"""The caption stage: kept clips only, prompt versions, JSON or plain answers, error rows."""
+import pytest
+
+from stages.base import ErrorRow
+from stages.caption import CAPTIONS_SCHEMA, CaptionStage, caption_prompt, clock, parse_caption
+from stages.base import rows_to_table
+from vico_pipeline.config import Config
+from vico_pipeline.engines.tiny import synthetic_clips
+
+
+def _item(clips, kept):
+    return {"video_id": "v", "source": "src", "video": {}, "frames": clips,
+            "filter": [{"clip_id": c["clip_id"], "kept": c["clip_index"] in kept,
+                        "reason": "" if c["clip_index"] in kept else "black"} for c in clips]}
+
+
+def test_describe_captions_for_kept_clips_only_in_time_order():
+    clips = synthetic_clips("v", [(200, 40, 40), (5, 5, 5), (40, 70, 200), (40, 160, 60)])
+    stage = CaptionStage(Config())
+    stage.setup()
+    rows = list(stage.process(_item(list(reversed(clips)), kept={0, 2, 3})))
+    assert [r["clip_id"] for r in rows] == ["v-00000", "v-00002", "v-00003"]
+    assert all(r["engine"] == "describe" and r["model"] == "describe-v1" and r["prompt_version"] == "v1"
+               for r in rows)
+    assert "red" in rows[0]["key_event"] and "blue" in rows[1]["key_event"] and "green" in rows[2]["key_event"]
+    assert all(r["caption"].startswith("describe engine: measured") for r in rows)
+    assert rows[1]["start_s"] == 28.0 and rows[1]["end_s"] == 42.0
+    assert rows_to_table(rows, CAPTIONS_SCHEMA).num_rows == 3
+
+
+def test_batches_are_prepared_ahead_and_every_clip_is_answered():
+    config = Config()
+    config.caption.batch_size = 2
+    stage = CaptionStage(config)
+    stage.setup()
+    clips = synthetic_clips("v", [(200, 40, 40), (40, 70, 200)] * 3)
+    rows = list(stage.process(_item(clips, kept=set(range(6)))))
+    assert [r["clip_index"] for r in rows] == list(range(6))
+
+
+def test_a_video_with_no_kept_clip_gets_an_error_row_that_says_why():
+    clips = synthetic_clips("v", [(5, 5, 5)] * 3)
+    stage = CaptionStage(Config())
+    stage.setup()
+    rows = list(stage.process(_item(clips, kept=set())))
+    assert len(rows) == 1 and isinstance(rows[0], ErrorRow)
+    assert rows[0].error_type == "no_clips_kept" and "3 black" in rows[0].message
+
+
+@pytest.mark.parametrize("answer, caption, key, fmt", [
+    ('{"caption": "A man  walks in.", "key_event": "he sits"}', "A man walks in.", "he sits", "json"),
+    ('Sure!\n```json\n{"caption": "A dog runs. It jumps."}\n```', "A dog runs. It jumps.", "A dog runs.", "json"),
+    ("A cat sleeps on a sofa. Then it wakes.", "A cat sleeps on a sofa. Then it wakes.", "A cat sleeps on a sofa.", "text"),
+    ('{"caption": ""}', '{"caption": ""}', '{"caption": ""}', "text"),
+])
+def test_parse_caption_copes_with_what_models_write(answer, caption, key, fmt):
+    assert parse_caption(answer) == (caption, key, fmt)
+
+
+def test_prompt_is_versioned_and_names_the_clip_time():
+    clip = {"caption_frames": [b""] * 8, "start_s": 3614.0, "end_s": 3628.0}
+    prompt = caption_prompt("v1", clip)
+    assert "8 frames" in prompt and "1:00:14 to 1:00:28" in prompt and '"key_event"' in prompt
+    assert clock(75.4) == "01:15"
+    with pytest.raises(ValueError, match="unknown caption prompt version"):
+        caption_prompt("v9", clip)
