@@ -84,8 +84,9 @@ class FilterConfig(Section):
     enabled: bool = True
     # Mean luma (0-255) under which a clip counts as black.
     black_brightness: float = 12.0
-    # Mean absolute frame difference (0-255) under which a clip counts as frozen.
-    frozen_motion: float = 0.2
+    # Mean absolute frame difference (0-255) under which a clip counts as frozen. A small
+    # object moving slowly on a dark still background measures about 0.1; a still image ~0.
+    frozen_motion: float = 0.05
     # Similarity (0-1) to the previous clip above which a clip counts as a near-duplicate.
     duplicate_similarity: float = 0.995
 
