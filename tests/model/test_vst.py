@@ -176,3 +176,19 @@ def test_vision_144_tokens_per_336px_frame(tiny_model_config):
         out = m.vision(torch.randn(3, 3, 336, 336))
     assert out.shape == (3, 144, 32)
     assert len(m.vision.tower.encoder.layers if hasattr(m.vision.tower, "encoder") else m.vision.tower.vision_model.encoder.layers) == 1
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_model_config):
+    m = build_model(tiny_model_config(), eos_id=3)
+    pre, _, post = inputs(m)
+    pixels = torch.randn(3, 3, 56, 56)
+    labels = post.clone()
+    results = []
+    for flag in (False, True):
+        m.zero_grad()
+        m.decoder.gradient_checkpointing = flag
+        loss = m(pre, pixels, post, labels, [2, 4])
+        loss.backward()
+        results.append((loss.detach(), m.decoder.layers[0].self_attn.vst_q_proj.weight.grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
