@@ -20,9 +20,12 @@ def chat(request: Request) -> list[dict]:
     """Chat messages in the processor's format: image placeholders, then the prompt."""
     messages = []
     if request.system:
-        messages.append({"role": "system", "content": [{"type": "text", "text": request.system}]})
-    content = [{"type": "image"} for _ in request.images] + [{"type": "text", "text": request.prompt}]
-    messages.append({"role": "user", "content": content})
+        messages.append({"role": "system", "content": request.system})
+    if request.images:
+        content = [{"type": "image"} for _ in request.images] + [{"type": "text", "text": request.prompt}]
+        messages.append({"role": "user", "content": content})
+    else:  # plain text: every chat template reads a string
+        messages.append({"role": "user", "content": request.prompt})
     return messages
 
 
@@ -40,6 +43,8 @@ class TransformersEngine(Engine):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
         self.torch = torch
+        if device == "cpu":  # as many threads as CPUs the worker holds: no oversubscription
+            torch.set_num_threads(max(1, int(section.num_cpus)))
         self.processor = transformers.AutoProcessor.from_pretrained(section.model)
         try:
             self.net = transformers.AutoModelForImageTextToText.from_pretrained(section.model, dtype="auto")
