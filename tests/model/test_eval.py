@@ -26,8 +26,8 @@ def test_needle_placement_and_rendering():
 def test_train_then_eval_end_to_end(tmp_path, tiny_model_config, version_dir):
     cfg = types.SimpleNamespace(
         model=tiny_model_config(),
-        train=TrainConfig(data=str(version_dir), output=str(tmp_path / "run"), max_steps=2, max_frames=4, checkpoint_every=1),
-        eval=EvalConfig(checkpoint=str(tmp_path / "run"), output=str(tmp_path / "eval"), needle_frames=[2, 4, 8],
+        train=TrainConfig(cpu_threads=1, data=str(version_dir), output=str(tmp_path / "run"), max_steps=2, max_frames=4, checkpoint_every=1),
+        eval=EvalConfig(cpu_threads=1, checkpoint=str(tmp_path / "run"), output=str(tmp_path / "eval"), needle_frames=[2, 4, 8],
                         needle_trials=1, ratios=[2, 4]),
     )
     assert train_main(cfg) == 0
@@ -51,4 +51,4 @@ def test_eval_without_checkpoint_is_a_user_error(tmp_path):
     from vico_pipeline.model.evaluate import run_eval
 
     with pytest.raises(ModelUserError, match="no checkpoint"):
-        run_eval(EvalConfig(checkpoint=str(tmp_path / "none"), output=str(tmp_path / "eval")))
+        run_eval(EvalConfig(cpu_threads=1, checkpoint=str(tmp_path / "none"), output=str(tmp_path / "eval")))

@@ -28,7 +28,7 @@ def test_labels_only_on_answer_tokens():
 
 def test_loss_falls_on_a_fixed_batch(tmp_path, tiny_model_config):
     version = __import__("conftest").write_version(tmp_path / "v1", n_train=1, n_val=1, n_frames=4)
-    cfg = TrainConfig(data=str(version), output=str(tmp_path / "run"), max_steps=25, lr=1e-2, warmup_ratio=0.0,
+    cfg = TrainConfig(cpu_threads=1, data=str(version), output=str(tmp_path / "run"), max_steps=25, lr=1e-2, warmup_ratio=0.0,
                       checkpoint_every=100, max_frames=4)
     run = run_training(tiny_model_config(), cfg)
     loss = losses(run)
@@ -40,8 +40,8 @@ def test_loss_falls_on_a_fixed_batch(tmp_path, tiny_model_config):
 def test_resume_is_exact(tmp_path, tiny_model_config, version_dir):
     mcfg = tiny_model_config()
     common = dict(data=str(version_dir), max_steps=6, lr=1e-3, grad_accum=2, checkpoint_every=3, max_frames=5)
-    straight = run_training(mcfg, TrainConfig(output=str(tmp_path / "a"), **common))
-    interrupted = TrainConfig(output=str(tmp_path / "b"), **common)
+    straight = run_training(mcfg, TrainConfig(cpu_threads=1, output=str(tmp_path / "a"), **common))
+    interrupted = TrainConfig(cpu_threads=1, output=str(tmp_path / "b"), **common)
     run_training(mcfg, interrupted, stop_at=4)  # stops after step 4, last checkpoint at step 3
     assert len(losses(tmp_path / "b")) == 4
     resumed = run_training(mcfg, interrupted)
@@ -55,11 +55,11 @@ def test_resume_is_exact(tmp_path, tiny_model_config, version_dir):
 
 def test_missing_shards_is_a_user_error(tmp_path, tiny_model_config):
     with pytest.raises(ModelUserError, match="no shards"):
-        run_training(tiny_model_config(), TrainConfig(data=str(tmp_path / "nope"), output=str(tmp_path / "run")))
+        run_training(tiny_model_config(), TrainConfig(cpu_threads=1, data=str(tmp_path / "nope"), output=str(tmp_path / "run")))
 
 
 def test_ray_train_two_workers(tmp_path, tiny_model_config, version_dir):
-    cfg = TrainConfig(data=str(version_dir), output=str(tmp_path / "run"), max_steps=3, lr=1e-3,
+    cfg = TrainConfig(cpu_threads=1, data=str(version_dir), output=str(tmp_path / "run"), max_steps=3, lr=1e-3,
                       checkpoint_every=3, max_frames=4, workers=2)
     run = run_training(tiny_model_config(), cfg)
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

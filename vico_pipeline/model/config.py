@@ -86,7 +86,7 @@ class TrainConfig(BaseModel):
     workers: int = 0  # Ray Train workers; 0 or 1 trains in this process
     use_gpu: bool = False
     ray_address: str | None = None  # None starts a local Ray for workers > 1
-    dataloader_workers: int = 0
+    cpu_threads: int | None = None  # torch intra-op threads on CPU; 1 is fastest on a small, busy machine
 
 
 class EvalConfig(BaseModel):
@@ -100,6 +100,10 @@ class EvalConfig(BaseModel):
     max_val_samples: int | None = 64
     max_frames: int | None = None  # frames for VICO val; None: the training cap
     generate_letter: bool = True
+    # How an answer looks in the training conversations (the demo's are "(C)"); option
+    # likelihood scores this text for each option, the letter is read after answer_prefix.
+    answer_format: str = "({letter})"
+    answer_prefix: str = "("
     max_new_tokens: int = 4
     needle_frames: list[int] = Field(default_factory=lambda: [4, 8, 16])
     needle_depths: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
@@ -110,6 +114,7 @@ class EvalConfig(BaseModel):
     train_frames: int | None = None  # F for INTP (m*F frames) and uniform subsampling; None: train.max_frames
     seed: int = 0
     device: str = "auto"
+    cpu_threads: int | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "EvalConfig":

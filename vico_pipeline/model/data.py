@@ -124,7 +124,7 @@ def encode_conversation(tokenizer, conversations: list[dict], system_prompt: str
 def question_prompt(question: str, options: list[str]) -> str:
     letters = "ABCDEFGH"
     lines = [question] + [f"({letters[i]}) {o}" for i, o in enumerate(options)]
-    return "\n".join(lines) + "\nAnswer with the option's letter from the given choices directly."
+    return "\n".join(lines) + "\nAnswer with the option's letter."
 
 
 def draw_ratios(window_lengths: list[int], ratios: list[int], rng: random.Random) -> list[int]:

@@ -19,14 +19,14 @@ from .needle import haystack_with_needle, make_needle
 from .vision import frames_to_pixels, uniform_indices
 
 LETTERS = "ABCDEFGH"
-ANSWER_PREFIX = "Best option:("
 
 
 class Evaluator:
     """A loaded checkpoint plus the prompt layout; every method builds its memory afresh per question."""
 
-    def __init__(self, model, tokenizer, mcfg, device):
+    def __init__(self, model, tokenizer, mcfg, device, answer_format="({letter})", answer_prefix="("):
         self.model, self.tok, self.mcfg, self.device = model, tokenizer, mcfg, device
+        self.answer_format, self.answer_prefix = answer_format, answer_prefix
         self.letter_ids = [self.ids(c)[0] for c in LETTERS[:4]]
 
     def ids(self, text: str) -> list[int]:
@@ -56,25 +56,25 @@ class Evaluator:
 
     @torch.no_grad()
     def letter(self, memory, question, options, rope_base=None) -> int:
-        """The generated letter after "Best option:(" (greedy, among A-D)."""
-        ids = self.prompt_ids(question, options) + self.ids(ANSWER_PREFIX)
+        """The letter the model puts first after the answer prefix (greedy, among A-D)."""
+        ids = self.prompt_ids(question, options) + self.ids(self.answer_prefix)
         logits, _ = self.model.read(memory, self.tensor(ids), rope_base)
         return int(logits[0, -1, self.letter_ids].argmax())
 
     @torch.no_grad()
     def free_letter(self, memory, question, options, max_new_tokens: int) -> int:
         """Letter parsed from unconstrained greedy generation; -1 if none."""
-        ids = self.prompt_ids(question, options) + self.ids(ANSWER_PREFIX)
+        ids = self.prompt_ids(question, options) + self.ids(self.answer_prefix)
         text = self.tok.decode(self.model.generate(memory, self.tensor(ids), max_new_tokens, self.tok.eos_token_id))
         return next((LETTERS.index(c) for c in text if c in LETTERS[:len(options)]), -1)
 
     @torch.no_grad()
     def likelihood(self, memory, question, options) -> int:
-        """The option whose text has the highest mean log-likelihood as the answer."""
+        """The option whose whole answer (answer_format + end of turn) has the highest mean log-likelihood."""
         prompt = self.prompt_ids(question, options)
         scores = []
-        for option in options:
-            answer = self.ids(option + IM_END)
+        for i, option in enumerate(options):
+            answer = self.ids(self.answer_format.format(letter=LETTERS[i], option=option) + IM_END)
             logits, _ = self.model.read(memory, self.tensor(prompt + answer))
             logp = logits[0, len(prompt) - 1:-1].float().log_softmax(-1)
             scores.append(logp.gather(1, torch.tensor(answer, device=self.device)[:, None]).mean().item())
@@ -197,6 +197,13 @@ def heatmaps(cells: list[dict], out: Path) -> list[str]:
 
 def run_eval(ecfg: EvalConfig, fallback_data: str | None = None, fallback_train_frames: int = 128) -> Path:
     """Writes results.json and one heat map per method into eval.output; returns that folder."""
+    from .train import cpu_threads
+
+    with cpu_threads(ecfg.cpu_threads):
+        return _run_eval(ecfg, fallback_data, fallback_train_frames)
+
+
+def _run_eval(ecfg: EvalConfig, fallback_data: str | None, fallback_train_frames: int) -> Path:
     device = torch.device("cuda" if ecfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if ecfg.device == "auto" else ecfg.device))
     model, tokenizer, mcfg, ckpt = load_for_eval(ecfg.checkpoint)
@@ -205,7 +212,7 @@ def run_eval(ecfg: EvalConfig, fallback_data: str | None = None, fallback_train_
     version = Path(ecfg.data or run_cfg.get("data") or fallback_data or "")
     train_frames = ecfg.train_frames or run_cfg.get("max_frames") or fallback_train_frames
     rows = ShardRows(version, "val")  # raises ModelUserError when missing
-    ev = Evaluator(model, tokenizer, mcfg, device)
+    ev = Evaluator(model, tokenizer, mcfg, device, ecfg.answer_format, ecfg.answer_prefix)
     out = Path(ecfg.output)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

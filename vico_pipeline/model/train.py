@@ -196,7 +196,8 @@ def run_training(mcfg: ModelConfig, tcfg: TrainConfig, stop_at: int | None = Non
     (out / "config.yaml").write_text(yaml.safe_dump({"model": mcfg.model_dump(mode="json"), "train": tcfg.model_dump(mode="json")}, sort_keys=False))
     config = {"model": mcfg.model_dump(), "train": tcfg.model_dump(), "tokenizer": prepare_tokenizer(mcfg, tcfg), "stop_at": stop_at}
     if tcfg.workers <= 1:
-        train_loop(config)
+        with cpu_threads(tcfg.cpu_threads):
+            train_loop(config)
     else:
         _train_with_ray(config, tcfg)
     return out
@@ -231,5 +232,21 @@ def _train_with_ray(config: dict, tcfg: TrainConfig) -> None:
 
 
 def _ray_worker(config: dict) -> None:
-    torch.set_num_threads(1)  # several workers share a small CPU machine
+    torch.set_num_threads(config["train"].get("cpu_threads") or 1)  # several workers share the machine's CPUs
     train_loop(config)
+
+
+class cpu_threads:
+    """Sets torch's intra-op threads for a block and restores them after."""
+
+    def __init__(self, n: int | None):
+        self.n, self.before = n, torch.get_num_threads()
+
+    def __enter__(self):
+        if self.n:
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *a):
+        torch.set_num_threads(self.before)
+        return False
