@@ -58,3 +58,43 @@ def test_filter_table_and_no_errors_on_the_demo(demo_version):
     assert filtered and all(r["kept"] for r in filtered)  # the demo has no black or frozen clip
     errors = _rows(demo_version, "errors")
     assert [e for e in errors if e["stage"] in ("filter", "caption", "clues", "questions")] == []
+
+
+@pytest.fixture(scope="module")
+def tiny_model_version(demo_version, tmp_path_factory):
+    """The same videos again with the caption stage on a tiny random LLaVA in an actor
+    (download, frames and filter are reused from the demo run)."""
+    from vico_pipeline.engines.tiny import build_tiny_vlm
+
+    model = build_tiny_vlm(str(tmp_path_factory.mktemp("tiny") / "llava"))
+    out = os.path.dirname(os.path.dirname(demo_version))
+    manifest = os.path.join(os.path.dirname(out), "videos", "manifest.txt")
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    done = subprocess.run([sys.executable, "-m", "vico_pipeline.cli", "run", "configs/demo.yaml",
+                           "--set", f"sources.manifest={manifest}", "--set", f"output.root={out}",
+                           "--set", "ray.progress=false", "--set", "caption.engine=transformers",
+                           "--set", f"caption.model={model}", "--set", "caption.max_tokens=16",
+                           "--set", "caption.device=cpu", "--set", "caption.num_cpus=0.5"],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_a_model_caption_stage_in_an_actor_and_its_garbage_caught(tiny_model_version, demo_version):
+    import json
+
+    assert tiny_model_version != demo_version
+    manifest = json.load(open(os.path.join(tiny_model_version, "manifest.json")))
+    assert {"download", "frames", "filter"} <= set(manifest["reused"])  # only the caption stage on ran again
+    captions = _rows(tiny_model_version, "captions")
+    errors = [e for e in _rows(tiny_model_version, "errors") if e["stage"] == "caption"]
+    filtered = _rows(tiny_model_version, "filtered")
+    # Every kept clip was answered: a caption row from the model, or an error row saying why not.
+    assert len(captions) + len(errors) == sum(r["kept"] for r in filtered)
+    assert all(c["engine"] == "transformers" and c["completion_tokens"] > 0 for c in captions)
+    assert all(e["error_type"] == "unreadable_caption" for e in errors)
+    # Nothing unreadable reached the clues or the questions.
+    clue_clips = {c["clip_id"] for c in _rows(tiny_model_version, "clues")}
+    assert clue_clips <= {c["clip_id"] for c in captions}
+    for q in _rows(tiny_model_version, "questions"):
+        assert set(q["evidence_clip_ids"]) <= clue_clips
