@@ -89,7 +89,10 @@ def vico_qa(ev: Evaluator, version: Path, ecfg: EvalConfig, max_frames: int) -> 
     if not qdir.exists():
         return {"vico_qa": {}, "vico_qa_letter": {}, "vico_qa_count": {}, "note": f"no questions table in {version}"}
     questions = [q for q in pq.read_table(qdir).to_pylist() if q.get("split") == "val" and q.get("options")]
-    rows = ShardRows(version, "val")
+    try:
+        rows = ShardRows(version, "val")
+    except ModelUserError:
+        return {"vico_qa": {}, "vico_qa_letter": {}, "vico_qa_count": {}, "note": f"no val shards in {version}"}
     frames_of = {}
     for i in range(len(rows)):
         row = rows[i]
@@ -119,6 +122,20 @@ def method_runs(ecfg: EvalConfig, mcfg, train_frames: int) -> list[tuple[str, di
         else:
             runs.append(("uniform", {"kind": "uniform", "ratio": mcfg.ratio}))
     return runs
+
+
+def haystack_videos(version: Path, count: int) -> list[list]:
+    """Frames of up to `count` videos for needle haystacks: val videos, else train videos (a small
+    version may have no val video; the needle is synthetic, so any of our videos will do)."""
+    for split in ("val", "train"):
+        try:
+            rows = ShardRows(version, split)
+        except ModelUserError:
+            continue
+        found = [f for f in (rows[i]["frames"] for i in range(len(rows))) if f][:count]
+        if found:
+            return found
+    raise ModelUserError(f"no frames in {version}/shards to build needle haystacks from")
 
 
 def run_cell(ev: Evaluator, spec: dict, frames: list, needle, train_frames: int, text_len: int) -> tuple[bool, int]:
@@ -211,17 +228,15 @@ def _run_eval(ecfg: EvalConfig, fallback_data: str | None, fallback_train_frames
     run_cfg = _run_config(ckpt)
     version = Path(ecfg.data or run_cfg.get("data") or fallback_data or "")
     train_frames = ecfg.train_frames or run_cfg.get("max_frames") or fallback_train_frames
-    rows = ShardRows(version, "val")  # raises ModelUserError when missing
+    if not (version / "shards").is_dir():
+        raise ModelUserError(f"no shards in {version} (set eval.data or train.data to a complete version folder)")
     ev = Evaluator(model, tokenizer, mcfg, device, ecfg.answer_format, ecfg.answer_prefix)
     out = Path(ecfg.output)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     results = {"checkpoint": str(ckpt), "data": str(version), "device": device.type, "train_frames": train_frames}
     results |= vico_qa(ev, version, ecfg, ecfg.max_frames or train_frames)
-    haystacks = [rows[i]["frames"] for i in range(min(len(rows), ecfg.needle_videos))]
-    haystacks = [h for h in haystacks if h]
-    if not haystacks:
-        raise ModelUserError(f"no frames in {version}/shards/val to build needle haystacks from")
+    haystacks = haystack_videos(version, ecfg.needle_videos)
     results["needle"] = needle_grid(ev, haystacks, ecfg, train_frames)
     results["heatmaps"] = heatmaps(results["needle"], out)
     results["seconds"] = round(time.time() - t0, 2)
