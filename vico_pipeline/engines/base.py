@@ -10,7 +10,6 @@ set; one bad request never fails the batch.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -66,12 +65,6 @@ class Engine:
 
     def close(self) -> None:
         """Free what the engine holds (servers' connections, GPU memory)."""
-
-
-def timed(fn, *args, **kwargs) -> tuple[Any, float]:
-    started = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - started
 
 
 def build_engine(section, role: str) -> Engine:

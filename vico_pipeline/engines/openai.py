@@ -14,7 +14,8 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from stages.base import require
+import openai
+
 from vico_pipeline.engines.base import Engine, EngineError, Request, Result
 from vico_pipeline.engines.retry import RetriesExhausted, call_with_retries
 
@@ -41,7 +42,6 @@ def chat_messages(request: Request) -> list[dict]:
 
 def is_retryable(exc: BaseException) -> bool:
     """429, 5xx, timeouts and connection errors are worth another try; the rest are not."""
-    openai = require("openai", "openai")
     if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
         return True
     if isinstance(exc, openai.APIStatusError):
@@ -50,7 +50,6 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def error_type(exc: BaseException) -> str:
-    openai = require("openai", "openai")
     if isinstance(exc, RetriesExhausted):
         exc = exc.last
     if isinstance(exc, openai.APITimeoutError):
@@ -67,7 +66,6 @@ class OpenAIEngine(Engine):
 
     def __init__(self, section):
         super().__init__(section)
-        openai = require("openai", "openai")
         if not section.base_url and not section.api_key_env:
             raise EngineError("the openai engine needs base_url (a server) or api_key_env (a hosted API)")
         if not section.model:
