@@ -123,7 +123,7 @@ def train_step(dims: DecoderDims, clip: dict, frames: int, ratio: int, window_to
     """Forward + backward + AdamW at `frames` frames: fp32 master weights, bf16 autocast on CUDA,
     gradient checkpointing on (as a 128-frame 1.5B run needs it on one GPU)."""
     model = build(dims, clip, window_tokens, device, torch.float32)
-    model.decoder.gradient_checkpointing = True
+    model.set_gradient_checkpointing(True)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     size = model.vision.image_size

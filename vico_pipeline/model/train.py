@@ -94,7 +94,7 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(tcfg.seed)
 
     model = build_model(mcfg, tokenizer.eos_token_id)
-    model.decoder.gradient_checkpointing = tcfg.gradient_checkpointing
+    model.set_gradient_checkpointing(tcfg.gradient_checkpointing)
     vision_lr = tcfg.lr if tcfg.vision_lr is None else tcfg.vision_lr
     if vision_lr == 0:
         model.vision.tower.requires_grad_(False)

@@ -69,6 +69,16 @@ class VideoXL(nn.Module):
         self.decoder, self.vision = decoder, vision
         self.window_tokens = window_tokens
 
+    def set_gradient_checkpointing(self, on: bool) -> None:
+        """Recompute activations in the backward pass: per decoder layer, and per CLIP layer
+        (128 frames of CLIP-L activations alone would need ~50 GB)."""
+        self.decoder.gradient_checkpointing = on
+        tower = self.vision.tower
+        if on:
+            tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif getattr(tower, "is_gradient_checkpointing", False):
+            tower.gradient_checkpointing_disable()
+
     @property
     def window_frames(self) -> int:
         return max(1, self.window_tokens // self.vision.tokens_per_frame)
