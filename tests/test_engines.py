@@ -195,3 +195,15 @@ def test_vllm_engine_missing_package_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(MissingPackage, match="vico\\[vllm\\]"):
         build_engine(CaptionConfig(engine="vllm", model="m"), "caption")
+
+
+def test_transformers_engine_on_a_text_only_model_for_clues(tmp_path):
+    from vico_pipeline.engines.tiny import build_tiny_lm
+
+    model = build_tiny_lm(str(tmp_path / "lm"))
+    engine = build_engine(CluesConfig(engine="transformers", model=model, max_tokens=5, device="cpu"), "clues")
+    assert engine.vision is False
+    result = engine([Request("list the events")])[0]
+    assert result.ok and 0 < result.completion_tokens <= 5
+    with pytest.raises(EngineError, match="text model"):
+        engine([Request("caption", images=[jpeg(RED)])])

@@ -8,6 +8,7 @@ the clue validator.
 """
 from __future__ import annotations
 
+import json
 import os
 
 CHAT_TEMPLATE = (
@@ -71,6 +72,33 @@ def build_tiny_vlm(path: str, image_size: int = 32, seed: int = 0) -> str:
                                num_additional_image_tokens=1)
     model.save_pretrained(path)
     processor.save_pretrained(path)
+    return path
+
+
+def build_tiny_lm(path: str, seed: int = 0) -> str:
+    """A tiny random text-only LlamaForCausalLM with its tokenizer (a clue model's shape)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if os.path.exists(os.path.join(path, "config.json")):
+        return path
+    vlm = build_tiny_vlm(path + "-vlm", seed=seed)  # reuse its trained tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(vlm)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    # A text model's tokenizer names no multimodal processor (the VLM's did).
+    config_path = os.path.join(path, "tokenizer_config.json")
+    with open(config_path) as handle:
+        tokenizer_config = json.load(handle)
+    tokenizer_config.pop("processor_class", None)
+    with open(config_path, "w") as handle:
+        json.dump(tokenizer_config, handle, indent=1)
     return path
 
 
