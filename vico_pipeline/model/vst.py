@@ -74,10 +74,12 @@ class VideoXL(nn.Module):
         (128 frames of CLIP-L activations alone would need ~50 GB)."""
         self.decoder.gradient_checkpointing = on
         tower = self.vision.tower
+        # transformers >= 5.2x names it "activation", older versions "gradient" checkpointing.
+        prefix = "activation" if hasattr(tower, "activation_checkpointing_enable") else "gradient"
         if on:
-            tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        elif getattr(tower, "is_gradient_checkpointing", False):
-            tower.gradient_checkpointing_disable()
+            getattr(tower, f"{prefix}_checkpointing_enable")(**{f"{prefix}_checkpointing_kwargs": {"use_reentrant": False}})
+        else:
+            getattr(tower, f"{prefix}_checkpointing_disable")()
 
     @property
     def window_frames(self) -> int:
