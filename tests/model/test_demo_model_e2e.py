@@ -34,7 +34,7 @@ def test_vico_train_and_eval_on_demo_shards(tmp_path):
     steps = [json.loads(line) for line in (runs / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2, 3, 4] and all(s["loss"] > 0 for s in steps)
     out = tmp_path / "eval"
-    assert run("eval", "configs/eval-tiny.yaml", "--set", f"train.data={version}", "--set", f"eval.checkpoint={runs}",
+    assert run("eval", "configs/eval-tiny.yaml", "--set", f"eval.data={version}", "--set", f"eval.checkpoint={runs}",
                "--set", f"eval.output={out}", "--set", "eval.needle_trials=1", "--set", "eval.max_val_samples=4") == str(out)
     results = json.loads((out / "results.json").read_text())
     assert results["vico_qa"] and results["needle"]
