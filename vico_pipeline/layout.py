@@ -1,7 +1,7 @@
 """The one place that knows where things live under `output.root`.
 
     {root}/{name}/{version}/            a version (contract.md)
-        manifest.json README.md videos/ clips/ ... errors/ shards/
+        manifest.json README.md videos/ clips/ filtered/ ... errors/ shards/
     {root}/{name}/_stages/{stage}-{fp}/ one stage's cached output, shared by versions
         parts/{unit}.parquet            rows of one unit (a video, or a manifest line for download)
         errors/{unit}.parquet           its error rows, written before the part
@@ -13,7 +13,7 @@ import re
 
 from vico_pipeline.storage import join
 
-TABLES = ("videos", "clips", "captions", "clues", "questions", "errors")
+TABLES = ("videos", "clips", "filtered", "captions", "clues", "questions", "errors")
 MANIFEST = "manifest.json"
 
 
