@@ -58,8 +58,9 @@ def test_missing_shards_is_a_user_error(tmp_path, tiny_model_config):
         run_training(tiny_model_config(), TrainConfig(cpu_threads=1, data=str(tmp_path / "nope"), output=str(tmp_path / "run")))
 
 
-def test_ray_train_two_workers(tmp_path, tiny_model_config, version_dir):
-    cfg = TrainConfig(cpu_threads=1, data=str(version_dir), output=str(tmp_path / "run"), max_steps=3, lr=1e-3,
+def test_ray_train_two_workers(tmp_path, tiny_model_config, version_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths, as a config file has them; workers run elsewhere
+    cfg = TrainConfig(cpu_threads=1, data=str(version_dir.relative_to(tmp_path)), output="run", max_steps=3, lr=1e-3,
                       checkpoint_every=3, max_frames=4, workers=2)
     run = run_training(tiny_model_config(), cfg)
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

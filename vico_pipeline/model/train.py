@@ -189,6 +189,8 @@ def _trim_metrics(path: Path, step: int) -> None:
 
 def run_training(mcfg: ModelConfig, tcfg: TrainConfig, stop_at: int | None = None) -> Path:
     """`vico train`: in this process (workers <= 1) or under Ray Train's TorchTrainer. Returns the run folder."""
+    # Absolute paths: Ray Train workers run in their own working directories.
+    tcfg = tcfg.model_copy(update={"data": str(Path(tcfg.data).resolve()), "output": str(Path(tcfg.output).resolve())})
     out = Path(tcfg.output)
     out.mkdir(parents=True, exist_ok=True)
     import yaml
