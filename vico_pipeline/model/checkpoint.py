@@ -120,7 +120,9 @@ def load_videoxl_state(model: VideoXL, state: dict[str, torch.Tensor]) -> list[s
     tower_prefix = "vision.tower.vision_model." if any(k.startswith("vision.tower.vision_model.") for k in ours) else "vision.tower."
     mapped, skipped = {}, []
     for name, tensor in state.items():
-        new = author_name(name).replace("vision.tower.", tower_prefix, 1) if name.startswith("model.vision_tower.") else author_name(name)
+        new = author_name(name)
+        if new.startswith("vision.tower."):
+            new = tower_prefix + new[len("vision.tower."):]
         if new == "decoder.vst_embed.weight":
             tensor = tensor[:1]  # one VST embedding
         if new in ours and ours[new].shape == tensor.shape:
