@@ -73,3 +73,9 @@ def write_version(root, n_train=3, n_val=2, n_frames=6):
 @pytest.fixture
 def version_dir(tmp_path):
     return write_version(tmp_path / "demo" / "v1")
+
+
+@pytest.fixture(scope="session")
+def make_version():
+    """A factory: make_version(folder, n_train=3, n_val=2, n_frames=6) -> a version folder."""
+    return write_version

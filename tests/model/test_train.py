@@ -26,8 +26,8 @@ def test_labels_only_on_answer_tokens():
     assert "<video>" not in tok.decode(s.post_ids) and "And then?" in tok.decode(s.post_ids)
 
 
-def test_loss_falls_on_a_fixed_batch(tmp_path, tiny_model_config):
-    version = __import__("conftest").write_version(tmp_path / "v1", n_train=1, n_val=1, n_frames=4)
+def test_loss_falls_on_a_fixed_batch(tmp_path, tiny_model_config, make_version):
+    version = make_version(tmp_path / "v1", n_train=1, n_val=1, n_frames=4)
     cfg = TrainConfig(cpu_threads=1, data=str(version), output=str(tmp_path / "run"), max_steps=25, lr=1e-2, warmup_ratio=0.0,
                       checkpoint_every=100, max_frames=4)
     run = run_training(tiny_model_config(), cfg)
