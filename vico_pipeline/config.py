@@ -45,6 +45,10 @@ class RayConfig(Section):
     num_cpus: Optional[int] = None
     # Ray Data progress bars on the terminal.
     progress: bool = True
+    # Embedded local Ray only: start the dashboard (on 127.0.0.1) and print its address.
+    dashboard: bool = False
+    # Embedded local Ray only: bytes of shared memory for the object store (None: Ray's default).
+    object_store_memory: Optional[int] = None
 
 
 class DownloadConfig(Section):
@@ -108,6 +112,8 @@ class EngineSection(Section):
     num_gpus: float = 0.0
     tensor_parallel_size: int = 1
     replicas: int = 1
+    # Autoscaling: the engine's actor pool grows from `replicas` up to this many (None: a fixed pool).
+    max_replicas: Optional[int] = None
     device: str = "auto"
     # CPUs each engine worker (task or actor) holds.
     num_cpus: float = 1.0

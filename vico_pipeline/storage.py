@@ -1,12 +1,21 @@
 """Reading and writing under `output.root`, on a local disk or an object store.
 
 Every write is atomic: a local file is written under a temporary name and
-renamed; an object-store object is one PUT, which is atomic by itself. So a
-reader never sees half a file, and a file that exists is complete.
+renamed; an object-store object is one PUT (or one completed multipart upload),
+which is atomic by itself. So a reader never sees half a file, and a file that
+exists is complete.
+
+Object stores: `s3://bucket/prefix` through s3fs, credentials and endpoint from
+the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN
+or an instance role; AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or
+FSSPEC_S3_ENDPOINT_URL for MinIO, Ceph, R2 or a test server). Listings are not
+cached: several workers write the same prefixes, and a stale "does not exist"
+would make a worker redo a part another one finished.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -21,8 +30,33 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 
+S3_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "FSSPEC_S3_ENDPOINT_URL")
+
+
+def storage_options(uri: str) -> dict:
+    """fsspec options for `uri`'s filesystem, read from the environment."""
+    protocol = uri.split("://", 1)[0].lower() if "://" in uri else "file"
+    if protocol not in ("s3", "s3a"):
+        return {}
+    options: dict = {"use_listings_cache": False}
+    endpoint = next((os.environ[v] for v in S3_ENDPOINT_VARIABLES if os.environ.get(v)), None)
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    return options
+
+
 def fs_and_path(uri: str):
-    return url_to_fs(uri)
+    return url_to_fs(uri, **storage_options(uri))
+
+
+def pyarrow_filesystem(uri: str):
+    """(pyarrow filesystem, path) for `uri`, configured as `fs_and_path` is (for Ray Data / pyarrow readers)."""
+    import pyarrow.fs as pafs
+
+    if is_local(uri):
+        return pafs.LocalFileSystem(), uri[len("file://"):] if uri.startswith("file://") else uri
+    fs, path = fs_and_path(uri)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
 def is_local(uri: str) -> bool:
@@ -42,9 +76,18 @@ def exists(uri: str) -> bool:
 
 
 def makedirs(uri: str) -> None:
+    """A folder on a local disk; on an object store (no folders) a check that the bucket is there."""
     fs, path = fs_and_path(uri)
     if is_local(uri):
         fs.makedirs(path, exist_ok=True)
+        return
+    bucket = path.split("/", 1)[0]
+    try:
+        found = fs.exists(bucket)
+    except PermissionError as exc:
+        raise PermissionError(errno.EACCES, f"access denied to bucket {bucket} ({exc})") from None
+    if not found:
+        raise FileNotFoundError(errno.ENOENT, f"no bucket named {bucket}")
 
 
 def listdir(uri: str) -> list[str]:
@@ -75,8 +118,7 @@ def write_bytes(uri: str, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     else:
-        with fs.open(path, "wb") as handle:
-            handle.write(data)
+        fs.pipe_file(path, data)  # one PUT
 
 
 def read_bytes(uri: str) -> bytes:
@@ -150,4 +192,4 @@ def local_copy(uri: str) -> Iterator[str]:
 
 
 def open_read(uri: str):
-    return fsspec.open(uri, "rb")
+    return fsspec.open(uri, "rb", **storage_options(uri))

@@ -1,0 +1,226 @@
+"""`vico submit` against a real Ray cluster on loopback.
+
+The module starts a head node (0 CPUs: it holds the job server and the job's
+driver) and one worker node (2 CPUs: every stage task has to run there), with
+Ray's token authentication on, submits the demo config with the real CLI and
+checks the version the job wrote. Every process started is ended by its
+process group id; the nodes' temp dir is ours.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vico_pipeline import submit as submit_mod
+from vico_pipeline.cli import main as cli_main
+from vico_pipeline.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+RAY = str(Path(sys.executable).parent / "ray")
+VICO = [sys.executable, "-m", "vico_pipeline.cli"]
+# A loopback address Ray does not rewrite: with a second node allowed, Ray replaces 127.0.0.1 in
+# `--address` by the machine's outward address, where nothing of ours listens.
+NODE_IP = "127.0.0.2"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def node_ports() -> list[str]:
+    """Every port a node would otherwise take at a fixed default (other Ray sessions may hold those)."""
+    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
+
+
+def _pids_with_env(marker: str) -> list[int]:
+    """PIDs whose environment names our temp dir: every process of our nodes, Ray workers included
+    (they rename themselves and live in process groups of their own)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                environ = Path("/proc", entry, "environ").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in environ:
+                out.append(int(entry))
+    return out
+
+
+def _stop(procs: list[subprocess.Popen], marker: str) -> None:
+    """SIGKILL our nodes' process groups, then whatever else carries our temp dir in its environment."""
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    for pid in _pids_with_env(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    temp = tempfile.mkdtemp(prefix="vsub", dir="/tmp")  # Ray's socket paths must stay short
+    token = Path(temp, "auth_token")
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    gcs, dashboard = free_port(), free_port()
+    procs = []
+    common = ["--block", f"--node-ip-address={NODE_IP}", "--disable-usage-stats", f"--temp-dir={temp}/ray"]
+    try:
+        procs.append(subprocess.Popen(
+            [RAY, "start", "--head", f"--port={gcs}", "--num-cpus=0", "--include-dashboard=true",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+             f"--ray-client-server-port={free_port()}", *node_ports(), *common],
+            env=env, stdout=open(Path(temp, "head.log"), "wb"), stderr=subprocess.STDOUT, start_new_session=True))
+        address = f"http://127.0.0.1:{dashboard}"
+        _wait_for_job_server(address, env, procs[0], Path(temp, "head.log"))
+        procs.append(subprocess.Popen(
+            [RAY, "start", f"--address={NODE_IP}:{gcs}", "--num-cpus=2", *node_ports(), *common],
+            # Ray refuses a second node when this is 0; the node still binds to 127.0.0.1 only.
+            env={**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"},
+            stdout=open(Path(temp, "worker.log"), "wb"), stderr=subprocess.STDOUT, start_new_session=True))
+        yield {"address": address, "env": env, "temp": temp}
+    finally:
+        _stop(procs, temp)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _wait_for_job_server(address: str, env: dict, head: subprocess.Popen, log: Path) -> None:
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + 240  # a hang guard, not an assertion about speed
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            pytest.fail(f"ray start --head exited: {log.read_text()[-2000:]}")
+        try:
+            JobSubmissionClient(address, headers={"Authorization": f"Bearer {Path(env['RAY_AUTH_TOKEN_PATH']).read_text()}"})
+            return
+        except Exception:
+            time.sleep(1.0)
+    pytest.fail("the job server did not come up")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    subprocess.run([*VICO, "demo-videos", str(root / "videos"), "--count", "2", "--minutes", "1"],
+                   check=True, capture_output=True)
+    return root
+
+
+def _submit(cluster, *args, cwd=REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([*VICO, "submit", "configs/demo.yaml", "--address", cluster["address"], *args],
+                          cwd=cwd, env=cluster["env"], capture_output=True, text=True, timeout=600)
+
+
+def test_submit_demo_wait_writes_a_complete_version(cluster, demo):
+    out_root = demo / "out"
+    result = _submit(cluster, "--wait", "--set", f"sources.manifest={demo / 'videos' / 'manifest.txt'}",
+                     "--set", f"output.root={out_root}", "--set", "dataset.name=submitted")
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    job_id = result.stdout.splitlines()[0]
+    assert job_id.startswith("vico-submitted-")
+
+    # The job's `vico run` joined the cluster (2 nodes) rather than starting a Ray of its own,
+    # and printed the dashboard address and the version folder.
+    logs = result.stdout
+    assert "joined the cluster" in logs and "2 nodes" in logs, logs[-3000:]
+    assert "dashboard at http://" in logs
+    version = out_root / "submitted" / "v1"
+    assert str(version) in logs
+
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["tables"]["videos"]["rows"] == 2
+    assert manifest["tables"]["clips"]["rows"] >= 8  # two 60 s videos in 14 s windows
+    assert manifest["config"]["dataset"]["name"] == "submitted"  # the --set reached the job
+
+    from ray.job_submission import JobSubmissionClient
+    client = JobSubmissionClient(cluster["address"], headers=submit_mod.auth_headers(cluster["env"]))
+    info = client.get_job_info(job_id)
+    assert str(info.status.value) == "SUCCEEDED"
+    assert info.metadata["dataset"] == "submitted"
+
+
+def test_submit_exits_with_the_jobs_failure(cluster, demo):
+    result = _submit(cluster, "--wait", "--set", f"sources.manifest={demo / 'missing' / 'manifest.txt'}",
+                     "--set", f"output.root={demo / 'out-failed'}")
+    assert result.returncode != 0
+    assert "failed" in result.stderr.splitlines()[-1]
+    assert "manifest not found" in result.stdout  # the job's own one-line error, streamed back
+
+
+def test_submit_without_wait_prints_the_job_id_and_returns(cluster, demo):
+    result = _submit(cluster, "--set", f"sources.manifest={demo / 'missing' / 'manifest.txt'}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("vico-demo-")
+    assert "ray job logs --follow" in result.stderr
+
+
+# ----------------------------------------------------------------------------- without a cluster
+def test_job_config_makes_paths_absolute_and_leaves_ray_to_the_job(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_config(REPO / "configs" / "demo.yaml",
+                         ["ray.address=127.0.0.1:6379", "output.root=out", "download.cookies_file=c.txt"])
+    plain, local = submit_mod.job_config(config)
+    assert plain["output"]["root"] == str(tmp_path / "out")
+    assert plain["sources"]["manifest"] == str(tmp_path / "demo" / "manifest.txt")
+    assert plain["download"]["cookies_file"] == str(tmp_path / "c.txt")
+    assert plain["ray"]["address"] is None and plain["ray"]["progress"] is False
+    assert set(local) >= {"output.root", "sources.manifest", "download.cookies_file"}
+
+    s3 = load_config(REPO / "configs" / "demo.yaml", ["output.root=s3://bucket/vico"])
+    plain, local = submit_mod.job_config(s3)
+    assert plain["output"]["root"] == "s3://bucket/vico" and "output.root" not in local
+    # What the job loads is a valid config again.
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(plain))
+    assert load_config(path).output.root == "s3://bucket/vico"
+
+
+def test_auth_headers_follow_rays_token_lookup(tmp_path, monkeypatch):
+    token = tmp_path / "token"
+    token.write_text("abc123\n")
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    assert submit_mod.auth_headers() == {"Authorization": "Bearer abc123"}
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "fromenv")
+    assert submit_mod.auth_headers() == {"Authorization": "Bearer fromenv"}
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert submit_mod.auth_headers() == {}
+
+
+def test_submit_user_mistakes_are_one_line(capsys, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    config = str(REPO / "configs" / "demo.yaml")
+    assert cli_main(["submit", config]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    # Nothing listens on this port: the job server cannot be reached.
+    assert cli_main(["submit", config, "--address", f"http://127.0.0.1:{free_port()}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vico: error: cannot reach the Ray job server") and "\n" not in err
+    assert cli_main(["submit", config, "--address", "ray://127.0.0.1:10001"]) == 2
