@@ -37,6 +37,10 @@ def test_vico_train_and_eval_on_demo_shards(tmp_path):
     assert run("eval", "configs/eval-tiny.yaml", "--set", f"eval.data={version}", "--set", f"eval.checkpoint={runs}",
                "--set", f"eval.output={out}", "--set", "eval.needle_trials=1", "--set", "eval.max_val_samples=4") == str(out)
     results = json.loads((out / "results.json").read_text())
-    assert results["vico_qa"] and results["needle"]
+    import pyarrow.parquet as pq
+
+    val_tasks = {q["task"] for q in pq.read_table(Path(version, "questions")).to_pylist() if q["split"] == "val"}
+    assert set(results["vico_qa"]) == val_tasks  # two demo videos may both land in train: then none
+    assert results["needle"]
     assert {c["method"] for c in results["needle"]} == {"vst-r2", "vst-r4", "intp", "uniform"}
     assert len(list(out.glob("needle_*.png"))) == 4
