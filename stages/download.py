@@ -56,8 +56,10 @@ class DownloadRejected(Exception):
 # yt-dlp's messages -> our error types; throttling is told apart from dead links.
 _ERROR_PATTERNS = [
     (r"HTTP Error 429|Too Many Requests", "throttled"),
+    # Age gates, private and members-only videos need a cookies file, not another try.
+    (r"confirm your age|age.restricted|Private video|members.only|[Jj]oin this channel", "forbidden"),
     (r"[Ss]ign in to confirm|confirm you.re not a bot", "throttled"),
-    (r"HTTP Error 404|Not Found", "not_found"),
+    (r"HTTP Error 404|Not Found|HTTP Error 410|Video unavailable|has been removed|no longer available", "not_found"),
     (r"HTTP Error 403|Forbidden", "forbidden"),
     (r"HTTP Error 5\d\d", "server_error"),
     (r"Connection refused|Errno 111", "connection_refused"),
