@@ -102,6 +102,7 @@ def cluster():
             # Ray refuses a second node when this is 0; the node still binds to 127.0.0.1 only.
             env={**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"},
             stdout=open(Path(temp, "worker.log"), "wb"), stderr=subprocess.STDOUT, start_new_session=True))
+        _wait_for_nodes(address, env, 2, procs[1], Path(temp, "worker.log"))
         yield {"address": address, "env": env, "temp": temp}
     finally:
         _stop(procs, temp)
@@ -123,6 +124,24 @@ def _wait_for_job_server(address: str, env: dict, head: subprocess.Popen, log: P
     pytest.fail("the job server did not come up")
 
 
+def _wait_for_nodes(address: str, env: dict, count: int, worker: subprocess.Popen, log: Path) -> None:
+    import requests
+
+    headers = {"Authorization": f"Bearer {Path(env['RAY_AUTH_TOKEN_PATH']).read_text()}"}
+    deadline = time.monotonic() + 240  # a hang guard, not an assertion about speed
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            pytest.fail(f"ray start (worker) exited: {log.read_text()[-2000:]}")
+        try:
+            nodes = requests.get(f"{address}/api/v0/nodes", headers=headers, timeout=10).json()["data"]["result"]["result"]
+            if sum(1 for n in nodes if n.get("state") == "ALIVE") >= count:
+                return
+        except (requests.RequestException, KeyError, ValueError):
+            pass
+        time.sleep(1.0)
+    pytest.fail("the worker node did not join")
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
@@ -138,7 +157,13 @@ def _submit(cluster, *args, cwd=REPO) -> subprocess.CompletedProcess:
 
 def test_submit_demo_wait_writes_a_complete_version(cluster, demo):
     out_root = demo / "out"
-    result = _submit(cluster, "--wait", "--set", f"sources.manifest={demo / 'videos' / 'manifest.txt'}",
+    # The two demo videos and one dead path, whose failure the job's log has to name.
+    lines = (demo / "videos" / "manifest.txt").read_text().splitlines()
+    videos = [line if os.path.isabs(line) else str(demo / "videos" / line)
+              for line in lines if line.strip() and not line.startswith("#")]
+    missing = demo / "videos" / "gone.mp4"
+    (demo / "manifest.txt").write_text("\n".join([*videos, str(missing)]) + "\n")
+    result = _submit(cluster, "--wait", "--set", f"sources.manifest={demo / 'manifest.txt'}",
                      "--set", f"output.root={out_root}", "--set", "dataset.name=submitted")
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     job_id = result.stdout.splitlines()[0]
@@ -152,9 +177,15 @@ def test_submit_demo_wait_writes_a_complete_version(cluster, demo):
     version = out_root / "submitted" / "v1"
     assert str(version) in logs
 
+    from stages.manifest import video_id_for
+    assert f"failed: download: video {video_id_for(str(missing))} ({missing}): missing" in logs
+
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["status"] == "complete"
-    assert manifest["tables"]["videos"]["rows"] == 2
+    assert manifest["tables"]["videos"]["rows"] == 3 and manifest["tables"]["errors"]["rows"] == 1
+    # Per-stage counts and throughput, and the DAG's rate over the cluster.
+    assert manifest["stages"]["frames"]["items_in"] == 2 and manifest["stages"]["frames"]["items_per_s"] > 0
+    assert manifest["throughput"]["videos_per_s"] > 0
     assert manifest["tables"]["clips"]["rows"] >= 8  # two 60 s videos in 14 s windows
     assert manifest["config"]["dataset"]["name"] == "submitted"  # the --set reached the job
 

@@ -152,6 +152,7 @@ def run(config, log=lambda msg: print(msg, file=sys.stderr)) -> str:
     refs = run_stages(manifest_rows, config, roots, progress=config.ray.progress)
     t_assemble = time.time()
     counts, part_rows, errors = assemble(version_root, refs)
+    log_failures(errors, log)
     t_shards = time.time()
     shard_index = write_version_shards(config, version_root, refs)
     counts["shards"] = {"rows": sum(s["rows"] for s in shard_index), "bytes": sum(s["bytes"] for s in shard_index),
@@ -172,6 +173,9 @@ def run(config, log=lambda msg: print(msg, file=sys.stderr)) -> str:
         "seconds": round(finished - started, 2),
         "phases_s": {"stages": round(t_assemble - t_dag, 2), "assemble": round(t_shards - t_assemble, 2),
                      "shards": round(finished - t_shards, 2)},
+        # Wall-clock rate of the stage DAG over the whole cluster (what a bigger cluster should raise).
+        "throughput": {"videos_per_s": round(len(refs) / max(t_assemble - t_dag, 1e-9), 4),
+                       "clip_rows_per_s": round(counts.get("clips", {}).get("rows", 0) / max(t_assemble - t_dag, 1e-9), 3)},
         "resumed": resumed,
         "config": redact(to_plain(config)),
         "manifest_source": redact_text(config.sources.manifest),
@@ -231,7 +235,19 @@ def stage_stats(refs: list[dict], part_rows: dict[str, int], errors: pa.Table) -
     download_parts = {json.loads(r["refs"]).get("download") for r in refs} - {None}
     if "download" in stats:
         stats["download"]["items_out"] = sum(part_rows.get(p, 0) for p in download_parts)
+    for acc in stats.values():  # throughput of the work done (cached videos cost nothing), per worker-second
+        done = acc["items_in"] - acc["cached"]
+        acc["items_per_s"] = round(done / acc["seconds"], 4) if acc["seconds"] > 0 and done > 0 else None
     return stats
+
+
+def log_failures(errors: pa.Table, log, limit: int = 20) -> None:
+    """One line a failed item, naming the stage and the video (its id and source)."""
+    rows = errors.to_pylist()
+    for e in rows[:limit]:
+        log(f"failed: {e['stage']}: video {e['item_id']} ({e['source']}): {e['error_type']}: {e['message']}")
+    if len(rows) > limit:
+        log(f"failed: ... and {len(rows) - limit} more in the errors table")
 
 
 def reused_map(stats: dict, roots: dict[str, str], stage_fps: dict[str, str], versions: list[dict],
