@@ -172,14 +172,16 @@ def test_run_on_s3_resumes_after_a_kill_and_reads_back(s3, s3_manifest):
     before = {p: raw.info(p)["ETag"] for p in killed_parts}
 
     try:
-        second = subprocess.run(_run_cmd(s3_manifest, root), cwd=REPO, env=env, capture_output=True, text=True,
-                                timeout=600)
+        # Where it runs does not change what it makes: the dashboard on, the same version resumed.
+        second = subprocess.run([*_run_cmd(s3_manifest, root), "--set", "ray.dashboard=true"], cwd=REPO, env=env,
+                                capture_output=True, text=True, timeout=600)
     finally:
         _sweep(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert second.returncode == 0, second.stderr[-3000:]
     version = second.stdout.strip().splitlines()[-1]
     assert version == f"{root}/demo/v1"  # the killed version was found again and finished
+    assert "ray: embedded local Ray" in second.stderr and "dashboard at http://127.0.0.1:" in second.stderr
 
     manifest = storage.read_json(f"{version}/manifest.json")
     assert manifest["status"] == "complete"
