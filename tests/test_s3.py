@@ -141,7 +141,7 @@ def _sweep(marker: str) -> None:
                     pass
 
 
-def test_run_on_s3_resumes_after_a_kill_and_reads_back(s3, s3_manifest):
+def test_run_on_s3_resumes_after_a_kill_and_reads_back(s3, s3_manifest, capsys):
     root = f"s3://{BUCKET}/out"
     raw = _raw_s3(s3)
     ray_tmp = tempfile.mkdtemp(prefix="vs3", dir="/tmp")
@@ -200,3 +200,9 @@ def test_run_on_s3_resumes_after_a_kill_and_reads_back(s3, s3_manifest):
     assert clips.num_rows == manifest["tables"]["clips"]["rows"] >= 12  # three 60 s videos
     assert len(set(clips["clip_id"].to_pylist())) == clips.num_rows  # resumed: each clip exactly once
     assert manifest["tables"]["errors"]["rows"] == 0
+
+    # The version commands read it from S3 too.
+    from vico_pipeline.cli import main as cli_main
+    assert cli_main(["versions", f"{root}/demo", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert any(v.get("version") == "v1" and v.get("status") == "complete" for v in listed), listed
