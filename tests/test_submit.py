@@ -255,3 +255,12 @@ def test_submit_user_mistakes_are_one_line(capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert err.startswith("vico: error: cannot reach the Ray job server") and "\n" not in err
     assert cli_main(["submit", config, "--address", "ray://127.0.0.1:10001"]) == 2
+
+
+def test_a_wrong_token_is_one_line(cluster, demo):
+    env = {**cluster["env"], "RAY_AUTH_TOKEN": "not-the-token"}
+    result = subprocess.run([*VICO, "submit", "configs/demo.yaml", "--address", cluster["address"]],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    err = result.stderr.strip().splitlines()
+    assert err[-1].startswith("vico: error:") and "Traceback" not in result.stderr, result.stderr

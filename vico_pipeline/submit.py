@@ -29,11 +29,14 @@ from urllib.parse import urlsplit
 import yaml
 
 from vico_pipeline.config import ConfigError, to_plain
+# A user-fixable failure of the whole command: the CLI prints it as one line. (Not cli.UserError: under
+# `python -m vico_pipeline.cli`, the job's entrypoint, that module is __main__ and its classes differ.)
+from vico_pipeline.versions import RunError
 
 JOB_CONFIG = "vico-job.yaml"
 # Local paths in a config: relative ones mean "from where I typed the command".
-PATH_KEYS = ("sources.manifest", "output.root", "download.cookies_file",
-             "train.data", "train.output", "eval.checkpoint", "eval.data", "eval.output")
+RUN_PATH_KEYS = ("sources.manifest", "output.root", "download.cookies_file")
+PATH_KEYS = (*RUN_PATH_KEYS, "train.data", "train.output", "eval.checkpoint", "eval.data", "eval.output")
 # Shipped to the job: where the object store is, not who may use it.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "FSSPEC_S3_ENDPOINT_URL", "AWS_REGION",
                  "AWS_DEFAULT_REGION", "AWS_PROFILE")
@@ -110,24 +113,32 @@ def submission_id(dataset: str) -> str:
 
 
 def _client(address: str):
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
-
-    from vico_pipeline.cli import UserError
 
     try:
         return JobSubmissionClient(address, headers=auth_headers())
+    except AuthenticationError as exc:
+        raise RunError(f"the Ray job server at {address} refused our token: {_first_line(exc)} "
+                       "(set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH to the cluster's token)") from None
     except (ConnectionError, OSError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot reach the Ray job server at {address}: {first}") from None
+        raise RunError(f"cannot reach the Ray job server at {address}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 def submit(config_path, config, overrides, address, wait) -> int:
     """Submit `vico run` for `config` as a Ray job; returns the exit code for the CLI."""
     address = job_address(address)
     plain, local_keys = job_config(config)
-    if local_keys and not is_loopback(address):
-        print(f"vico: note: {', '.join(local_keys)} are local paths; every node of the cluster must see them "
+    run_keys = [k for k in local_keys if k in RUN_PATH_KEYS]
+    if run_keys and not is_loopback(address):
+        print(f"vico: note: {', '.join(run_keys)} are local paths; every node of the cluster must see them "
               "(use s3://... on a multi-node cluster)", file=sys.stderr)
+    from ray.exceptions import AuthenticationError
+
     client = _client(address)
     root = package_root()
     with tempfile.TemporaryDirectory(prefix="vico-submit-") as staging:
@@ -141,10 +152,13 @@ def submit(config_path, config, overrides, address, wait) -> int:
             "env_vars": {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)},
         }
         entrypoint = f"{shlex.quote(job_python(address))} -m vico_pipeline.cli run {JOB_CONFIG}"
-        job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
-                                   submission_id=submission_id(config.dataset.name),
-                                   metadata={"vico_config": str(config_path), "dataset": config.dataset.name},
-                                   entrypoint_num_cpus=0)  # the driver only coordinates; CPUs go to stages
+        try:
+            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
+                                       submission_id=submission_id(config.dataset.name),
+                                       metadata={"vico_config": str(config_path), "dataset": config.dataset.name},
+                                       entrypoint_num_cpus=0)  # the driver only coordinates; CPUs go to stages
+        except (RuntimeError, ConnectionError, AuthenticationError) as exc:  # refused: a bad token, runtime env...
+            raise RunError(f"the Ray job server at {address} refused the job: {_first_line(exc)}") from None
     print(f"vico: submitted job {job_id} to {address}; dashboard: {address}/#/jobs/{job_id}", file=sys.stderr)
     print(job_id, flush=True)
     if not wait:
