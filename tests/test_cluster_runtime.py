@@ -31,3 +31,15 @@ def test_run_with_a_job_server_url_is_one_line(monkeypatch, capsys, tmp_path):
                      "--set", f"output.root={tmp_path / 'out'}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("vico: error: RAY_ADDRESS=http://127.0.0.1:8265 is a job server")
+
+
+def test_engine_pools_autoscale_between_replicas_and_max_replicas():
+    from vico_pipeline.config import load_config
+    from vico_pipeline.registry import stage_specs
+
+    config = load_config("configs/cluster-s3.yaml", ["caption.replicas=2", "caption.max_replicas=6",
+                                                     "clues.tensor_parallel_size=4"])
+    res = {spec.name: spec.resources(config) for spec in stage_specs()}
+    assert res["caption"]["actor"] and res["caption"]["concurrency"] == (2, 6) and res["caption"]["num_gpus"] == 1
+    assert res["clues"]["concurrency"] == 1 and res["clues"]["num_gpus"] == 4  # one actor holds its TP group
+    assert res["download"]["num_cpus"] == 0.5 and res["frames"]["num_cpus"] == 2

@@ -133,6 +133,9 @@ def test_containerfile_targets(targets):
     assert images["gpu"].endswith("-gpu") and not images["cpu"].endswith("-gpu")
     ray_pin = re.search(r'"ray\[data\]==([\d.]+)"', (REPO / "pyproject.toml").read_text()).group(1)
     assert f"ARG RAY_VERSION={ray_pin}" in (INFRA / "Containerfile").read_text()
+    # Workers run as Ray's unprivileged user, as in Ray's own images.
+    for target in (cpu, gpu):
+        assert re.findall(r"^USER\s+(\S+)", target, flags=re.M)[-1] == "ray"
     # What it copies exists (the build context is the repository root).
     for target in (cpu, gpu):
         for line in re.findall(r"^COPY\s+(?:--\S+\s+)*(.+)$", target, flags=re.M):
