@@ -41,7 +41,7 @@ def test_vico_train_and_eval_on_demo_shards(tmp_path):
 
     val_tasks = {q["task"] for q in pq.read_table(Path(version, "questions")).to_pylist() if q["split"] == "val"}
     # At most 4 val questions are scored; two demo videos may both land in train, leaving none.
-    assert set(results["vico_qa"]) <= val_tasks and bool(results["vico_qa"]) == bool(val_tasks)
+    assert set(results["vico_qa"]) <= val_tasks and all(0 <= a <= 1 for a in results["vico_qa"].values())
     assert sum(results["vico_qa_count"].values()) <= 4
     assert results["needle"]
     assert {c["method"] for c in results["needle"]} == {"vst-r2", "vst-r4", "intp", "uniform"}
