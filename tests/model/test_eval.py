@@ -52,3 +52,31 @@ def test_eval_without_checkpoint_is_a_user_error(tmp_path):
 
     with pytest.raises(ModelUserError, match="no checkpoint"):
         run_eval(EvalConfig(cpu_threads=1, checkpoint=str(tmp_path / "none"), output=str(tmp_path / "eval")))
+
+
+def test_rotated_options_count_only_when_all_rotations_are_right(monkeypatch):
+    from vico_pipeline.model import evaluate
+    from vico_pipeline.model.needle import Needle
+
+    needle = Needle(image=None, question="q", options=["w", "x", "y", "z"], answer_index=2)
+    seen = []
+
+    class FakeEv:
+        model = types.SimpleNamespace(decoder=types.SimpleNamespace(dims=None))
+
+        def memory(self, *a):
+            return types.SimpleNamespace(kv=[])
+
+        def pixels(self, frames):
+            return frames
+
+        def letter(self, memory, question, options, rope_base):
+            seen.append(options)
+            return options.index("y") if always_right else 0
+
+    always_right = True
+    ok, _ = evaluate.run_cell(FakeEv(), {"kind": "vst", "ratio": 2}, [], needle, 4, 10)
+    assert ok and seen == [["w", "x", "y", "z"], ["x", "y", "z", "w"], ["y", "z", "w", "x"], ["z", "w", "x", "y"]]
+    always_right = False  # always "A": right once (when "y" comes first), so not right
+    assert not evaluate.run_cell(FakeEv(), {"kind": "vst", "ratio": 2}, [], needle, 4, 10)[0]
+    assert evaluate.run_cell(FakeEv(), {"kind": "vst", "ratio": 2}, [], needle, 4, 10, rotate=False)[0] is False

@@ -108,6 +108,7 @@ class EvalConfig(BaseModel):
     needle_frames: list[int] = Field(default_factory=lambda: [4, 8, 16])
     needle_depths: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     needle_trials: int = 2
+    rotate_options: bool = True  # a needle counts only if answered right under every rotation of its options
     needle_videos: int = 2  # haystack videos taken from the val shards
     methods: list[str] = Field(default_factory=lambda: ["vst", "intp", "uniform"])
     ratios: list[int] = Field(default_factory=lambda: [8, 16])

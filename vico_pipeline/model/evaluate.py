@@ -138,8 +138,10 @@ def haystack_videos(version: Path, count: int) -> list[list]:
     raise ModelUserError(f"no frames in {version}/shards to build needle haystacks from")
 
 
-def run_cell(ev: Evaluator, spec: dict, frames: list, needle, train_frames: int, text_len: int) -> tuple[bool, int]:
-    """One needle question under one method; (correct, KV memory bytes)."""
+def run_cell(ev: Evaluator, spec: dict, frames: list, needle, train_frames: int, text_len: int,
+             rotate: bool = True) -> tuple[bool, int]:
+    """One needle question under one method; (correct, KV memory bytes). With `rotate`, the
+    question is asked once per rotation of its options and counts only if all are right (VNBench)."""
     dims = ev.model.decoder.dims
     rope_base, groups, ratio = None, 1, spec.get("ratio")
     if spec["kind"] == "uniform":
@@ -152,9 +154,13 @@ def run_cell(ev: Evaluator, spec: dict, frames: list, needle, train_frames: int,
         rope_base = ntk_rope_base(dims.rope_theta, dims.head_dim, s) if groups > 1 else None
         ratio = None
     memory = ev.memory(ev.pixels(frames), ratio, rope_base, groups)
-    pred = ev.letter(memory, needle.question, needle.options, rope_base)
+    n = len(needle.options)
+    right = all(
+        ev.letter(memory, needle.question, needle.options[k:] + needle.options[:k], rope_base) == (needle.answer_index - k) % n
+        for k in (range(n) if rotate else [0])
+    )
     kv_bytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in memory.kv)
-    return pred == needle.answer_index, kv_bytes
+    return right, kv_bytes
 
 
 def needle_grid(ev: Evaluator, haystacks: list[list], ecfg: EvalConfig, train_frames: int) -> list[dict]:
@@ -173,7 +179,7 @@ def needle_grid(ev: Evaluator, haystacks: list[list], ecfg: EvalConfig, train_fr
                 t0, right, peak = time.time(), 0, 0
                 for trial, needle in enumerate(needles):
                     frames = haystack_with_needle(haystacks[trial % len(haystacks)], n_frames, depth, needle.image)
-                    ok, kv_bytes = run_cell(ev, spec, frames, needle, train_frames, text_len)
+                    ok, kv_bytes = run_cell(ev, spec, frames, needle, train_frames, text_len, ecfg.rotate_options)
                     right += ok
                     peak = max(peak, kv_bytes)
                 if cuda:
