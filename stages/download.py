@@ -110,11 +110,13 @@ class DownloadStage(Stage):
     name = "download"
     schema = VIDEOS_SCHEMA
 
-    def __init__(self, config, media_root: str):
+    def __init__(self, config, media_root: str, gate=None):
         super().__init__(config)
         self.dl = config.download
         self.allow_local = config.sources.allow_local
         self.media_root = media_root
+        # Per-domain caps: this process's gate, or one the executor shares across processes and nodes.
+        self.gate = gate or _GATE
 
     def process(self, item: dict) -> Iterator[dict | ErrorRow]:
         source = item["url"]
@@ -247,7 +249,7 @@ class DownloadStage(Stage):
 
         host = urlsplit(source).netloc
         for attempt in range(self.dl.retries + 1):
-            gate = _GATE.acquire(host, self.dl.per_domain_concurrency, self.dl.per_domain_interval_s)
+            gate = self.gate.acquire(host, self.dl.per_domain_concurrency, self.dl.per_domain_interval_s)
             try:
                 return fn()
             except yt_dlp.utils.YoutubeDLError as exc:

@@ -43,3 +43,14 @@ def test_engine_pools_autoscale_between_replicas_and_max_replicas():
     assert res["caption"]["actor"] and res["caption"]["concurrency"] == (2, 6) and res["caption"]["num_gpus"] == 1
     assert res["clues"]["concurrency"] == 1 and res["clues"]["num_gpus"] == 4  # one actor holds its TP group
     assert res["download"]["num_cpus"] == 0.5 and res["frames"]["num_cpus"] == 2
+
+
+def test_outside_ray_the_stage_keeps_its_own_gate(monkeypatch):
+    import ray
+
+    from stages.download import _GATE
+    from vico_pipeline.config import load_config
+    from vico_pipeline.registry import stage_specs
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # whatever other test modules left running
+    assert stage_specs()[0].build(load_config("configs/demo.yaml"), "/tmp/unused").gate is _GATE

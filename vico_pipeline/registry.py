@@ -35,7 +35,8 @@ class StageSpec:
 
 def _download(config, root):
     from stages.download import DownloadStage
-    return DownloadStage(config, media_root=join(root, "media"))
+    from vico_pipeline.runtime import cluster_domain_gate
+    return DownloadStage(config, media_root=join(root, "media"), gate=cluster_domain_gate())
 
 
 def _frames(config, root):

@@ -32,6 +32,7 @@ def init_ray(ray_config) -> str:
     import ray
 
     if ray.is_initialized():
+        start_domain_gate()
         return "ray: already initialised in this process" + _dashboard_note(_current_dashboard())
     address = cluster_address(ray_config)
     if address:
@@ -46,6 +47,7 @@ def init_ray(ray_config) -> str:
                            logging_level=logging.WARNING, log_to_driver=True,
                            _node_ip_address="127.0.0.1", **kwargs)
         where = f"ray: embedded local Ray ({_resources()})"
+    start_domain_gate()
     return where + _dashboard_note(getattr(context, "dashboard_url", None))
 
 
@@ -81,3 +83,106 @@ def configure_data_context(progress: bool) -> None:
     # Our rows carry only references; keep Ray's own verbose messages off the terminal.
     ctx.print_on_execution_start = False
     ctx.verbose_stats_logs = False
+
+
+# --------------------------------------------------------------------------- cluster-wide per-domain gate
+GATE_ACTOR = "vico-domain-gate"
+# A slot held longer than this is taken back: a worker killed mid-download must not block its host.
+GATE_LEASE_S = 1800.0
+_gate_handle = None
+
+
+class _DomainGateActor:
+    """Per-host download slots and start spacing for the whole run, shared by every worker process."""
+
+    def __init__(self):
+        import asyncio
+        self._cond = asyncio.Condition()
+        self._held: dict[str, dict[int, float]] = {}  # host -> {slot id: time taken}
+        self._next_start: dict[str, float] = {}
+        self._ids = 0
+
+    def _expire(self, host: str, now: float) -> None:
+        held = self._held.setdefault(host, {})
+        for slot, taken in list(held.items()):
+            if now - taken > GATE_LEASE_S:
+                del held[slot]
+
+    async def acquire(self, host: str, concurrency: int, interval_s: float) -> tuple[int, float]:
+        """Waits for a free slot; returns (slot id, seconds the caller sleeps before starting)."""
+        import time
+        async with self._cond:
+            while True:
+                now = time.monotonic()
+                self._expire(host, now)
+                if len(self._held[host]) < max(1, concurrency):
+                    break
+                try:  # wake up for releases, and now and then for expired leases
+                    import asyncio
+                    await asyncio.wait_for(self._cond.wait(), timeout=min(30.0, GATE_LEASE_S))
+                except asyncio.TimeoutError:
+                    pass
+            self._ids += 1
+            self._held[host][self._ids] = now
+            start = max(now, self._next_start.get(host, 0.0))
+            self._next_start[host] = start + interval_s
+            return self._ids, start - now
+
+    async def release(self, host: str, slot: int) -> None:
+        async with self._cond:
+            self._held.get(host, {}).pop(slot, None)
+            self._cond.notify_all()
+
+
+class _HeldSlot:
+    def __init__(self, actor, host: str, slot: int):
+        self.actor, self.host, self.slot = actor, host, slot
+
+    def release(self) -> None:
+        import ray
+        try:
+            ray.get(self.actor.release.remote(self.host, self.slot))
+        except Exception:  # the gate is gone with its run: nothing left to release
+            pass
+
+
+class ClusterDomainGate:
+    """`stages.download._DomainGate`'s interface over one named actor per Ray job, so
+    `download.per_domain_concurrency` and `per_domain_interval_s` hold across every
+    worker process and node of the run (a process runs one download task at a time)."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def acquire(self, host: str, concurrency: int, interval_s: float):
+        import time
+
+        import ray
+        slot, wait = ray.get(self.actor.acquire.remote(host, concurrency, interval_s))
+        if wait > 0:
+            time.sleep(wait)
+        return _HeldSlot(self.actor, host, slot)
+
+
+def start_domain_gate() -> None:
+    """Start the run's gate actor from the driver, which owns it: it lives as long as the run."""
+    import ray
+    global _gate_handle
+    try:
+        # The driver keeps a handle: an actor with no handle left is destroyed.
+        _gate_handle = ray.remote(num_cpus=0, max_concurrency=1000)(_DomainGateActor).options(
+            name=GATE_ACTOR, get_if_exists=True).remote()
+    except Exception as exc:  # never let the gate stop a run
+        logging.getLogger("vico").warning("per-domain gate: per worker process only (%s)", exc)
+
+
+def cluster_domain_gate():
+    """The run's cluster-wide gate in a Ray worker; None outside Ray or when the driver started
+    none (the download stage then keeps its per-process gate)."""
+    try:
+        import ray
+        if not ray.is_initialized():
+            return None
+        return ClusterDomainGate(ray.get_actor(GATE_ACTOR))
+    except Exception:
+        return None
