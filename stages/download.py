@@ -82,8 +82,9 @@ def classify(message: str) -> str:
 class _DomainGate:
     """At most N downloads at once per host, with a minimum interval between starts.
 
-    Shared by the threads of one worker process; across workers the caps multiply
-    by the worker count, which `download.concurrency` bounds.
+    Shared by the threads of one process. Under Ray the pipeline hands the stage
+    a gate with the same interface shared by every worker of the run
+    (`vico_pipeline.runtime.ClusterDomainGate`); this one is the fallback.
     """
 
     def __init__(self):
