@@ -189,13 +189,32 @@ def run_stages(manifest_rows: list[dict], config, stage_roots: dict[str, str], p
     """Run the DAG to the end; returns the reference rows, one per video, in source order."""
     from tqdm import tqdm
 
-    ds = build_dataset(manifest_rows, config, stage_roots)
+    unique = {download_unit(line["url"]): line for line in reversed(manifest_rows)}  # a line listed twice runs once
+    ds = build_dataset([unique[u] for u in dict.fromkeys(download_unit(l["url"]) for l in manifest_rows)],
+                       config, stage_roots)
     rows = []
     with tqdm(desc="videos", unit="video", disable=not progress) as bar:
         for row in ds.iter_rows():
             rows.append(dict(row))
             bar.update(1)
-    return sorted(rows, key=lambda r: (r["source"], r["video_id"]))
+    return sorted(merge_duplicates(rows), key=lambda r: (r["source"], r["video_id"]))
+
+
+def merge_duplicates(rows: list[dict]) -> list[dict]:
+    """One row per video: a video reached from two manifest lines (a URL and a playlist
+    naming it) was written to the same parts, so keep the row that got furthest."""
+    by_id: dict[str, dict] = {}
+    for row in rows:
+        kept = by_id.get(row["video_id"])
+        if kept is None:
+            by_id[row["video_id"]] = row
+            continue
+        errors = sorted(set(json.loads(kept["error_parts"])) | set(json.loads(row["error_parts"])))
+        if len(json.loads(row["refs"])) > len(json.loads(kept["refs"])):
+            row, kept = kept, row
+            by_id[kept["video_id"]] = kept
+        kept["error_parts"] = json.dumps(errors)
+    return list(by_id.values())
 
 
 def stage_roots_for(config) -> tuple[dict[str, str], dict[str, str]]:

@@ -353,7 +353,8 @@ def assemble_errors(refs: list[dict]) -> pa.Table:
 def assemble_videos(refs: list[dict], errors: pa.Table) -> pa.Table:
     """One row per input video: its download row, with `status` saying how far it got."""
     download_parts = sorted({json.loads(r["refs"])["download"] for r in refs if json.loads(r["refs"]).get("download")})
-    videos = storage.read_parquet(download_parts, VIDEOS_SCHEMA).to_pylist()
+    # A video named by two manifest lines (a URL and a playlist) is in two download parts: one row.
+    videos = list({v["video_id"]: v for v in storage.read_parquet(download_parts, VIDEOS_SCHEMA).to_pylist()}.values())
     last_stage = {r["video_id"]: list(json.loads(r["refs"])) for r in refs}
     first_error = {}
     for e in errors.to_pylist():
