@@ -116,4 +116,6 @@ def _dispatch(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, so `python -m` sees the same exception classes as `vico`.
+    from vico_pipeline.cli import main as package_main
+    sys.exit(package_main())
