@@ -178,7 +178,10 @@ def build_dataset(manifest_rows: list[dict], config, stage_roots: dict[str, str]
             ds = apply(runner_cls, fn_constructor_args=(spec, config, stage_roots[spec.name]), compute=pool, **kwargs)
         else:
             if res.get("concurrency"):
-                kwargs["compute"] = ray.data.TaskPoolStrategy(size=res["concurrency"])
+                size = res["concurrency"]
+                if spec.name == "download":  # never more download tasks than manifest lines
+                    size = min(size, max(1, len(manifest_rows)))
+                kwargs["compute"] = ray.data.TaskPoolStrategy(size=size)
             ds = apply(_run_task, fn_kwargs={"spec": spec, "config": config,
                                              "stage_root": stage_roots[spec.name], "runner_cls": runner_cls},
                        **kwargs)
