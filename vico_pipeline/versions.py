@@ -80,7 +80,7 @@ def list_versions(dataset_root: str) -> list[dict]:
         path = storage.join(dataset_root, name)
         manifest = _read_manifest(path)
         out.append({"version": name, "path": path, "manifest": manifest,
-                    "status": manifest.get("status", "incomplete")})
+                    "status": "complete" if manifest.get("status") == "complete" else "incomplete"})
     return sorted(out, key=lambda v: (layout.version_number(v["version"]) or 1 << 30, v["version"]))
 
 

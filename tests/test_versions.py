@@ -1,0 +1,168 @@
+"""Versions: the manifest contract, no work for a complete fingerprint, per-stage reuse
+when only the clue settings change, incremental manifests, the versions CLI."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import pytest
+
+from tests.test_versions_support import demo_config, demo_version, demo_videos, rows_by_id
+from vico_pipeline import version_cli
+from vico_pipeline.versions import RunError, list_versions, open_version, redact, run
+
+UPSTREAM = ("download", "frames", "filter", "caption")
+DOWNSTREAM = ("clues", "questions")
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    from vico_pipeline.config import RayConfig
+    from vico_pipeline.runtime import init_ray
+
+    init_ray(RayConfig(num_cpus=2))
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def v1(ray_session, tmp_path_factory):
+    return demo_version(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return str(tmp_path_factory.getbasetemp())
+
+
+def _stage_files(root: str, stages) -> dict[str, float]:
+    return {p: os.stat(p).st_mtime_ns for s in stages
+            for p in glob.glob(f"{root}/demo/_stages/{s}-*/**/*.parquet", recursive=True)}
+
+
+def test_manifest_contract(v1):
+    manifest = open_version(v1)
+    assert list(manifest)[-1] == "status" and manifest["status"] == "complete"
+    assert manifest["version"] == "v1" and len(manifest["fingerprint"]) == 16
+    assert manifest["code_version"] and manifest["created"] <= manifest["finished"]
+    for table in ("videos", "clips", "captions", "clues", "questions", "errors", "shards"):
+        assert manifest["tables"][table]["bytes"] > 0
+    assert manifest["tables"]["videos"]["rows"] == 2 and manifest["tables"]["questions"]["rows"] > 0
+    for stage in (*UPSTREAM, *DOWNSTREAM, "shards"):
+        stats = manifest["stages"][stage]
+        assert set(stats) >= {"items_in", "items_out", "failed", "seconds"}
+    assert manifest["stages"]["frames"]["items_in"] == 2 and manifest["stages"]["frames"]["items_out"] == 10
+    assert manifest["reused"] == {}
+    # the shard index matches the files
+    from stages.shards import verify_shard
+    assert {s["split"] for s in manifest["shards"]} == {"train", "val"}
+    assert sum(s["rows"] for s in manifest["shards"]) == manifest["tables"]["shards"]["rows"] == 2
+    assert all(verify_shard(v1, s) for s in manifest["shards"])
+    card = open(os.path.join(v1, "README.md")).read()
+    assert "# demo v1" in card and "| questions |" in card and "event_order" in card
+    assert manifest["config"]["output"]["root"]  # resolved config recorded
+
+
+def test_secrets_are_redacted():
+    plain = {"caption": {"api_key_env": "OPENAI_API_KEY", "max_tokens": 256, "base_url": "https://bob:hunter2@llm.example/v1"},
+             "x": {"api_key": "sk-123", "password": "p", "nested": [{"token": "t"}]},
+             "sources": {"manifest": "https://host/m.txt?token=abc&x=1"}}
+    out = json.dumps(redact(plain))
+    for secret in ("hunter2", "sk-123", '"p"', '"t"', "abc"):
+        assert secret not in out
+    assert "OPENAI_API_KEY" in out and "256" in out and "x=1" in out
+
+
+def test_rerun_of_complete_fingerprint_does_nothing(v1, base):
+    before = {p: os.stat(p).st_mtime_ns for p in glob.glob(f"{v1}/**", recursive=True)}
+    said = []
+    again = run(demo_config(demo_videos(base), os.path.dirname(os.path.dirname(v1))), log=said.append)
+    assert again == v1 and any("nothing to do" in s for s in said)
+    assert {p: os.stat(p).st_mtime_ns for p in glob.glob(f"{v1}/**", recursive=True)} == before
+    assert [v["version"] for v in list_versions(os.path.dirname(v1))][:1] == ["v1"]
+
+
+def test_clue_change_reruns_clues_questions_shards_only(v1, base):
+    root = os.path.dirname(os.path.dirname(v1))
+    upstream_before = _stage_files(root, UPSTREAM)
+    assert upstream_before
+    v2 = run(demo_config(demo_videos(base), root, "clues.max_clues=4"), log=lambda m: None)
+    assert v2.endswith("/v2")
+    manifest = open_version(v2)
+    for stage in UPSTREAM:
+        reused = manifest["reused"][stage]
+        assert reused["version"] == "v1" and reused["all"] and manifest["stages"][stage]["cached"] == 2
+    for stage in DOWNSTREAM:
+        assert stage not in manifest["reused"] and manifest["stages"][stage]["cached"] == 0
+    assert _stage_files(root, UPSTREAM) == upstream_before  # not one upstream part rewritten
+    assert manifest["tables"]["clues"]["rows"] <= 8 < open_version(v1)["tables"]["clues"]["rows"] + 1
+    assert max(r["clue_index"] for r in rows_by_id(v2, "clues", ("video_id", "clue_index")).values()) < 4
+    assert rows_by_id(v2, "captions", "clip_id") == rows_by_id(v1, "captions", "clip_id")
+    # the same command again finds v2
+    assert run(demo_config(demo_videos(base), root, "clues.max_clues=4"), log=lambda m: None) == v2
+
+    diff = version_cli.diff_data(v1, "v2")
+    assert diff["config"] == {"clues.max_clues": [8, 4]}
+    assert diff["stages"]["frames"] == "same" and diff["stages"]["clues"] == "changed"
+    assert set(diff["reused"]) == set(UPSTREAM)
+
+
+def test_added_video_is_the_only_one_processed(v1, base, tmp_path):
+    from vico_pipeline.demo import make_demo_videos
+
+    root = os.path.dirname(os.path.dirname(v1))
+    extra = make_demo_videos(str(tmp_path / "more"), count=1, minutes=1, seed=7)
+    manifest = tmp_path / "manifest.txt"
+    lines = open(demo_videos(base)).read().splitlines() + [l for l in open(extra).read().splitlines() if not l.startswith("#")]
+    manifest.write_text("\n".join(lines) + "\n")
+    frames_before = _stage_files(root, ("frames",))
+    v3 = run(demo_config(str(manifest), root, "dataset.version=more-videos"), log=lambda m: None)
+    assert v3.endswith("/more-videos")
+    m = open_version(v3)
+    for stage in (*UPSTREAM, *DOWNSTREAM):
+        assert m["stages"][stage]["items_in"] == 3 and m["stages"][stage]["cached"] == 2, stage
+        assert m["reused"][stage]["videos"] == 2 and not m["reused"][stage]["all"]
+    after = _stage_files(root, ("frames",))
+    assert {p: t for p, t in after.items() if p in frames_before} == frames_before and len(after) == len(frames_before) + 1
+    assert m["tables"]["videos"]["rows"] == 3 and sum(s["rows"] for s in m["shards"]) == 3
+
+
+def test_versions_cli(v1, capsys):
+    dataset = os.path.dirname(v1)
+    assert version_cli.main([dataset]) == 0
+    out = capsys.readouterr().out
+    assert "v1" in out and "complete" in out and open_version(v1)["fingerprint"] in out
+    assert version_cli.main(["show", v1]) == 0
+    assert "questions" in capsys.readouterr().out
+    assert version_cli.main(["show", v1, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "complete"
+    if os.path.isdir(os.path.join(dataset, "v2")):
+        assert version_cli.main(["diff", v1, os.path.join(dataset, "v2")]) == 0
+        out = capsys.readouterr().out
+        assert "clues.max_clues: 8 -> 4" in out and "reused from v1" in out
+    assert version_cli.main(["diff", v1]) == 2
+
+
+def test_incomplete_version_is_never_taken_for_complete(v1, tmp_path):
+    from vico_pipeline.export import export_llava
+    from vico_pipeline.report import write_report
+
+    dataset = tmp_path / "demo"
+    half = dataset / "v1"
+    os.makedirs(half / "questions")
+    (half / ".claim.json").write_text('{"fingerprint": "x"}')
+    (half / "manifest.json").write_text('{"status": "running"}')
+    (dataset / "v2").mkdir()
+    (dataset / "v2" / "manifest.json").write_text('{"status": "comp')  # torn write
+    assert [v["status"] for v in list_versions(str(dataset))] == ["incomplete", "incomplete"]
+    for folder in (half, dataset / "v2"):
+        with pytest.raises(RunError, match="not a complete version"):
+            open_version(str(folder))
+        with pytest.raises(RunError):
+            write_report(str(folder), str(tmp_path / "r.html"))
+        with pytest.raises(RunError):
+            export_llava(str(folder), str(tmp_path / "export"))
+    assert version_cli.main(["show", str(half)]) == 2
