@@ -27,7 +27,7 @@ from stages.download import VIDEOS_SCHEMA
 from stages.manifest import read_manifest
 from vico_pipeline import __version__, layout, storage
 from vico_pipeline.config import to_plain
-from vico_pipeline.fingerprint import digest, version_fingerprint  # noqa: F401 (re-exported)
+from vico_pipeline.fingerprint import version_fingerprint
 from vico_pipeline.registry import stage_specs
 
 CLAIM = ".claim.json"
