@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.procs import kill_with_env
 from vico_pipeline import storage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,22 +126,6 @@ def _run_cmd(manifest: str, root: str) -> list[str]:
             "--set", "download.concurrency=1", "--set", "frames.concurrency=1"]
 
 
-def _sweep(marker: str) -> None:
-    """End what a killed run left behind: processes whose environment names its Ray temp dir
-    (Ray workers rename themselves and live in process groups of their own)."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                environ = Path("/proc", entry, "environ").read_bytes()
-            except OSError:
-                continue
-            if marker.encode() in environ:
-                try:
-                    os.kill(int(entry), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-
 def test_run_on_s3_resumes_after_a_kill_and_reads_back(s3, s3_manifest, capsys):
     root = f"s3://{BUCKET}/out"
     raw = _raw_s3(s3)
@@ -166,7 +151,7 @@ def test_run_on_s3_resumes_after_a_kill_and_reads_back(s3, s3_manifest, capsys):
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
-        _sweep(ray_tmp)
+        kill_with_env(ray_tmp)
     assert not raw.exists(f"{BUCKET}/out/demo/v1/manifest.json"), "the run finished before the kill"
     assert raw.exists(f"{BUCKET}/out/demo/v1/.claim.json")
     before = {p: raw.info(p)["ETag"] for p in killed_parts}
@@ -176,7 +161,7 @@ def test_run_on_s3_resumes_after_a_kill_and_reads_back(s3, s3_manifest, capsys):
         second = subprocess.run([*_run_cmd(s3_manifest, root), "--set", "ray.dashboard=true"], cwd=REPO, env=env,
                                 capture_output=True, text=True, timeout=600)
     finally:
-        _sweep(ray_tmp)
+        kill_with_env(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert second.returncode == 0, second.stderr[-3000:]
     version = second.stdout.strip().splitlines()[-1]

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.procs import pids_with_env
 from vico_pipeline import submit as submit_mod
 from vico_pipeline.cli import main as cli_main
 from vico_pipeline.config import load_config
@@ -48,21 +49,6 @@ def node_ports() -> list[str]:
             f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
 
 
-def _pids_with_env(marker: str) -> list[int]:
-    """PIDs whose environment names our temp dir: every process of our nodes, Ray workers included
-    (they rename themselves and live in process groups of their own)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                environ = Path("/proc", entry, "environ").read_bytes()
-            except OSError:
-                continue
-            if marker.encode() in environ:
-                out.append(int(entry))
-    return out
-
-
 def _stop(procs: list[subprocess.Popen], marker: str) -> None:
     """SIGKILL our nodes' process groups, then whatever else carries our temp dir in its environment."""
     for proc in procs:
@@ -71,7 +57,7 @@ def _stop(procs: list[subprocess.Popen], marker: str) -> None:
         except ProcessLookupError:
             pass
         proc.wait()
-    for pid in _pids_with_env(marker):
+    for pid in pids_with_env(marker):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -27,7 +27,7 @@ def s3_env():
     os.environ.update(env)
     try:
         from vico_pipeline import storage
-        storage.fs_and_path("s3://vico-test")[0].mkdir("vico-test")
+        storage.fs_and_path("s3://vico-versions-test")[0].mkdir("vico-versions-test")
         yield env
     finally:
         for k, v in saved.items():
@@ -43,18 +43,18 @@ def test_version_on_s3(s3_env, tmp_path_factory, tmp_path):
     from vico_pipeline import storage
 
     manifest = demo_videos(str(tmp_path_factory.getbasetemp()))
-    sets = [f"sources.manifest={manifest}", "output.root=s3://vico-test/out", *DEMO_SETTINGS]
+    sets = [f"sources.manifest={manifest}", "output.root=s3://vico-versions-test/out", *DEMO_SETTINGS]
     done = run_vico("run", os.path.join(REPO, "configs", "demo.yaml"), *[a for s in sets for a in ("--set", s)])
     assert done.returncode == 0, done.stderr[-2000:]
     version = done.stdout.strip().splitlines()[-1]
-    assert version == "s3://vico-test/out/demo/v1"
+    assert version == "s3://vico-versions-test/out/demo/v1"
     m = storage.read_json(version + "/manifest.json")
     assert m["status"] == "complete" and m["tables"]["questions"]["rows"] > 0
     assert all(verify_shard(version, s) for s in m["shards"])
     card = storage.read_bytes(version + "/README.md").decode()
     assert "s3cr3t-never-written" not in json.dumps(m) + card  # no credential reached the version
 
-    listing = run_vico("versions", "s3://vico-test/out/demo")
+    listing = run_vico("versions", "s3://vico-versions-test/out/demo")
     assert listing.returncode == 0 and "complete" in listing.stdout
     report = run_vico("report", version, "--out", str(tmp_path / "r.html"))
     assert report.returncode == 0 and "data:image/jpeg" in open(tmp_path / "r.html").read()
