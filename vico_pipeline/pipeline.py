@@ -73,9 +73,18 @@ class StageRunner:
 
     def __init__(self, spec: StageSpec, config, stage_root: str):
         self.spec = spec
+        self.config = config
         self.stage_root = stage_root
-        self.stage = spec.build(config, stage_root)
-        self.stage.setup()
+        self._stage = None
+
+    @property
+    def stage(self):
+        """The stage object, built (models loaded, actors found) the first time a video needs it:
+        a worker that finds every part cached never pays for it."""
+        if self._stage is None:
+            self._stage = self.spec.build(self.config, self.stage_root)
+            self._stage.setup()
+        return self._stage
 
     def __call__(self, row: dict) -> dict:
         refs = json.loads(row["refs"])
