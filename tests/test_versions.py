@@ -110,6 +110,38 @@ def test_clue_change_reruns_clues_questions_shards_only(v1, base):
     assert set(diff["reused"]) == set(UPSTREAM)
 
 
+def test_clue_only_change_runs_in_process_without_ray(v1, base):
+    """Every heavy stage cached, only clues and questions to run: no Ray start-up (vico_pipeline/inline.py)."""
+    import ray
+
+    from stages.shards import verify_shard
+
+    root = os.path.dirname(os.path.dirname(v1))
+    upstream_before = _stage_files(root, UPSTREAM)
+    ray.shutdown()
+    said = []
+    v = run(demo_config(demo_videos(base), root, "clues.max_clues=3"), log=said.append)
+    assert not ray.is_initialized()
+    assert any(s.startswith("ray: not started") and "clues for 2 videos" in s for s in said), said
+    manifest = open_version(v)
+    assert manifest["status"] == "complete"
+    for stage in UPSTREAM:
+        assert manifest["stages"][stage]["cached"] == 2
+    for stage in DOWNSTREAM:
+        assert manifest["stages"][stage]["cached"] == 0 and manifest["stages"][stage]["items_out"] > 0
+    assert _stage_files(root, UPSTREAM) == upstream_before
+    assert max(r["clue_index"] for r in rows_by_id(v, "clues", ("video_id", "clue_index")).values()) < 3
+    assert all(verify_shard(v, s) for s in manifest["shards"])
+    # a stage with work that is not light (a changed frame rate re-decodes) sends the run to Ray
+    from vico_pipeline.inline import light_work
+    from vico_pipeline.pipeline import stage_roots_for
+    from vico_pipeline.versions import read_manifest
+    config = demo_config(demo_videos(base), root, "frames.fps=0.5")
+    assert light_work(read_manifest(config.sources.manifest), config, stage_roots_for(config)[0]) is None
+    config = demo_config(demo_videos(base), root, "clues.max_clues=3", "ray.inline_max_videos=1")
+    assert light_work(read_manifest(config.sources.manifest), config, stage_roots_for(config)[0]) is None
+
+
 def test_added_video_is_the_only_one_processed(v1, base, tmp_path):
     from vico_pipeline.demo import make_demo_videos
 

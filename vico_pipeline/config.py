@@ -49,6 +49,10 @@ class RayConfig(Section):
     dashboard: bool = False
     # Embedded local Ray only: bytes of shared memory for the object store (None: Ray's default).
     object_store_memory: Optional[int] = None
+    # Run without Ray, in this process, when only light stages (no model, no GPU, no decoding)
+    # have work left for at most this many videos: a clue-only regeneration skips Ray's start-up.
+    # 0: always use Ray.
+    inline_max_videos: int = Field(default=64, ge=0)
 
 
 class DownloadConfig(Section):

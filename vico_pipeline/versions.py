@@ -117,6 +117,7 @@ def open_version(version_root: str) -> dict:
 # --------------------------------------------------------------------------- the run
 def run(config, log=lambda msg: print(msg, file=sys.stderr)) -> str:
     """Run the pipeline for `config`; returns the version folder (new, or found complete)."""
+    from vico_pipeline.inline import describe as describe_inline, light_work, run_inline
     from vico_pipeline.pipeline import run_stages, stage_roots_for
     from vico_pipeline.runtime import configure_data_context, init_ray
 
@@ -144,12 +145,17 @@ def run(config, log=lambda msg: print(msg, file=sys.stderr)) -> str:
     except OSError as exc:
         raise RunError(f"output.root is not writable: {config.output.root} ({exc.strerror or exc})") from None
 
-    log(init_ray(config.ray))
-    configure_data_context(config.ray.progress)
     roots, stage_fps = stage_roots_for(config)
+    light = None if _ray_ready() else light_work(manifest_rows, config, roots)
+    if light is None:
+        log(init_ray(config.ray))
+        configure_data_context(config.ray.progress)
+    else:
+        log(describe_inline(light))
     log(f"{'resuming' if resumed else 'writing'} {version_root} from {len(manifest_rows)} manifest lines")
     t_dag = time.time()
-    refs = run_stages(manifest_rows, config, roots, progress=config.ray.progress)
+    refs = run_stages(manifest_rows, config, roots, progress=config.ray.progress) if light is None \
+        else run_inline(manifest_rows, config, roots)
     t_assemble = time.time()
     counts, part_rows, errors = assemble(version_root, refs)
     log_failures(errors, log)

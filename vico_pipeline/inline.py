@@ -1,0 +1,80 @@
+"""Running the stages in this process, without Ray, when the work left is light.
+
+A regeneration that changes only the clue or question settings finds every
+download, frame and caption part cached: what is left is a few milliseconds of
+Python per video, and starting Ray (seconds) would be most of the run. So before
+starting Ray, `light_work` walks the part files the DAG would read and says
+whether only light stages (no model, no GPU, no decoding) have anything to do,
+for a bounded number of videos. If so, `run_inline` runs the same `StageRunner`s
+as the DAG, one video after the other, in this process; they read and write the
+same part files, so the outcome is the same as a run on Ray.
+"""
+from __future__ import annotations
+
+from vico_pipeline import layout, storage
+from vico_pipeline.pipeline import DownloadRunner, StageRunner, download_unit, merge_duplicates
+from vico_pipeline.registry import stage_specs
+
+HEAVY_STAGES = ("download", "frames")  # network and video decoding: always worth Ray's workers
+
+
+def is_light(spec, config) -> bool:
+    res = spec.resources(config)
+    return spec.name not in HEAVY_STAGES and not res.get("actor") and not res.get("num_gpus")
+
+
+def light_work(manifest_rows: list[dict], config, stage_roots: dict[str, str]) -> dict[str, int] | None:
+    """{stage: videos with work} when every stage with work is light and at most
+    `ray.inline_max_videos` videos are involved; None when Ray should run the DAG."""
+    limit = config.ray.inline_max_videos
+    units = list(dict.fromkeys(download_unit(line["url"]) for line in manifest_rows))
+    if not limit or len(units) > limit:
+        return None
+    specs = stage_specs()
+    video_ids = []
+    for unit in units:
+        part = layout.part_uri(stage_roots["download"], unit)
+        if not storage.exists(part):
+            return None  # a download to do
+        video_ids += storage.read_parquet([part])["video_id"].to_pylist()
+        if len(video_ids) > limit:
+            return None
+    pending: dict[str, int] = {}
+    for vid in dict.fromkeys(video_ids):
+        reached = {"download"}  # stages whose output this video has, or would have after this run
+        for spec in specs[1:]:
+            if not all(name in reached for name in spec.inputs):
+                continue
+            part = layout.part_uri(stage_roots[spec.name], vid)
+            if not storage.exists(part):
+                if not is_light(spec, config):
+                    return None
+                pending[spec.name] = pending.get(spec.name, 0) + 1
+                reached.add(spec.name)
+            elif storage.parquet_rows(part) > 0:
+                reached.add(spec.name)
+    return pending
+
+
+def run_inline(manifest_rows: list[dict], config, stage_roots: dict[str, str]) -> list[dict]:
+    """The DAG of pipeline.build_dataset, one video after the other in this process."""
+    specs = stage_specs()
+    first = DownloadRunner(specs[0], config, stage_roots["download"])
+    runners = [StageRunner(spec, config, stage_roots[spec.name]) for spec in specs[1:]]
+    rows = []
+    first_lines = {download_unit(line["url"]): line for line in reversed(manifest_rows)}  # as run_stages
+    for unit in dict.fromkeys(download_unit(line["url"]) for line in manifest_rows):
+        line = first_lines[unit]
+        for row in first(line):
+            for runner in runners:
+                row = runner(row)
+            rows.append(row)
+    return sorted(merge_duplicates(rows), key=lambda r: (r["source"], r["video_id"]))
+
+
+def describe(pending: dict[str, int]) -> str:
+    work = ", ".join(f"{name} for {n} video{'s' if n != 1 else ''}" for name, n in pending.items()) or "none"
+    return f"ray: not started; every heavy stage is cached, light work left ({work}) runs in this process"
+
+
+__all__ = ["light_work", "run_inline", "describe"]
