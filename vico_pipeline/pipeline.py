@@ -130,6 +130,9 @@ class DownloadRunner(StageRunner):
         part = layout.part_uri(self.stage_root, unit)
         errors = layout.errors_uri(self.stage_root, unit)
         started = time.perf_counter()
+        if storage.exists(part) and transient_failure(part, errors):
+            storage.remove(part)  # the completion marker first: a kill from here on leaves the unit to do
+            storage.remove(errors)
         if storage.exists(part):
             stats = {"cached": True}
         else:
@@ -146,6 +149,17 @@ class DownloadRunner(StageRunner):
             out = [{"video_id": unit, "source": line["url"], "refs": "{}",
                     "error_parts": json.dumps(error_parts), "stats": json.dumps({"download": stats})}]
         return out
+
+
+def transient_failure(part: str, errors: str) -> bool:
+    """A download unit that got no video and failed only for reasons that may pass (throttled,
+    5xx, timeout, truncated): its part is not taken as finished work, so the next run retries it."""
+    from stages.download import TRANSIENT
+
+    if storage.parquet_rows(part) > 0 or not storage.exists(errors):
+        return False
+    kinds = set(storage.read_parquet([errors])["error_type"].to_pylist())
+    return bool(kinds) and kinds <= TRANSIENT
 
 
 def download_unit(url: str) -> str:
