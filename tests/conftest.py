@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
@@ -51,6 +52,12 @@ class _Handler(SimpleHTTPRequestHandler):
             seen = _Handler.hits.get(self.path, 0)
             _Handler.hits[self.path] = seen + 1
             if seen < int(count):
+                self.send_error(503)
+                return
+            self.path = "/" + name
+        if self.path.startswith("/until/"):  # /until/FLAG/name: 503 until a file FLAG exists in tmp
+            _, _, flag, name = self.path.split("/", 3)
+            if not os.path.exists(os.path.join(tempfile.gettempdir(), flag)):
                 self.send_error(503)
                 return
             self.path = "/" + name

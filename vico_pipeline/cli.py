@@ -23,7 +23,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a config key (dotted), e.g. --set clips.seconds=10")
         return p
 
-    with_config("run", "run the pipeline; prints the version folder last")
+    p = with_config("run", "run the pipeline; prints the version folder last")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="when a complete version of this config has downloads that failed for reasons that "
+                        "may pass (throttled, 5xx, timeouts), retry them in a new version")
     p = sub.add_parser("demo-videos", help="write synthetic long videos and a manifest")
     p.add_argument("directory")
     p.add_argument("--count", type=int, default=3)
@@ -91,7 +94,7 @@ def _dispatch(args) -> int:
     if args.command == "run":
         from vico_pipeline.versions import run
         config = load_config(args.config, args.overrides)
-        print(run(config))
+        print(run(config, retry_failed=args.retry_failed))
         return 0
     if args.command == "versions":
         from vico_pipeline import version_cli

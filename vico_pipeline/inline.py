@@ -12,7 +12,7 @@ same part files, so the outcome is the same as a run on Ray.
 from __future__ import annotations
 
 from vico_pipeline import layout, storage
-from vico_pipeline.pipeline import DownloadRunner, StageRunner, download_unit, merge_duplicates
+from vico_pipeline.pipeline import DownloadRunner, StageRunner, download_unit, merge_duplicates, transient_failure
 from vico_pipeline.registry import stage_specs
 
 HEAVY_STAGES = ("download", "frames")  # network and video decoding: always worth Ray's workers
@@ -34,7 +34,7 @@ def light_work(manifest_rows: list[dict], config, stage_roots: dict[str, str]) -
     video_ids = []
     for unit in units:
         part = layout.part_uri(stage_roots["download"], unit)
-        if not storage.exists(part):
+        if not storage.exists(part) or transient_failure(part, layout.errors_uri(stage_roots["download"], unit)):
             return None  # a download to do
         video_ids += storage.read_parquet([part])["video_id"].to_pylist()
         if len(video_ids) > limit:

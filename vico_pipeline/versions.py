@@ -23,7 +23,7 @@ import time
 import pyarrow as pa
 
 from stages.base import ERRORS_SCHEMA, rows_to_table
-from stages.download import VIDEOS_SCHEMA
+from stages.download import TRANSIENT, VIDEOS_SCHEMA
 from stages.manifest import read_manifest
 from vico_pipeline import __version__, layout, storage
 from vico_pipeline.config import to_plain
@@ -115,8 +115,12 @@ def open_version(version_root: str) -> dict:
 
 
 # --------------------------------------------------------------------------- the run
-def run(config, log=lambda msg: print(msg, file=sys.stderr)) -> str:
-    """Run the pipeline for `config`; returns the version folder (new, or found complete)."""
+def run(config, log=lambda msg: print(msg, file=sys.stderr), retry_failed: bool = False) -> str:
+    """Run the pipeline for `config`; returns the version folder (new, or found complete).
+
+    With `retry_failed`, a complete version of the same config whose downloads failed for
+    reasons that may pass (throttled, 5xx, timeouts) is not the answer: a new version
+    retries those downloads and reuses everything else."""
     from vico_pipeline.inline import describe as describe_inline, light_work, run_inline
     from vico_pipeline.pipeline import run_stages, stage_roots_for
     from vico_pipeline.runtime import configure_data_context, init_ray
@@ -130,10 +134,19 @@ def run(config, log=lambda msg: print(msg, file=sys.stderr)) -> str:
     except OSError as exc:
         raise RunError(f"output.root is not writable: {config.output.root} ({exc.strerror or exc})") from None
     versions = list_versions(dataset_root)
-    for existing in versions:
-        if existing["status"] == "complete" and existing["manifest"].get("fingerprint") == fingerprint:
-            log(f"version {existing['version']} already holds this config and manifest; nothing to do")
-            return existing["path"]
+    same = [v for v in versions if v["status"] == "complete" and v["manifest"].get("fingerprint") == fingerprint]
+    if same:
+        latest = same[-1]
+        transient = latest["manifest"].get("transient_failures", 0)
+        if not (retry_failed and transient):
+            hint = (f" ({transient} download{'s' if transient != 1 else ''} failed for reasons that may pass: "
+                    "`vico run --retry-failed` tries them again in a new version)") if transient else ""
+            log(f"version {latest['version']} already holds this config and manifest; nothing to do{hint}")
+            return latest["path"]
+        if config.dataset.version:
+            raise RunError(f"--retry-failed writes a new version; dataset.version={config.dataset.version} "
+                           "names one: leave it out or choose another name")
+        log(f"version {latest['version']} has {transient} transient download failures: retrying them in a new version")
     name = config.dataset.version or _resumable(versions, fingerprint) or next_version_name(dataset_root)
     version_root = layout.version_dir(config.output.root, config.dataset.name, name)
     if is_complete(version_root):
@@ -183,6 +196,7 @@ def run(config, log=lambda msg: print(msg, file=sys.stderr)) -> str:
         "throughput": {"videos_per_s": round(len(refs) / max(t_assemble - t_dag, 1e-9), 4),
                        "clip_rows_per_s": round(counts.get("clips", {}).get("rows", 0) / max(t_assemble - t_dag, 1e-9), 3)},
         "resumed": resumed,
+        "transient_failures": transient_failures(errors),
         "config": redact(to_plain(config)),
         "manifest_source": redact_text(config.sources.manifest),
         "manifest_lines": len(manifest_rows),
@@ -199,6 +213,12 @@ def run(config, log=lambda msg: print(msg, file=sys.stderr)) -> str:
     storage.write_json(storage.join(version_root, layout.MANIFEST), manifest)  # last: the version is complete
     log(f"version {name} complete: " + ", ".join(f"{t} {c['rows']}" for t, c in counts.items()))
     return version_root
+
+
+def transient_failures(errors: pa.Table) -> int:
+    """Download error rows of kinds that may pass on another try (the next run retries them)."""
+    return sum(1 for stage, kind in zip(errors["stage"].to_pylist(), errors["error_type"].to_pylist())
+               if stage == "download" and kind in TRANSIENT)
 
 
 def _resumable(versions: list[dict], fingerprint: str) -> str | None:
