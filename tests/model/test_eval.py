@@ -40,6 +40,7 @@ def test_train_then_eval_end_to_end(tmp_path, tiny_model_config, version_dir):
     assert len(results["needle"]) == 4 * 3 * 5
     for cell in results["needle"]:
         assert {"method", "frames", "depth", "accuracy", "peak_memory_bytes", "seconds"} <= set(cell)
+        assert (cell["task"], cell["style"], cell["scoring"]) == ("retrieval", "frame", "letter")  # the defaults
     mem = {(c["method"], c["frames"]): c["peak_memory_bytes"] for c in results["needle"]}
     assert mem[("vst-r4", 8)] < mem[("vst-r2", 8)] < mem[("intp", 8)]  # compression keeps less
     assert mem[("uniform", 8)] == mem[("uniform", 4)]  # subsampled to the 4 training frames

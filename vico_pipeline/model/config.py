@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class ModelUserError(Exception):
@@ -109,6 +109,15 @@ class EvalConfig(BaseModel):
     needle_depths: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     needle_trials: int = 2
     rotate_options: bool = True  # a needle counts only if answered right under every rotation of its options
+    # Needle tasks (retrieval, ordering of 4 needles, counting of copies), how needles enter the
+    # video (frame: inserted pictures; bar: "The secret word is X" drawn onto needle_bar_frames
+    # consecutive sampled frames) and how answers are scored (letter: the argmax letter after
+    # answer_prefix; teacher_forced: answer_format appended, right only if the argmax is the
+    # answer token at every position). Each takes one value or a list.
+    needle_tasks: list[str] = Field(default_factory=lambda: ["retrieval"])
+    needle_style: list[str] = Field(default_factory=lambda: ["frame"])
+    needle_scoring: list[str] = Field(default_factory=lambda: ["letter"])
+    needle_bar_frames: int = 2
     needle_videos: int = 2  # haystack videos taken from the val shards
     methods: list[str] = Field(default_factory=lambda: ["vst", "intp", "uniform"])
     ratios: list[int] = Field(default_factory=lambda: [8, 16])
@@ -117,8 +126,20 @@ class EvalConfig(BaseModel):
     device: str = "auto"
     cpu_threads: int | None = None
 
+    @field_validator("needle_tasks", "needle_style", "needle_scoring", mode="before")
+    @classmethod
+    def _one_or_list(cls, v):
+        return [v] if isinstance(v, str) else v
+
     @model_validator(mode="after")
     def _check(self) -> "EvalConfig":
+        for name, allowed in (("needle_tasks", ("retrieval", "ordering", "counting")), ("needle_style", ("frame", "bar")),
+                              ("needle_scoring", ("letter", "teacher_forced"))):
+            values = getattr(self, name)
+            if not values or set(values) - set(allowed) or len(set(values)) < len(values):
+                raise ValueError(f"eval.{name}: {values}; use distinct values among {', '.join(allowed)}")
+        if self.needle_bar_frames < 1:
+            raise ValueError("eval.needle_bar_frames must be >= 1")
         unknown = set(self.methods) - {"vst", "intp", "uniform"}
         if unknown:
             raise ValueError(f"eval.methods: unknown {sorted(unknown)}; use vst, intp, uniform")

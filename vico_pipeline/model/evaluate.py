@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-import random
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -15,7 +15,7 @@ from .checkpoint import load_for_eval
 from .config import EvalConfig, ModelUserError
 from .data import IM_END, IM_START, ShardRows, question_prompt
 from .intp import context_scale, ntk_rope_base, rearrange
-from .needle import haystack_with_needle, make_needle
+from .needle import make_needles, place
 from .vision import frames_to_pixels, uniform_indices
 
 LETTERS = "ABCDEFGH"
@@ -68,17 +68,32 @@ class Evaluator:
         text = self.tok.decode(self.model.generate(memory, self.tensor(ids), max_new_tokens, self.tok.eos_token_id))
         return next((LETTERS.index(c) for c in text if c in LETTERS[:len(options)]), -1)
 
+    def _answer_logits(self, memory, prompt: list[int], answer: list[int], rope_base=None) -> torch.Tensor:
+        """Logits [len(answer), V] at the answer's positions with the answer appended (teacher forcing)."""
+        logits, _ = self.model.read(memory, self.tensor(prompt + answer), rope_base)
+        return logits[0, len(prompt) - 1:-1]
+
+    def answer_ids(self, options, index: int, end: str = "") -> list[int]:
+        return self.ids(self.answer_format.format(letter=LETTERS[index], option=options[index]) + end)
+
     @torch.no_grad()
     def likelihood(self, memory, question, options) -> int:
         """The option whose whole answer (answer_format + end of turn) has the highest mean log-likelihood."""
         prompt = self.prompt_ids(question, options)
         scores = []
-        for i, option in enumerate(options):
-            answer = self.ids(self.answer_format.format(letter=LETTERS[i], option=option) + IM_END)
-            logits, _ = self.model.read(memory, self.tensor(prompt + answer))
-            logp = logits[0, len(prompt) - 1:-1].float().log_softmax(-1)
+        for i in range(len(options)):
+            answer = self.answer_ids(options, i, IM_END)
+            logp = self._answer_logits(memory, prompt, answer).float().log_softmax(-1)
             scores.append(logp.gather(1, torch.tensor(answer, device=self.device)[:, None]).mean().item())
         return max(range(len(options)), key=scores.__getitem__)
+
+    @torch.no_grad()
+    def teacher_forced(self, memory, question, options, answer_index: int, rope_base=None) -> bool:
+        """LongVA's exact match: the gold answer (answer_format) appended after the prompt; right
+        only if the argmax at every answer position is the answer's token."""
+        answer = self.answer_ids(options, answer_index)
+        predicted = self._answer_logits(memory, self.prompt_ids(question, options), answer, rope_base).argmax(-1)
+        return predicted.tolist() == answer
 
 
 def vico_qa(ev: Evaluator, version: Path, ecfg: EvalConfig, max_frames: int) -> dict:
@@ -138,10 +153,8 @@ def haystack_videos(version: Path, count: int) -> list[list]:
     raise ModelUserError(f"no frames in {version}/shards to build needle haystacks from")
 
 
-def run_cell(ev: Evaluator, spec: dict, frames: list, needle, train_frames: int, text_len: int,
-             rotate: bool = True) -> tuple[bool, int]:
-    """One needle question under one method; (correct, KV memory bytes). With `rotate`, the
-    question is asked once per rotation of its options and counts only if all are right (VNBench)."""
+def method_memory(ev: Evaluator, spec: dict, frames: list, train_frames: int, text_len: int):
+    """The memory one method builds from the frames, and the RoPE base to read it with."""
     dims = ev.model.decoder.dims
     rope_base, groups, ratio = None, 1, spec.get("ratio")
     if spec["kind"] == "uniform":
@@ -153,65 +166,109 @@ def run_cell(ev: Evaluator, spec: dict, frames: list, needle, train_frames: int,
         s = context_scale(text_len + len(frames) * per_frame, text_len + train_frames * per_frame)
         rope_base = ntk_rope_base(dims.rope_theta, dims.head_dim, s) if groups > 1 else None
         ratio = None
-    memory = ev.memory(ev.pixels(frames), ratio, rope_base, groups)
+    return ev.memory(ev.pixels(frames), ratio, rope_base, groups), rope_base
+
+
+def kv_bytes(memory) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in memory.kv)
+
+
+def score(ev: Evaluator, memory, needle, rope_base=None, rotate: bool = True, scoring: str = "letter") -> bool:
+    """One needle question against a memory. With `rotate`, asked once per rotation of its
+    options and right only if every rotation is (VNBench); `scoring` is "letter" (the argmax
+    letter after the answer prefix) or "teacher_forced" (LongVA's exact match of the answer)."""
     n = len(needle.options)
-    right = all(
-        ev.letter(memory, needle.question, needle.options[k:] + needle.options[:k], rope_base) == (needle.answer_index - k) % n
-        for k in (range(n) if rotate else [0])
-    )
-    kv_bytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in memory.kv)
-    return right, kv_bytes
+
+    def right(k: int) -> bool:
+        options, gold = needle.options[k:] + needle.options[:k], (needle.answer_index - k) % n
+        if scoring == "teacher_forced":
+            return ev.teacher_forced(memory, needle.question, options, gold, rope_base)
+        return ev.letter(memory, needle.question, options, rope_base) == gold
+
+    return all(right(k) for k in (range(n) if rotate else [0]))
+
+
+def run_cell(ev: Evaluator, spec: dict, frames: list, needle, train_frames: int, text_len: int,
+             rotate: bool = True, scoring: str = "letter") -> tuple[bool, int]:
+    """One needle question under one method; (correct, KV memory bytes)."""
+    memory, rope_base = method_memory(ev, spec, frames, train_frames, text_len)
+    return score(ev, memory, needle, rope_base, rotate, scoring), kv_bytes(memory)
 
 
 def needle_grid(ev: Evaluator, haystacks: list[list], ecfg: EvalConfig, train_frames: int) -> list[dict]:
+    """One cell per method x task x style x frame count x depth x scoring. A cell whose frame
+    count cannot hold its needles is kept with accuracy None and a `skipped` reason."""
     size = ev.model.vision.image_size
-    rng = random.Random(ecfg.seed)
-    needles = [make_needle(rng, size) for _ in range(ecfg.needle_trials)]
-    text_len = ev.pre_ids().shape[1] + len(ev.prompt_ids(needles[0].question, needles[0].options))
+    needles = {task: make_needles(task, ecfg.needle_trials, ecfg.seed, size) for task in ecfg.needle_tasks}
+    text_len = {task: ev.pre_ids().shape[1] + len(ev.prompt_ids(ns[0].question, ns[0].options)) for task, ns in needles.items()}
     cuda = ev.device.type == "cuda"
     cells = []
     for name, spec in method_runs(ecfg, ev.mcfg, train_frames):
-        for n_frames in ecfg.needle_frames:
-            for depth in ecfg.needle_depths:
-                if cuda:
-                    torch.cuda.synchronize()
-                    torch.cuda.reset_peak_memory_stats()
-                t0, right, peak = time.time(), 0, 0
-                for trial, needle in enumerate(needles):
-                    frames = haystack_with_needle(haystacks[trial % len(haystacks)], n_frames, depth, needle.image)
-                    ok, kv_bytes = run_cell(ev, spec, frames, needle, train_frames, text_len, ecfg.rotate_options)
-                    right += ok
-                    peak = max(peak, kv_bytes)
-                if cuda:
-                    torch.cuda.synchronize()
-                    peak = torch.cuda.max_memory_allocated()
-                cells.append({"method": name, "frames": n_frames, "depth": depth, "accuracy": right / len(needles),
-                              "peak_memory_bytes": int(peak), "memory_measure": "cuda_peak" if cuda else "kv_cache",
-                              "seconds": round((time.time() - t0) / len(needles), 4)})
+        for task, style, n_frames, depth in itertools.product(ecfg.needle_tasks, ecfg.needle_style,
+                                                              ecfg.needle_frames, ecfg.needle_depths):
+            key = {"method": name, "task": task, "style": style, "frames": n_frames, "depth": depth}
+            measure = {"memory_measure": "cuda_peak" if cuda else "kv_cache"}
+            needed = max(n.footprint(style, ecfg.needle_bar_frames) for n in needles[task])
+            if n_frames < needed:
+                cells += [key | {"scoring": s, "accuracy": None, "peak_memory_bytes": None, **measure, "seconds": None,
+                                 "skipped": f"needs {needed} frames"} for s in ecfg.needle_scoring]
+                continue
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            right, seconds, peak = defaultdict(int), defaultdict(float), 0
+            for trial, needle in enumerate(needles[task]):
+                t0 = time.time()
+                frames = place(needle, haystacks[trial % len(haystacks)], n_frames, depth, style, ecfg.needle_bar_frames)
+                memory, rope_base = method_memory(ev, spec, frames, train_frames, text_len[task])
+                peak, built = max(peak, kv_bytes(memory)), time.time() - t0
+                for s in ecfg.needle_scoring:  # one memory serves every scoring; each is timed with it
+                    t1 = time.time()
+                    right[s] += score(ev, memory, needle, rope_base, ecfg.rotate_options, s)
+                    seconds[s] += built + time.time() - t1
+            if cuda:
+                torch.cuda.synchronize()
+                peak = torch.cuda.max_memory_allocated()
+            trials = len(needles[task])
+            cells += [key | {"scoring": s, "accuracy": right[s] / trials, "peak_memory_bytes": int(peak), **measure,
+                             "seconds": round(seconds[s] / trials, 4)} for s in ecfg.needle_scoring]
     return cells
 
 
+def heatmap_name(method: str, task: str) -> str:
+    """needle_{method}.png for retrieval (the original map), needle_{method}_{task}.png otherwise."""
+    return f"needle_{method}.png" if task == "retrieval" else f"needle_{method}_{task}.png"
+
+
 def heatmaps(cells: list[dict], out: Path) -> list[str]:
+    """One picture per method and task: a frames x depth map per style and scoring (blank where skipped)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
-    for method in sorted({c["method"] for c in cells}):
-        mine = [c for c in cells if c["method"] == method]
+    for method, task in dict.fromkeys((c["method"], c.get("task", "retrieval")) for c in cells):
+        mine = [c for c in cells if c["method"] == method and c.get("task", "retrieval") == task]
         frames = sorted({c["frames"] for c in mine})
         depths = sorted({c["depth"] for c in mine})
-        grid = [[next(c["accuracy"] for c in mine if c["frames"] == f and c["depth"] == d) for f in frames] for d in depths]
-        fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(frames), 1.2 + 0.5 * len(depths)))
-        im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
-        ax.set_xticks(range(len(frames)), [str(f) for f in frames])
-        ax.set_yticks(range(len(depths)), [f"{int(d * 100)}%" for d in depths])
-        ax.set_xlabel("frames")
-        ax.set_ylabel("needle depth")
-        ax.set_title(f"needle accuracy: {method}")
-        fig.colorbar(im, ax=ax)
-        path = out / f"needle_{method}.png"
+        panels = list(dict.fromkeys((c.get("style", "frame"), c.get("scoring", "letter")) for c in mine))
+        fig, axes = plt.subplots(1, len(panels), squeeze=False, sharey=True, layout="constrained",
+                                 figsize=(len(panels) * (0.8 + 0.6 * len(frames)) + 1.5, 1.6 + 0.5 * len(depths)))
+        cmap = plt.get_cmap("RdYlGn").with_extremes(bad="lightgray")  # skipped: too few frames for the needles
+        for ax, (style, scoring) in zip(axes[0], panels):
+            acc = {(c["frames"], c["depth"]): c["accuracy"] for c in mine
+                   if (c.get("style", "frame"), c.get("scoring", "letter")) == (style, scoring)}
+            grid = [[float("nan") if acc.get((f, d)) is None else acc[(f, d)] for f in frames] for d in depths]
+            im = ax.imshow(grid, vmin=0, vmax=1, cmap=cmap, aspect="auto")
+            ax.set_xticks(range(len(frames)), [str(f) for f in frames])
+            ax.set_yticks(range(len(depths)), [f"{int(d * 100)}%" for d in depths])
+            ax.set_xlabel("frames")
+            ax.set_title(f"{style}, {scoring}", fontsize=9)
+        axes[0][0].set_ylabel("needle depth")
+        fig.suptitle(f"needle {task}: {method}")
+        fig.colorbar(im, ax=list(axes[0]))
+        path = out / heatmap_name(method, task)
         fig.savefig(path, dpi=80, bbox_inches="tight")
         plt.close(fig)
         written.append(path.name)
@@ -243,6 +300,9 @@ def _run_eval(ecfg: EvalConfig, fallback_data: str | None, fallback_train_frames
     results = {"checkpoint": str(ckpt), "data": str(version), "device": device.type, "train_frames": train_frames}
     results |= vico_qa(ev, version, ecfg, ecfg.max_frames or train_frames)
     haystacks = haystack_videos(version, ecfg.needle_videos)
+    results["needle_setup"] = {"tasks": ecfg.needle_tasks, "styles": ecfg.needle_style, "scorings": ecfg.needle_scoring,
+                               "bar_frames": ecfg.needle_bar_frames, "trials": ecfg.needle_trials,
+                               "rotate_options": ecfg.rotate_options}
     results["needle"] = needle_grid(ev, haystacks, ecfg, train_frames)
     results["heatmaps"] = heatmaps(results["needle"], out)
     results["seconds"] = round(time.time() - t0, 2)
