@@ -82,6 +82,44 @@ def parse_caption(text: str) -> tuple[str, str, str]:
     return caption, first_sentence(caption), "text"
 
 
+# What both runners share (the stage's engine actors, and `caption.runner: ray_data_llm`).
+def kept_clips(frames: list[dict], verdicts: list[dict]) -> list[dict]:
+    """The clips the filter kept, in time order."""
+    kept = {r["clip_id"] for r in verdicts if r["kept"]}
+    return sorted((c for c in frames if c["clip_id"] in kept), key=lambda c: c["clip_index"])
+
+
+def no_clips_kept(video_id: str, source: str, verdicts: list[dict]) -> ErrorRow:
+    reasons: dict[str, int] = {}
+    for r in verdicts:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    detail = ", ".join(f"{n} {why}" for why, n in sorted(reasons.items())) or "no clips"
+    return ErrorRow(video_id, source, "no_clips_kept", f"the clip filter kept none of {len(verdicts)} clips ({detail})")
+
+
+def caption_request(version: str, clip: dict) -> Request:
+    """One clip's request: its caption frames and the versioned prompt, JSON asked for."""
+    return Request(prompt=caption_prompt(version, clip), images=list(clip["caption_frames"]),
+                   json_schema=CAPTION_SCHEMA_JSON)
+
+
+def caption_rows(clip: dict, result, source: str, engine: str, model: str, version: str) -> Iterator[dict | ErrorRow]:
+    """The caption row for a clip's engine result, or the error row that says why there is none."""
+    if not result.ok:
+        yield ErrorRow(clip["clip_id"], source, f"caption_{result.error_type}", result.error or "")
+        return
+    caption, key_event, answer_format = parse_caption(result.text)
+    if not readable(caption, min_words=3):
+        yield ErrorRow(clip["clip_id"], source, "unreadable_caption",
+                       f"the caption engine's answer is empty or not text: {result.text[:120]!r}")
+        return
+    yield {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "clip_index": clip["clip_index"],
+           "start_s": clip["start_s"], "end_s": clip["end_s"], "caption": caption, "key_event": key_event,
+           "engine": engine, "model": model, "prompt_version": version, "answer_format": answer_format,
+           "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+           "latency_s": round(result.latency_s, 4)}
+
+
 class CaptionStage(Stage):
     name = "caption"
     schema = CAPTIONS_SCHEMA
@@ -102,20 +140,14 @@ class CaptionStage(Stage):
     def process(self, item: dict) -> Iterator[dict | ErrorRow]:
         vid, source = item["video_id"], item["source"]
         verdicts = item.get("filter") or []
-        kept = {r["clip_id"] for r in verdicts if r["kept"]}
-        clips = sorted((c for c in item["frames"] if c["clip_id"] in kept), key=lambda c: c["clip_index"])
+        clips = kept_clips(item["frames"], verdicts)
         if not clips:
-            reasons: dict[str, int] = {}
-            for r in verdicts:
-                reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-            detail = ", ".join(f"{n} {why}" for why, n in sorted(reasons.items())) or "no clips"
-            yield ErrorRow(vid, source, "no_clips_kept", f"the clip filter kept none of {len(verdicts)} clips ({detail})")
+            yield no_clips_kept(vid, source, verdicts)
             return
         section = self.config.caption
         size = self.batch_size()
         batches = [clips[i:i + size] for i in range(0, len(clips), size)]
-        requests = [[Request(prompt=caption_prompt(section.prompt_version, c), images=c["caption_frames"],
-                             json_schema=CAPTION_SCHEMA_JSON) for c in batch] for batch in batches]
+        requests = [[caption_request(section.prompt_version, c) for c in batch] for batch in batches]
         pending = self.prefetch.submit(self.engine.prepare, requests[0])
         for index, batch in enumerate(batches):
             prepared = pending.result()
@@ -123,20 +155,24 @@ class CaptionStage(Stage):
                 pending = self.prefetch.submit(self.engine.prepare, requests[index + 1])
             results = self.engine.generate(prepared)
             for clip, result in zip(batch, results):
-                yield from self._row(clip, result, source)
+                yield from caption_rows(clip, result, source, self.engine.kind, self.engine.model,
+                                        section.prompt_version)
 
-    def _row(self, clip: dict, result, source: str):
-        if not result.ok:
-            yield ErrorRow(clip["clip_id"], source, f"caption_{result.error_type}", result.error or "")
+
+class CaptionAnswers(CaptionStage):
+    """The caption stage for answers an engine gave elsewhere (`caption.runner: ray_data_llm`,
+    vico_pipeline/pipeline.py): an item's `answers` are its kept clips, each with its engine
+    `result`; an item without answers had no clip kept. It builds no engine."""
+
+    def setup(self) -> None:
+        pass
+
+    def process(self, item: dict) -> Iterator[dict | ErrorRow]:
+        answers = item.get("answers")
+        if not answers:
+            yield no_clips_kept(item["video_id"], item["source"], item.get("filter") or [])
             return
-        caption, key_event, answer_format = parse_caption(result.text)
-        if not readable(caption, min_words=3):
-            yield ErrorRow(clip["clip_id"], source, "unreadable_caption",
-                           f"the caption engine's answer is empty or not text: {result.text[:120]!r}")
-            return
-        yield {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "clip_index": clip["clip_index"],
-               "start_s": clip["start_s"], "end_s": clip["end_s"], "caption": caption, "key_event": key_event,
-               "engine": self.engine.kind, "model": self.engine.model,
-               "prompt_version": self.config.caption.prompt_version, "answer_format": answer_format,
-               "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-               "latency_s": round(result.latency_s, 4)}
+        section = self.config.caption
+        for clip in sorted(answers, key=lambda c: c["clip_index"]):
+            yield from caption_rows(clip, clip["result"], item["source"], section.engine, section.model or "",
+                                    section.prompt_version)

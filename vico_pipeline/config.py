@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from vico_pipeline.model.config import EvalConfig, ModelConfig, TrainConfig
 
@@ -127,6 +127,20 @@ class EngineSection(Section):
     gpu_memory_utilization: float = 0.9
     max_model_len: Optional[int] = None
     engine_args: dict[str, Any] = {}
+    # vllm: where it runs. actor: vLLM's offline LLM in the stage's own actor pool, a video's clips per
+    # call; ray_data_llm (caption only): Ray Data's LLM processor, one request row per clip
+    # (docs/engines.md). Same requests and parsing either way, so not in the fingerprint.
+    runner: Literal["actor", "ray_data_llm"] = "actor"
+    # ray_data_llm: the GPU type each vLLM replica needs (e.g. "H100"); None: any GPU.
+    accelerator_type: Optional[str] = None
+
+    @field_validator("runner")
+    @classmethod
+    def _runner_needs_vllm(cls, runner: str, info: ValidationInfo) -> str:
+        engine = info.data.get("engine")
+        if runner == "ray_data_llm" and engine != "vllm":
+            raise ValueError(f"runner ray_data_llm runs the vllm engine only, not {engine!r}")
+        return runner
 
 
 class CaptionConfig(EngineSection):
@@ -147,6 +161,14 @@ class CluesConfig(EngineSection):
     validation_retries: int = 1
     # Longest caption text (characters) put into the clue prompt per clip.
     max_caption_chars: int = 600
+
+    @field_validator("runner")
+    @classmethod
+    def _clues_in_actors(cls, runner: str) -> str:
+        if runner != "actor":  # a retry round per video does not fit one dataset-wide pass
+            raise ValueError("clues run in the stage's actors only (runner: actor); "
+                             "ray_data_llm is for caption")
+        return runner
 
 
 class QuestionsConfig(Section):
@@ -213,6 +235,8 @@ def _describe(err: ValidationError) -> str:
     key = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{key}'"
+    if first["type"] == "value_error" and isinstance(first.get("input"), str):
+        return f"config key '{key}': {first['msg'].removeprefix('Value error, ')} (got {first['input']!r})"
     return f"config key '{key}': {first['msg']} (got {first.get('input')!r})"
 
 

@@ -38,7 +38,7 @@ def stage_fingerprints(config, specs) -> dict[str, str]:
 
 # Keys that decide where and how fast a run goes, never what it writes.
 _RUNTIME_ONLY = {"num_cpus", "num_gpus", "concurrency", "replicas", "ffmpeg_threads",
-                 "per_domain_concurrency", "per_domain_interval_s", "progress"}
+                 "per_domain_concurrency", "per_domain_interval_s", "progress", "runner", "accelerator_type"}
 
 
 def _without_runtime(node):

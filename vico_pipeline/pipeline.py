@@ -14,6 +14,8 @@ import os
 import tempfile
 import time
 import uuid
+from dataclasses import replace
+from functools import partial
 from typing import Iterable, Iterator
 
 import pyarrow as pa
@@ -90,35 +92,46 @@ class StageRunner:
         refs = json.loads(row["refs"])
         if not all(refs.get(name) for name in self.spec.inputs):
             return row  # the video failed upstream; its error row is already written
-        vid = row["video_id"]
-        part = layout.part_uri(self.stage_root, vid)
-        stats = json.loads(row["stats"])
+        if storage.exists(layout.part_uri(self.stage_root, row["video_id"])):
+            return self.finish(row, {"cached": True})
         started = time.perf_counter()
-        if storage.exists(part):
-            stats[self.spec.name] = {"cached": True}
-        else:
-            item = {"video_id": vid, "source": row["source"],
-                    "video": _read_rows(refs["download"], vid)[0]}
-            for name in self.spec.inputs:
-                if name != "download":
-                    item[name] = _read_rows(refs[name])
-            if any(name != "download" and not item[name] for name in self.spec.inputs):
-                return row  # nothing upstream to work on (e.g. every clip filtered out)
-            errors = layout.errors_uri(self.stage_root, vid)
-            count, failed = write_part(self.stage.safe_process(item, vid, row["source"]), self.stage.schema,
-                                       part, errors, self.spec.name)
-            stats[self.spec.name] = {"rows": count, "errors": failed,
-                                     "seconds": round(time.perf_counter() - started, 3)}
-            if failed:
-                row["error_parts"] = json.dumps(json.loads(row["error_parts"]) + [errors])
-        if storage.exists(layout.errors_uri(self.stage_root, vid)):
+        item = self.item(row, refs)
+        if item is None:
+            return row  # nothing upstream to work on (e.g. every clip filtered out)
+        count, failed = self.write(row, item)
+        return self.finish(row, {"rows": count, "errors": failed, "seconds": round(time.perf_counter() - started, 3)})
+
+    def item(self, row: dict, refs: dict) -> dict | None:
+        """The stage's input for a video: its download row and its rows of the other inputs."""
+        vid = row["video_id"]
+        item = {"video_id": vid, "source": row["source"], "video": _read_rows(refs["download"], vid)[0]}
+        for name in self.spec.inputs:
+            if name != "download":
+                item[name] = _read_rows(refs[name])
+        if any(name != "download" and not item[name] for name in self.spec.inputs):
+            return None
+        return item
+
+    def write(self, row: dict, item: dict) -> tuple[int, int]:
+        """Run the stage on a video's item; write its part (atomically) and its error rows."""
+        vid = row["video_id"]
+        return write_part(self.stage.safe_process(item, vid, row["source"]), self.spec.schema,
+                          layout.part_uri(self.stage_root, vid), layout.errors_uri(self.stage_root, vid),
+                          self.spec.name)
+
+    def finish(self, row: dict, stats: dict) -> dict:
+        """The reference row after this stage: its stats, its errors, its part when it has rows."""
+        vid = row["video_id"]
+        part, errors = layout.part_uri(self.stage_root, vid), layout.errors_uri(self.stage_root, vid)
+        if storage.exists(errors):
             parts = json.loads(row["error_parts"])
-            if layout.errors_uri(self.stage_root, vid) not in parts:
-                row["error_parts"] = json.dumps(parts + [layout.errors_uri(self.stage_root, vid)])
+            if errors not in parts:
+                row["error_parts"] = json.dumps(parts + [errors])
+        refs = json.loads(row["refs"])
         if storage.parquet_rows(part) > 0:
             refs[self.spec.name] = part
         row["refs"] = json.dumps(refs)
-        row["stats"] = json.dumps(stats)
+        row["stats"] = json.dumps({**json.loads(row["stats"]), self.spec.name: stats})
         return row
 
 
@@ -173,11 +186,100 @@ def download_unit(url: str) -> str:
 _RUNNERS: dict[tuple, StageRunner] = {}
 
 
-def _run_task(row: dict, spec: StageSpec, config, stage_root: str, runner_cls=StageRunner):
-    key = (spec.name, stage_root)
+def _runner(spec: StageSpec, config, stage_root: str, runner_cls=StageRunner) -> StageRunner:
+    key = (spec.name, spec.build, stage_root)
     if key not in _RUNNERS:
         _RUNNERS[key] = runner_cls(spec, config, stage_root)
-    return _RUNNERS[key](row)
+    return _RUNNERS[key]
+
+
+def _run_task(row: dict, spec: StageSpec, config, stage_root: str, runner_cls=StageRunner):
+    return _runner(spec, config, stage_root, runner_cls)(row)
+
+
+# --------------------------------------------------------------------------- caption on ray.data.llm
+# `caption.runner: ray_data_llm`: the caption step as Ray Data's LLM processor, one request row
+# per kept clip, instead of the stage's own actors. The reference rows (small, one per video) are
+# materialised first; videos that need no request (cached, failed upstream, no clip kept) are
+# settled as the actor runner would settle them; the others' clips go through the processor, and
+# the answers are grouped back per video, parsed by the caption stage's code and written to the
+# video's part like any stage's. docs/engines.md has the trade-off.
+REFERENCE_COLUMNS = ("video_id", "source", "refs", "stats", "error_parts")
+CLIP_COLUMNS = ("clip_id", "clip_index", "start_s", "end_s")
+ANSWER_CARRY = REFERENCE_COLUMNS + CLIP_COLUMNS  # what a request row carries to its answer
+MAX_GROUP_PARTITIONS = 64  # the regrouping's hash partitions (Ray's default: 200, whatever the videos)
+
+
+def _caption_answers_stage(config, root):
+    from stages.caption import CaptionAnswers
+    return CaptionAnswers(config)
+
+
+def _needs_requests(row: dict, spec: StageSpec, stage_root: str) -> bool:
+    """The video's inputs are there, its caption part is not, and the filter kept a clip."""
+    refs = json.loads(row["refs"])
+    return (all(refs.get(name) for name in spec.inputs)
+            and not storage.exists(layout.part_uri(stage_root, row["video_id"]))
+            and any(verdict["kept"] for verdict in _read_rows(refs["filter"])))
+
+
+def _settled(row: dict, spec: StageSpec, stage_root: str) -> bool:
+    return not _needs_requests(row, spec, stage_root)
+
+
+def _caption_requests(row: dict) -> list[dict]:
+    """One request row per clip the filter kept, carrying its video's reference row."""
+    from stages.caption import kept_clips
+
+    refs = json.loads(row["refs"])
+    video = {name: row[name] for name in REFERENCE_COLUMNS}
+    return [{**video, **{name: clip[name] for name in CLIP_COLUMNS}, "caption_frames": clip["caption_frames"]}
+            for clip in kept_clips(_read_rows(refs["frames"]), _read_rows(refs["filter"]))]
+
+
+def _write_captions(answers: pa.Table, spec: StageSpec, config, stage_root: str) -> dict:
+    """One video's answers (a group) -> its caption part; returns its reference row."""
+    from vico_pipeline.engines.vllm_data import to_result
+
+    answers = answers.to_pylist()
+    row = {name: answers[0][name] for name in REFERENCE_COLUMNS}
+    runner = _runner(spec, config, stage_root)
+    item = {"video_id": row["video_id"], "source": row["source"],
+            "answers": [{**answer, "result": to_result(answer)} for answer in answers]}
+    count, failed = runner.write(row, item)
+    # The engine time of the video's requests (a replica works on many at once).
+    seconds = round(sum(answer["latency_s"] for answer in answers), 3)
+    row = runner.finish(row, {"rows": count, "errors": failed, "seconds": seconds})
+    return {name: [row[name]] for name in REFERENCE_COLUMNS}
+
+
+def caption_processor(config):
+    """Ray Data's vLLM processor for caption request rows (built, not run, until the dataset is)."""
+    from stages.caption import caption_request
+    from vico_pipeline.engines.vllm_data import build
+
+    section = config.caption
+    return build(section, section.frames_per_clip, partial(caption_request, section.prompt_version),
+                 carry=ANSWER_CARRY, drop=("caption_frames",))
+
+
+def caption_with_processor(ds, spec: StageSpec, config, stage_root: str, make_processor=caption_processor):
+    """The caption step on `ds` (reference rows) through `make_processor(config)`, a Dataset ->
+    Dataset callable; returns the reference rows after captioning."""
+    from vico_pipeline.engines.vllm_data import answer
+
+    spec = replace(spec, build=_caption_answers_stage)  # parses answers; never builds an engine
+    where, args = {"spec": spec, "stage_root": stage_root}, {"spec": spec, "config": config, "stage_root": stage_root}
+    videos = ds.materialize()  # read twice below, so the stages before run once
+    settled = videos.filter(partial(_settled, **where)).map(_run_task, fn_kwargs=args)
+    pending = videos.filter(partial(_needs_requests, **where)).materialize()
+    count = pending.count()
+    if count == 0:
+        return settled  # every caption cached: no processor, no GPU
+    answers = make_processor(config)(pending.flat_map(_caption_requests)).map(partial(answer, carry=ANSWER_CARRY))
+    captioned = answers.groupby("video_id", num_partitions=min(count, MAX_GROUP_PARTITIONS)).map_groups(
+        _write_captions, batch_format="pyarrow", fn_kwargs=args)
+    return settled.union(captioned)
 
 
 # --------------------------------------------------------------------------- the DAG
@@ -187,6 +289,9 @@ def build_dataset(manifest_rows: list[dict], config, stage_roots: dict[str, str]
     specs = stage_specs()
     ds = ray.data.from_items(manifest_rows, override_num_blocks=max(1, len(manifest_rows)))
     for spec in specs:
+        if spec.name == "caption" and config.caption.runner == "ray_data_llm":
+            ds = caption_with_processor(ds, spec, config, stage_roots[spec.name])
+            continue
         res = spec.resources(config)
         runner_cls = DownloadRunner if spec.name == "download" else StageRunner
         apply = ds.flat_map if spec.name == "download" else ds.map

@@ -1,13 +1,12 @@
 """The `vllm` engine: vLLM's offline `LLM` inside our stage actor, on the actor's GPUs.
 
-Why not `ray.data.llm`: its processors map a whole Ray Dataset of prompts,
-one row per request, with their own actor pool. Our DAG moves one reference
-row per video and each stage reads and writes that video's part file (the
-cache and resume unit, docs/design.md); turning captioning into a
-dataset-wide map would break the per-video parts. So the caption and clue
-stages are actors that build `vllm.LLM` once (in `setup`) and hand it a
-whole video's clips per call; vLLM's continuous batching fills the GPU from
-that list. See docs/engines.md for what was and was not run.
+This is the `actor` runner (the default): the caption and clue stages are
+actors that build `vllm.LLM` once (in `setup`) and hand it a whole video's
+clips per call; vLLM's continuous batching fills the GPU from that list, and
+each video's part file is written as soon as its clips are done. The other
+runner, `caption.runner: ray_data_llm` (engines/vllm_data.py), sends one
+request row per clip through Ray Data's LLM processor instead. See
+docs/engines.md for the trade-off and for what was and was not run.
 
 `tensor_parallel_size` > 1 uses vLLM's multiprocessing executor inside the
 actor, which holds that many GPUs (`engine_resources`).
@@ -21,16 +20,23 @@ from vico_pipeline.engines.base import Engine, EngineError, Request, Result
 from vico_pipeline.engines.openai import chat_messages
 
 
-def llm_kwargs(section, max_images: int) -> dict:
-    """Arguments of `vllm.LLM(...)` from a config section."""
+def engine_kwargs(section, max_images: int) -> dict:
+    """vLLM engine arguments from a config section, for both runners: all but the model
+    and the executor (each runner picks its own), before `engine_args`."""
     if not section.model:
         raise EngineError("the vllm engine needs a model (hub name or local directory)")
-    kwargs = {"model": section.model, "tensor_parallel_size": section.tensor_parallel_size,
+    kwargs = {"tensor_parallel_size": section.tensor_parallel_size,
               "gpu_memory_utilization": section.gpu_memory_utilization, "trust_remote_code": False}
     if section.max_model_len:
         kwargs["max_model_len"] = section.max_model_len
     if max_images:
         kwargs["limit_mm_per_prompt"] = {"image": max_images}
+    return kwargs
+
+
+def llm_kwargs(section, max_images: int) -> dict:
+    """Arguments of `vllm.LLM(...)` from a config section."""
+    kwargs = {"model": section.model, **engine_kwargs(section, max_images)}
     if section.tensor_parallel_size > 1:
         kwargs["distributed_executor_backend"] = "mp"  # GPUs of this actor, no nested placement group
     kwargs.update(section.engine_args)
