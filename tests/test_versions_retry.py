@@ -103,3 +103,21 @@ def test_retry_failed_makes_a_version_with_the_video(ray_session, tmp_path, http
     assert m2["fingerprint"] == m1["fingerprint"]
     # the plain command now finds the newest version of the config
     assert run(demo_config(str(manifest), str(tmp_path / "out"), *settings), log=said.append) == v2
+
+
+def test_an_attempt_without_failures_removes_the_error_rows_of_a_killed_one(tmp_path):
+    """A stage killed after writing its error rows but before its part runs again on resume; if
+    that attempt fails nowhere (a timeout that passed), the old error rows must not stay."""
+    import pyarrow as pa
+
+    from stages.base import ErrorRow
+    from vico_pipeline.pipeline import write_part
+
+    schema = pa.schema([("video_id", pa.string()), ("n", pa.int64())])
+    part, errors = str(tmp_path / "parts" / "v.parquet"), str(tmp_path / "errors" / "v.parquet")
+    bad = ErrorRow(item_id="v-0001", error_type="timeout", message="the endpoint timed out", source="s")
+    assert write_part([{"video_id": "v", "n": 1}, bad], schema, part, errors, "caption") == (1, 1)
+    assert storage.read_parquet([errors])["error_type"].to_pylist() == ["timeout"]
+    os.unlink(part)  # as if killed after the error rows, before the part
+    assert write_part([{"video_id": "v", "n": 1}, {"video_id": "v", "n": 2}], schema, part, errors, "caption") == (2, 0)
+    assert not os.path.exists(errors) and storage.parquet_rows(part) == 2

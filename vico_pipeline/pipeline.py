@@ -56,6 +56,8 @@ def write_part(rows: Iterable[dict | ErrorRow], schema: pa.Schema, part: str, er
                 writer.write_table(rows_to_table(buffer, schema))
         if failed:
             storage.write_parquet(rows_to_table(failed, ERRORS_SCHEMA), errors)
+        else:
+            storage.remove(errors)  # rows of an earlier attempt, killed before its part, that failed
         storage.upload_file(tmp, part)
     finally:
         os.unlink(tmp)
@@ -144,8 +146,7 @@ class DownloadRunner(StageRunner):
         errors = layout.errors_uri(self.stage_root, unit)
         started = time.perf_counter()
         if storage.exists(part) and transient_failure(part, errors):
-            storage.remove(part)  # the completion marker first: a kill from here on leaves the unit to do
-            storage.remove(errors)
+            storage.remove(part)  # the unit is to do again; write_part replaces its error rows
         if storage.exists(part):
             stats = {"cached": True}
         else:
