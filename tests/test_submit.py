@@ -191,10 +191,15 @@ def test_submit_exits_with_the_jobs_failure(cluster, demo):
 
 
 def test_submit_without_wait_prints_the_job_id_and_returns(cluster, demo):
-    result = _submit(cluster, "--set", f"sources.manifest={demo / 'missing' / 'manifest.txt'}")
+    result = _submit(cluster, "--retry-failed", "--set", f"sources.manifest={demo / 'missing' / 'manifest.txt'}")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().startswith("vico-demo-")
+    job_id = result.stdout.strip()
+    assert job_id.startswith("vico-demo-")
     assert "ray job logs --follow" in result.stderr
+    from ray.job_submission import JobSubmissionClient
+    client = JobSubmissionClient(cluster["address"], headers=submit_mod.auth_headers(cluster["env"]))
+    entrypoint = client.get_job_info(job_id).entrypoint
+    assert entrypoint.endswith(f"-m vico_pipeline.cli run {submit_mod.JOB_CONFIG} --retry-failed"), entrypoint
 
 
 # ----------------------------------------------------------------------------- without a cluster

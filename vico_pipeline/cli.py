@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="Ray dashboard / job server address (default: $RAY_ADDRESS)")
     p.add_argument("--wait", action="store_true", help="stream the job's logs and exit with its result")
+    p.add_argument("--retry-failed", action="store_true", help="as for `vico run`")
 
     with_config("train", "train a Video-XL model on a version's shards")
     with_config("eval", "validate a Video-XL checkpoint (VICO QA, needle grid)")
@@ -110,7 +111,8 @@ def _dispatch(args) -> int:
     if args.command == "submit":
         from vico_pipeline.submit import submit
         config = load_config(args.config, args.overrides)
-        return submit(args.config, config, args.overrides, address=args.address, wait=args.wait)
+        return submit(args.config, config, args.overrides, address=args.address, wait=args.wait,
+                      retry_failed=args.retry_failed)
     if args.command in ("train", "eval"):
         from vico_pipeline.model import cli as model_cli
         config = load_config(args.config, args.overrides)

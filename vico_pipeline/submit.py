@@ -129,7 +129,7 @@ def _first_line(exc: Exception) -> str:
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
-def submit(config_path, config, overrides, address, wait) -> int:
+def submit(config_path, config, overrides, address, wait, retry_failed: bool = False) -> int:
     """Submit `vico run` for `config` as a Ray job; returns the exit code for the CLI."""
     address = job_address(address)
     plain, local_keys = job_config(config)
@@ -151,7 +151,8 @@ def submit(config_path, config, overrides, address, wait) -> int:
             "excludes": ["__pycache__", "*.pyc"],
             "env_vars": {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)},
         }
-        entrypoint = f"{shlex.quote(job_python(address))} -m vico_pipeline.cli run {JOB_CONFIG}"
+        entrypoint = f"{shlex.quote(job_python(address))} -m vico_pipeline.cli run {JOB_CONFIG}" \
+            + (" --retry-failed" if retry_failed else "")
         try:
             job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
                                        submission_id=submission_id(config.dataset.name),
