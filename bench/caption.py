@@ -122,7 +122,7 @@ def main() -> int:
     from vico_pipeline.demo import make_demo_videos
     from vico_pipeline.engines.tiny import build_tiny_vlm
     from vico_pipeline.runtime import configure_data_context, init_ray
-    from vico_pipeline.versions import run
+    from vico_pipeline.run import run
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="vico-bench-caption-")
     manifest = make_demo_videos(os.path.join(workdir, "videos"), count=args.videos, minutes=args.minutes,

@@ -102,7 +102,7 @@ def main() -> None:
 
     from vico_pipeline.config import RayConfig, load_config
     from vico_pipeline.runtime import init_ray
-    from vico_pipeline.versions import run
+    from vico_pipeline.run import run
 
     init_ray(RayConfig())
     warm_root = os.path.join(args.out, "warm")

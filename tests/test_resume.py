@@ -13,7 +13,8 @@ import time
 import pytest
 
 from tests.test_versions_support import DEMO_SETTINGS, demo_version, demo_videos, rows_by_id
-from vico_pipeline.versions import RunError, list_versions, open_version
+from vico_pipeline.errors import RunError
+from vico_pipeline.versions import list_versions, open_version
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = {"videos": "video_id", "clips": "clip_id", "captions": "clip_id", "clues": ("video_id", "clue_index"),

@@ -10,7 +10,10 @@ import pytest
 
 from tests.test_versions_support import demo_config, demo_version, demo_videos, rows_by_id
 from vico_pipeline import version_cli
-from vico_pipeline.versions import RunError, list_versions, open_version, redact, run
+from vico_pipeline.errors import RunError
+from vico_pipeline.redact import redact
+from vico_pipeline.run import run
+from vico_pipeline.versions import list_versions, open_version
 
 UPSTREAM = ("download", "frames", "filter", "caption")
 DOWNSTREAM = ("clues", "questions")
@@ -135,7 +138,7 @@ def test_clue_only_change_runs_in_process_without_ray(v1, base):
     # a stage with work that is not light (a changed frame rate re-decodes) sends the run to Ray
     from vico_pipeline.inline import light_work
     from vico_pipeline.pipeline import stage_roots_for
-    from vico_pipeline.versions import read_manifest
+    from stages.manifest import read_manifest
     config = demo_config(demo_videos(base), root, "frames.fps=0.5")
     assert light_work(read_manifest(config.sources.manifest), config, stage_roots_for(config)[0]) is None
     config = demo_config(demo_videos(base), root, "clues.max_clues=3", "ray.inline_max_videos=1")

@@ -13,7 +13,9 @@ from tests.test_versions_support import demo_config
 from vico_pipeline import layout, storage
 from vico_pipeline.pipeline import DownloadRunner, transient_failure
 from vico_pipeline.registry import stage_specs
-from vico_pipeline.versions import RunError, open_version, run
+from vico_pipeline.errors import RunError
+from vico_pipeline.run import run
+from vico_pipeline.versions import open_version
 
 
 def _runner(tmp_path, config):

@@ -34,7 +34,8 @@ def demo_version(tmp_path_factory) -> str:
     """The session's clean demo version (built in this process on first use)."""
     import ray
 
-    from vico_pipeline.versions import is_complete, run
+    from vico_pipeline.run import run
+    from vico_pipeline.versions import is_complete
 
     base = str(tmp_path_factory.getbasetemp())
     root = os.path.join(base, "demo-clean")

@@ -74,14 +74,10 @@ def _is_user_error(exc: Exception) -> bool:
     from stages.base import MissingPackage
     from stages.manifest import ManifestError
     from vico_pipeline.config import ConfigError
+    from vico_pipeline.errors import UserError
     from vico_pipeline.model.config import ModelUserError
-    from vico_pipeline.versions import RunError
 
-    return isinstance(exc, (ConfigError, ManifestError, RunError, MissingPackage, ModelUserError, UserError))
-
-
-class UserError(Exception):
-    """Any other mistake a user can fix (a path that is not a version, ...)."""
+    return isinstance(exc, (ConfigError, ManifestError, MissingPackage, ModelUserError, UserError))
 
 
 def _dispatch(args) -> int:
@@ -93,7 +89,7 @@ def _dispatch(args) -> int:
         print(manifest)
         return 0
     if args.command == "run":
-        from vico_pipeline.versions import run
+        from vico_pipeline.run import run
         config = load_config(args.config, args.overrides)
         print(run(config, retry_failed=args.retry_failed))
         return 0

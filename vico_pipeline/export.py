@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from vico_pipeline import layout, storage
+from vico_pipeline.errors import UserError
 from vico_pipeline.versions import open_version
 
 LETTERS = "ABCDEFGH"
@@ -60,7 +61,6 @@ def video_frames(version_root: str, video_id: str) -> tuple[list[bytes], list[fl
 
 def export_llava(version_root: str, out_dir: str) -> str:
     """Export a complete version; returns `out_dir`."""
-    from vico_pipeline.cli import UserError
 
     open_version(version_root)
     out_dir = out_dir.rstrip("/")

@@ -29,9 +29,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from vico_pipeline.config import ConfigError, to_plain
-# A user-fixable failure of the whole command: the CLI prints it as one line. (Not cli.UserError: under
-# `python -m vico_pipeline.cli`, the job's entrypoint, that module is __main__ and its classes differ.)
-from vico_pipeline.versions import RunError
+from vico_pipeline.errors import RunError
 
 JOB_CONFIG = "vico-job.yaml"
 # Local paths in a config: relative ones mean "from where I typed the command".

@@ -12,7 +12,8 @@ import json
 import sys
 
 from vico_pipeline import storage
-from vico_pipeline.versions import RunError, list_versions, open_version
+from vico_pipeline.errors import RunError
+from vico_pipeline.versions import list_versions, open_version
 
 USAGE = "usage: vico versions ROOT/NAME | vico versions show VERSION_DIR [--json] | vico versions diff A B [--json]"
 COUNTED = ("videos", "clips", "captions", "clues", "questions", "errors", "shards")

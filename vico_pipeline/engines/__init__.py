@@ -4,6 +4,7 @@
 process; `openai` calls any OpenAI-compatible endpoint; `vllm` runs vLLM's
 offline engine inside our actor. See docs/engines.md.
 """
-from vico_pipeline.engines.base import Engine, EngineError, Request, Result, build_engine, engine_resources
+from vico_pipeline.engines.base import Engine, EngineError, Request, Result
+from vico_pipeline.engines.registry import build_engine, engine_resources
 
 __all__ = ["Engine", "EngineError", "Request", "Result", "build_engine", "engine_resources"]

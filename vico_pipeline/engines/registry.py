@@ -1,0 +1,50 @@
+"""Which engine class a config section names, and the Ray resources its stage needs.
+
+Kept apart from `base.py` so the interface module imports no engine.
+"""
+from __future__ import annotations
+
+from vico_pipeline.engines.base import Engine, EngineError
+
+
+def build_engine(section, role: str) -> Engine:
+    """The engine a config section names; `role` is 'caption' or 'clues'."""
+    kind = section.engine
+    if kind == "describe":
+        if role != "caption":
+            raise EngineError("the describe engine writes captions only; clues.engine: template, transformers, openai or vllm")
+        from vico_pipeline.engines.describe import DescribeEngine
+        return DescribeEngine(section)
+    if kind == "template":
+        if role != "clues":
+            raise EngineError("the template engine picks clues only; caption.engine: describe, transformers, openai or vllm")
+        from vico_pipeline.engines.template import TemplateEngine
+        return TemplateEngine(section)
+    if kind == "openai":
+        from vico_pipeline.engines.openai import OpenAIEngine
+        return OpenAIEngine(section)
+    if kind == "transformers":
+        from vico_pipeline.engines.transformers import TransformersEngine
+        return TransformersEngine(section)
+    if kind == "vllm":
+        from vico_pipeline.engines.vllm import VLLMEngine
+        return VLLMEngine(section)
+    raise EngineError(f"unknown engine '{kind}'")
+
+
+MODEL_ENGINES = ("transformers", "vllm")
+
+
+def engine_resources(section) -> dict:
+    """Ray resources for a stage driven by `section`'s engine (see registry.py)."""
+    if section.engine in MODEL_ENGINES or section.engine == "openai":
+        # Model engines live in actors: loaded once, reused for every video. The openai engine
+        # too, so in-flight requests are bounded by replicas x concurrency.
+        gpus = section.num_gpus
+        if section.engine == "vllm" and not gpus:
+            gpus = section.tensor_parallel_size
+        replicas = section.replicas
+        grow_to = getattr(section, "max_replicas", None)  # an autoscaling pool when set
+        concurrency = (replicas, grow_to) if grow_to and grow_to > replicas else replicas
+        return {"num_cpus": section.num_cpus, "num_gpus": gpus, "concurrency": concurrency, "actor": True}
+    return {"num_cpus": section.num_cpus, "num_gpus": 0, "concurrency": None, "actor": False}

@@ -1,0 +1,101 @@
+"""One question a sample: the frames it shows and the time header that names them (vico.md).
+
+A shard row holds a video's frames once, with their presentation times, and
+the list of its questions. The trainer, the eval and the export each turn one
+(row, question) into a sample here, so all three show a model the same thing:
+
+    <video>
+    The video lasts 62:14. Its 128 frames shown here were taken at 00:00, 00:29, ..., 61:57.
+    {the question}
+
+Under a frame budget the frames are spread evenly, except that every evidence
+clip of the question keeps at least one frame inside its window; a question
+whose evidence cannot fit gets no sample (None), and the caller counts it.
+No torch, no Ray: plain lists.
+"""
+from __future__ import annotations
+
+VIDEO_TOKEN = "<video>"
+
+
+def format_time(seconds: float) -> str:
+    """mm:ss, or h:mm:ss from one hour on, rounded down to the second."""
+    total = max(0, int(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def time_header(duration_s: float, frame_times_s: list[float]) -> str:
+    """The sentence that grounds time: the video's length and the time of every frame shown, in order."""
+    n = len(frame_times_s)
+    times = ", ".join(format_time(t) for t in frame_times_s)
+    frames = f"Its {n} frames shown here were taken at {times}." if n != 1 else f"Its one frame shown here was taken at {times}."
+    return f"The video lasts {format_time(duration_s)}. {frames}"
+
+
+def even_indices(count: int, budget: int) -> list[int]:
+    """`budget` indices spread evenly over range(count) (all of them when they fit)."""
+    if budget <= 0:
+        return []
+    if count <= budget:
+        return list(range(count))
+    return [int((k + 0.5) * count / budget) for k in range(budget)]
+
+
+def select_frames(frame_times_s: list[float], budget: int, evidence_windows: list[tuple[float, float]]) -> list[int] | None:
+    """Indices of the frames to show: evenly spread, with a frame inside every evidence window.
+
+    Returns None when an evidence window holds no frame at all, or when there are
+    more evidence windows than the budget allows.
+    """
+    required: set[int] = set()
+    for start, end in evidence_windows:
+        inside = [i for i, t in enumerate(frame_times_s) if start <= t < end]
+        if not inside:
+            return None
+        if not required.intersection(inside):
+            middle = (start + end) / 2
+            required.add(min(inside, key=lambda i: abs(frame_times_s[i] - middle)))
+    if budget and len(required) > budget:
+        return None
+    if not budget or len(frame_times_s) <= budget:
+        return list(range(len(frame_times_s)))
+    chosen = set(even_indices(len(frame_times_s), budget))
+    for index in sorted(required - chosen):
+        # Give up the evenly placed frame nearest to the evidence frame, so the spread stays even.
+        spare = min((c for c in chosen if c not in required), key=lambda c: abs(c - index))
+        chosen.discard(spare)
+        chosen.add(index)
+    return sorted(chosen)
+
+
+def with_time_header(conversations: list[dict], duration_s: float, frame_times_s: list[float]) -> list[dict]:
+    """The conversation with `<video>` and the time header opening its first human turn."""
+    header = time_header(duration_s, frame_times_s)
+    out, placed = [], False
+    for turn in conversations:
+        value = turn["value"]
+        if turn["from"] == "human":
+            body = value.replace(VIDEO_TOKEN + "\n", "", 1).replace(VIDEO_TOKEN, "", 1).lstrip("\n")
+            value = f"{VIDEO_TOKEN}\n{header}\n{body}" if not placed else body
+            placed = True
+        out.append({"from": turn["from"], "value": value})
+    return out
+
+
+def question_sample(row: dict, question: dict, max_frames: int = 0) -> dict | None:
+    """One training / eval / export sample from a shard row and one of its questions.
+
+    Returns {frame_indices, frame_times_s, conversations}, or None when the
+    question's evidence cannot be shown within `max_frames` (0: no budget).
+    """
+    times = [float(t) for t in row["frame_times_s"] or []]
+    windows = [tuple(w) for w in question.get("evidence_windows_s") or []]
+    indices = select_frames(times, max_frames, windows)
+    if indices is None:
+        return None
+    shown = [times[i] for i in indices]
+    duration = float(row.get("duration_s") or (times[-1] if times else 0.0))
+    return {"frame_indices": indices, "frame_times_s": shown,
+            "conversations": with_time_header(question["conversations"], duration, shown)}
