@@ -5,12 +5,21 @@ playlists, which expand to their videos). Local paths and file:// URLs are used
 in place when `sources.allow_local` is set; object-store URIs are copied.
 Every video is probed before it counts as downloaded, so a 404 page, an HTML
 file, an image or a truncated file becomes an error row with the reason.
+
+Egress policy (vico_pipeline/egress.py): URL sources, their redirects and their
+playlist entries may not reach internal addresses unless `download.allowed_networks`
+says so; object-store sources only the buckets in `download.allowed_buckets` (when
+set). A download has a total deadline and a byte cap on the bytes received.
+Every row and message this stage writes holds the redacted source; the real URL
+is used only to fetch.
 """
 from __future__ import annotations
 
 import os
+import itertools
 import random
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -24,6 +33,8 @@ from stages.base import ErrorRow, Stage
 from stages.ffmpeg import MediaError, ffmpeg_exe, probe
 from stages.manifest import local_path, normalise_source, source_kind, video_id_for
 from vico_pipeline import storage
+from vico_pipeline.egress import EgressGuard, EgressPolicy, ForbiddenAddress
+from vico_pipeline.redact import redact_text
 
 VIDEOS_SCHEMA = pa.schema([
     ("video_id", pa.string()),
@@ -55,6 +66,7 @@ class DownloadRejected(Exception):
 
 # yt-dlp's messages -> our error types; throttling is told apart from dead links.
 _ERROR_PATTERNS = [
+    (r"forbidden_address", "forbidden_address"),
     (r"HTTP Error 429|Too Many Requests", "throttled"),
     # Age gates, private and members-only videos need a cookies file, not another try.
     (r"confirm your age|age.restricted|Private video|members.only|[Jj]oin this channel", "forbidden"),
@@ -118,6 +130,40 @@ class DownloadStage(Stage):
         self.media_root = media_root
         # Per-domain caps: this process's gate, or one the executor shares across processes and nodes.
         self.gate = gate or _GATE
+        self.policy = EgressPolicy(self.dl.allowed_networks)
+        self._cookies: str | None = None
+
+    def safe_process(self, item: dict, item_id: str, source: str):
+        """Every row and error leaves this stage with its source and message redacted."""
+        for row in super().safe_process(item, item_id, redact_text(source)):
+            if isinstance(row, ErrorRow):
+                row.source, row.message = redact_text(row.source), redact_text(row.message)
+            else:
+                row["source"], row["title"] = redact_text(row["source"]), redact_text(row["title"])
+            yield row
+
+    def cookies_copy(self) -> str | None:
+        """A private copy of the cookies file for this worker: yt-dlp writes cookies back into the file
+        it reads, which must never be the shared (often read-only) original."""
+        if not self.dl.cookies_file:
+            return None
+        if self._cookies is None or not os.path.exists(self._cookies):
+            fd, path = tempfile.mkstemp(prefix="vico-cookies-", suffix=".txt")  # mode 0600
+            with os.fdopen(fd, "wb") as out, open(self.dl.cookies_file, "rb") as original:
+                shutil.copyfileobj(original, out)
+            self._cookies = path
+        return self._cookies
+
+    def close(self) -> None:
+        if self._cookies and os.path.exists(self._cookies):
+            os.remove(self._cookies)
+        self._cookies = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
 
     def process(self, item: dict) -> Iterator[dict | ErrorRow]:
         source = item["url"]
@@ -148,6 +194,9 @@ class DownloadStage(Stage):
         return self._video_row(source, path, path, size, item, {})
 
     def _from_store(self, source: str, item: dict) -> dict:
+        bucket = urlsplit(source).netloc
+        if self.dl.allowed_buckets and bucket not in self.dl.allowed_buckets:
+            raise DownloadRejected("forbidden_bucket", f"bucket {bucket} is not in download.allowed_buckets")
         fs, path = storage.fs_and_path(source)
         if not fs.exists(path):
             raise DownloadRejected("missing", f"no such object: {source}")
@@ -159,10 +208,19 @@ class DownloadStage(Stage):
     def _from_url(self, source: str, item: dict) -> Iterator[dict | ErrorRow]:
         import yt_dlp
 
-        entries = self._expand(source)
+        try:
+            self.policy.check_url(source)
+        except ForbiddenAddress as exc:
+            raise DownloadRejected("forbidden_address", str(exc)) from None
+        entries, more = self._expand(source)
+        if more:
+            yield ErrorRow(video_id_for(source), source, "too_many_entries",
+                           f"the playlist has more than {len(entries)} entries; kept the first "
+                           f"{len(entries)} (download.max_playlist_entries)")
         for entry_source, info in entries:
             vid = video_id_for(entry_source)
             try:
+                self.policy.check_url(entry_source)  # each entry again: a feed may name internal hosts
                 with tempfile.TemporaryDirectory(prefix="vico-dl-") as tmp:
                     path, info = self._download(entry_source, info, tmp)
                     size = os.path.getsize(path)
@@ -170,6 +228,8 @@ class DownloadStage(Stage):
                     yield self._store_media(entry_source, path, size, item, info)
             except (DownloadRejected, MediaError) as exc:
                 yield ErrorRow(vid, entry_source, exc.error_type, str(exc))
+            except ForbiddenAddress as exc:
+                yield ErrorRow(vid, entry_source, "forbidden_address", str(exc))
             except yt_dlp.utils.YoutubeDLError as exc:
                 message = _clean(str(exc))
                 yield ErrorRow(vid, entry_source, classify(message), message)
@@ -181,6 +241,11 @@ class DownloadStage(Stage):
             "quiet": True, "no_warnings": True, "noprogress": True, "noplaylist": False,
             "socket_timeout": self.dl.timeout_s, "retries": 1, "fragment_retries": 2,
             "ffmpeg_location": ffmpeg_exe(), "max_filesize": self.dl.max_bytes,
+            # Every request in this thread, so the egress guard sees it (no ffmpeg fetching HLS).
+            "concurrent_fragment_downloads": 1, "hls_prefer_native": True,
+            # max_filesize trusts Content-Length; this counts the bytes that arrive.
+            "progress_hooks": [self._count_bytes],
+            "playlistend": self.dl.max_playlist_entries + 1,
             # Prefer H.264 in MP4 up to the configured height; anything playable otherwise.
             "format": f"bv*[height<=?{height}]+ba/b[height<=?{height}]/bv*+ba/b",
             "format_sort": [f"res:{height}", "vcodec:h264", "ext:mp4:m4a"],
@@ -191,22 +256,30 @@ class DownloadStage(Stage):
         if tmp:
             opts["outtmpl"] = os.path.join(tmp, "video.%(ext)s")
         if self.dl.cookies_file:
-            opts["cookiefile"] = self.dl.cookies_file
+            opts["cookiefile"] = self.cookies_copy()
         return opts
 
-    def _expand(self, source: str) -> list[tuple[str, dict | None]]:
-        """A playlist (or a page with several videos) -> its entries; else the source itself."""
+    def _count_bytes(self, progress: dict) -> None:
+        received = progress.get("downloaded_bytes") or 0
+        if received > self.dl.max_bytes:
+            raise DownloadRejected("too_large", f"received over download.max_bytes={self.dl.max_bytes} bytes")
+
+    def _expand(self, source: str) -> tuple[list[tuple[str, dict | None]], bool]:
+        """A playlist (or a page with several videos) -> its first max_playlist_entries entries, and
+        whether it had more; else the source itself."""
         import yt_dlp
 
         try:
             info = self._with_retries(source, lambda: yt_dlp.YoutubeDL(
                 {**self._ydl_options(None), "extract_flat": "in_playlist"}).extract_info(source, download=False, process=False))
-        except yt_dlp.utils.YoutubeDLError:
-            return [(source, None)]  # the download attempt reports the error
+        except (yt_dlp.utils.YoutubeDLError, DownloadRejected):
+            return [(source, None)], False  # the download attempt reports the error
         if info.get("_type") not in ("playlist", "multi_video"):
-            return [(source, None)]
+            return [(source, None)], False
+        cap = self.dl.max_playlist_entries
+        listed = list(itertools.islice(info.get("entries") or [], cap + 1))
         out = []
-        for index, entry in enumerate(info.get("entries") or []):
+        for index, entry in enumerate(listed[:cap]):
             if not entry:
                 continue
             formats = entry.get("formats") or []
@@ -216,7 +289,7 @@ class DownloadStage(Stage):
                 out.append((url, None))
             else:
                 out.append((f"{source}{'&' if '?' in source else '?'}vico_entry={index}", entry))
-        return out or [(source, None)]
+        return (out or [(source, None)]), len(listed) > cap
 
     def _download(self, source: str, entry: dict | None, tmp: str) -> tuple[str, dict]:
         import yt_dlp
@@ -249,17 +322,29 @@ class DownloadStage(Stage):
         import yt_dlp
 
         host = urlsplit(source).netloc
-        for attempt in range(self.dl.retries + 1):
-            gate = self.gate.acquire(host, self.dl.per_domain_concurrency, self.dl.per_domain_interval_s)
-            try:
-                return fn()
-            except yt_dlp.utils.YoutubeDLError as exc:
-                if classify(str(exc)) not in TRANSIENT or attempt == self.dl.retries:
-                    raise
-            finally:
-                gate.release()
-            # Exponential backoff with jitter, so many workers do not retry in step.
-            time.sleep(self.dl.backoff_s * (2 ** attempt) * (0.5 + random.random()))
+        # One total deadline for every request of this download, retries and backoff included.
+        with EgressGuard(self.policy, self.dl.deadline_s) as guard:
+            for attempt in range(self.dl.retries + 1):
+                gate = self.gate.acquire(host, self.dl.per_domain_concurrency, self.dl.per_domain_interval_s)
+                try:
+                    return fn()
+                except (yt_dlp.utils.YoutubeDLError, OSError) as exc:
+                    if guard.expired:
+                        raise DownloadRejected("timeout", f"the download took over download.deadline_s="
+                                                          f"{self.dl.deadline_s:g} s") from None
+                    if "forbidden_address" in str(exc):
+                        raise DownloadRejected("forbidden_address", _forbidden(str(exc))) from None
+                    if not isinstance(exc, yt_dlp.utils.YoutubeDLError) or classify(str(exc)) not in TRANSIENT \
+                            or attempt == self.dl.retries:
+                        raise
+                finally:
+                    gate.release()
+                # Exponential backoff with jitter, so many workers do not retry in step.
+                delay = self.dl.backoff_s * (2 ** attempt) * (0.5 + random.random())
+                if delay >= guard.remaining():
+                    raise DownloadRejected("timeout", f"no time left for another try within download.deadline_s="
+                                                      f"{self.dl.deadline_s:g} s")
+                time.sleep(delay)
 
     # -- common --------------------------------------------------------------
     def _check_size(self, size: int) -> None:
@@ -271,13 +356,13 @@ class DownloadStage(Stage):
     def _store_media(self, source: str, local: str, size: int, item: dict, info: dict) -> dict:
         vid = video_id_for(source)
         ext = os.path.splitext(local)[1] or ".mp4"
-        meta = probe(local)  # before storing: a non-video never reaches the media folder
+        meta = probe(local, self.dl.probe_deadline_s)  # before storing: a non-video never reaches the media folder
         target = storage.join(self.media_root, vid + ext)
         storage.upload_file(local, target)
         return self._video_row(source, local, target, size, item, info, meta)
 
     def _video_row(self, source, local, media_path, size, item, info, meta=None) -> dict:
-        meta = meta or probe(local)
+        meta = meta or probe(local, self.dl.probe_deadline_s)
         if meta.duration_s > self.dl.max_duration_s:
             raise DownloadRejected("too_long", f"video is {meta.duration_s:.0f} s, over download.max_duration_s={self.dl.max_duration_s:.0f}")
         return {
@@ -287,7 +372,7 @@ class DownloadStage(Stage):
             "uploader": info.get("uploader"),
             "upload_date": info.get("upload_date"),
             "license": info.get("license"),
-            "has_subtitles": bool(info.get("subtitles") or info.get("automatic_captions")),
+            "has_subtitles": bool(info.get("subtitles") or info.get("automatic_captions") or meta.subtitle_streams),
             "duration_s": meta.duration_s, "fps": meta.fps, "width": meta.width, "height": meta.height,
             "rotation": meta.rotation, "codec": meta.codec, "variable_frame_rate": meta.variable_frame_rate,
             "has_audio": meta.has_audio, "bytes": size, "media_path": media_path, "status": "ok",
@@ -304,6 +389,12 @@ class _QuietLogger:
         self.lines = (self.lines + [str(msg)])[-50:]
 
     info = warning = error = debug
+
+
+def _forbidden(message: str) -> str:
+    """The egress policy's own words out of an HTTP client's wrapped error."""
+    found = re.search(r"forbidden_address: [^)'\"\]]+", message)
+    return found.group(0).strip() if found else _clean(message)
 
 
 def _clean(message: str) -> str:

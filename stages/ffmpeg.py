@@ -2,13 +2,13 @@
 
 A user's machine may have a system ffmpeg (with or without ffprobe) or only the
 static build that the `imageio-ffmpeg` package ships. We need only `ffmpeg`
-itself: probing parses `ffmpeg -i`, which every build prints the same way.
+itself for decoding; probing reads the container through PyAV (`av`, which ships
+its own FFmpeg libraries).
 """
 from __future__ import annotations
 
 import functools
 import os
-import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -49,53 +49,75 @@ class Probe:
     rotation: int
     has_audio: bool
     variable_frame_rate: bool
+    subtitle_streams: int = 0
 
 
-_DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
-_VIDEO = re.compile(r"Stream #\S+.*?: Video: (\w+).*?, (\d{2,5})x(\d{2,5})")
-_FPS = re.compile(r"([\d.]+)(k?) fps")
-_TBR = re.compile(r"([\d.]+)(k?) tbr")
-_ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees")
+_STILL_CODECS = ("png", "mjpeg", "bmp", "gif", "webp", "tiff")
 
 
-def probe(path: str) -> Probe:
-    """Duration, fps, size, codec and rotation of the first video stream."""
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path],
-                          capture_output=True, text=True, errors="replace")
-    text = proc.stderr
-    if "Invalid data found" in text or "moov atom not found" in text:
-        if _looks_like_html(path):
-            raise MediaError("html_not_video", "the file is an HTML page, not a video")
-        if "moov atom not found" in text and _head(path)[4:8] == b"ftyp":
-            raise MediaError("truncated", "the MP4 has no index (moov atom): the file is cut short")
-        raise MediaError("corrupt", f"ffmpeg cannot read the file: {_last_line(text)}")
-    if "No such file" in text:
+def probe(path: str, deadline_s: float = 120.0) -> Probe:
+    """Duration, fps, size, codec, rotation and streams of a file, read from the container's
+    structures through PyAV (never from ffmpeg's log, which container metadata can forge).
+
+    `deadline_s` bounds the whole probe: PyAV's interrupt callback stops a read that runs past it."""
+    import av
+
+    if not os.path.exists(path):
         raise MediaError("missing", f"no such file: {path}")
-    video = _VIDEO.search(text)
-    if video is None:
-        if "Audio:" in text:
-            raise MediaError("no_video_stream", "the file has audio but no video stream")
-        raise MediaError("not_a_video", f"no video stream found: {_last_line(text)}")
-    codec, width, height = video.group(1), int(video.group(2)), int(video.group(3))
-    if codec in ("png", "mjpeg", "bmp", "gif", "webp") and "Duration: N/A" in text:
-        raise MediaError("not_a_video", f"the file is a still image ({codec}), not a video")
-    stream_line = text[video.start(): text.find("\n", video.start())]
-    fps_match = _FPS.search(stream_line) or _TBR.search(stream_line)
-    fps = _rate(fps_match) if fps_match else 0.0
-    tbr = _TBR.search(stream_line)
-    duration_match = _DURATION.search(text)
-    if duration_match is None:
-        raise MediaError("corrupt", "the container states no duration")
-    h, m, s = duration_match.groups()
-    duration = int(h) * 3600 + int(m) * 60 + float(s)
-    rotation_match = _ROTATION.search(text)
-    rotation = int(round(float(rotation_match.group(1)))) % 360 if rotation_match else 0
-    return Probe(
-        duration_s=duration, fps=fps, width=width, height=height, codec=codec,
-        rotation=rotation, has_audio=bool(re.search(r"Stream #\S+.*?: Audio:", text)),
-        # ffmpeg states 'fps' (average) and 'tbr' (base rate); they differ for VFR streams.
-        variable_frame_rate=bool(tbr and fps_match and abs(_rate(tbr) - fps) > 0.01 * max(fps, 1)),
-    )
+    try:
+        container = av.open(path, timeout=(deadline_s, deadline_s))
+    except av.error.ExitError:
+        raise MediaError("timeout", f"probing took over {deadline_s:g} s") from None
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        raise _unreadable(path, exc) from None
+    with container:
+        video = next(iter(container.streams.video), None)
+        if video is None:
+            if container.streams.audio:
+                raise MediaError("no_video_stream", "the file has audio but no video stream")
+            raise MediaError("not_a_video", "no video stream found")
+        codec = video.codec_context.name
+        if container.duration is None and codec in _STILL_CODECS:
+            raise MediaError("not_a_video", f"the file is a still image ({codec}), not a video")
+        duration = _duration(container, video)
+        if duration is None:
+            raise MediaError("corrupt", "the container states no duration")
+        average = float(video.average_rate) if video.average_rate else 0.0
+        base = float(video.base_rate) if video.base_rate else 0.0
+        return Probe(
+            duration_s=round(duration, 6), fps=average or base, width=video.codec_context.width,
+            height=video.codec_context.height, codec=codec, rotation=_rotation(container, video),
+            has_audio=bool(container.streams.audio),
+            # The average rate and the stream's base rate differ for VFR streams.
+            variable_frame_rate=bool(average and base and abs(base - average) > 0.01 * max(average, 1)),
+            subtitle_streams=len(container.streams.subtitles),
+        )
+
+
+def _duration(container, video) -> float | None:
+    if container.duration is not None and container.duration > 0:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    if video.duration is not None and video.time_base is not None:
+        return float(video.duration * video.time_base)
+    return None
+
+
+def _rotation(container, video) -> int:
+    """Display rotation (degrees, 0-359) from the first decoded frame's display matrix."""
+    try:
+        for frame in container.decode(video):
+            return int(round(frame.rotation or 0)) % 360
+    except Exception:  # a broken first frame: no rotation, the decode stage reports the damage
+        return 0
+    return 0
+
+
+def _unreadable(path: str, exc: Exception) -> MediaError:
+    if _looks_like_html(path):
+        return MediaError("html_not_video", "the file is an HTML page, not a video")
+    if "moov atom not found" in str(exc) or _head(path)[4:8] == b"ftyp":
+        return MediaError("truncated", "the MP4 has no index (moov atom): the file is cut short")
+    return MediaError("corrupt", f"ffmpeg cannot read the file: {getattr(exc, 'strerror', None) or exc}")
 
 
 def _head(path: str) -> bytes:
@@ -109,10 +131,6 @@ def _head(path: str) -> bytes:
 def _looks_like_html(path: str) -> bool:
     head = _head(path).lstrip().lower()
     return head.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml"))
-
-
-def _rate(match: re.Match) -> float:
-    return float(match.group(1)) * (1000 if match.group(2) else 1)
 
 
 def _last_line(text: str) -> str:

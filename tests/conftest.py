@@ -15,6 +15,8 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Downloads refuse internal addresses by default (the egress policy); tests opt in to loopback.
+LOOPBACK = "download.allowed_networks=['127.0.0.0/8', '::1/128']"
 
 
 @pytest.fixture(scope="session")

@@ -79,7 +79,9 @@ def server(tmp_path_factory):
 
 
 def _stage(tmp_path, *overrides):
-    config = load_config("configs/demo.yaml", ["download.backoff_s=0.01", *overrides])
+    from tests.conftest import LOOPBACK
+
+    config = load_config("configs/demo.yaml", ["download.backoff_s=0.01", LOOPBACK, *overrides])
     return DownloadStage(config, media_root=str(tmp_path / "media"))
 
 

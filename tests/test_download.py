@@ -6,11 +6,12 @@ import os
 from stages.base import ErrorRow
 from stages.download import DownloadStage, classify
 from stages.manifest import normalise_source, read_manifest, video_id_for
+from tests.conftest import LOOPBACK
 from vico_pipeline.config import load_config
 
 
 def _run(tmp_path, source, *overrides):
-    config = load_config("configs/demo.yaml", ["download.backoff_s=0.05", "download.retries=2", *overrides])
+    config = load_config("configs/demo.yaml", ["download.backoff_s=0.05", "download.retries=2", LOOPBACK, *overrides])
     stage = DownloadStage(config, media_root=str(tmp_path / "media"))
     return list(stage.safe_process({"url": source, "line": 1}, "x", source))
 

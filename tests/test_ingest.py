@@ -44,7 +44,8 @@ def ingest_run(media, http_server, tmp_path_factory, ):
     proc = run_vico("run", "configs/demo.yaml", "--set", f"sources.manifest={manifest}",
                     "--set", f"output.root={work / 'out'}", "--set", "dataset.name=ingest",
                     "--set", "download.retries=1", "--set", "download.backoff_s=0.1",
-                    "--set", "download.timeout_s=10", "--set", "ray.num_cpus=2")
+                    "--set", "download.timeout_s=10", "--set", "ray.num_cpus=2",
+                    "--set", "download.allowed_networks=[127.0.0.0/8]")  # the test server is on loopback
     assert proc.returncode == 0, proc.stderr[-3000:]
     version = proc.stdout.strip().splitlines()[-1]
     read = lambda t: pads.dataset(os.path.join(version, t)).to_table().to_pylist()  # noqa: E731

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from tests.conftest import LOOPBACK
 from tests.test_versions_support import demo_config
 from vico_pipeline import layout, storage
 from vico_pipeline.pipeline import DownloadRunner, transient_failure
@@ -29,7 +30,7 @@ def _until() -> tuple[str, str]:
 
 
 def test_transient_download_failure_is_retried_by_the_next_run(tmp_path, http_server):
-    config = demo_config("unused", str(tmp_path), "download.retries=0", "download.backoff_s=0.01")
+    config = demo_config("unused", str(tmp_path), "download.retries=0", LOOPBACK, "download.backoff_s=0.01")
     flag, flag_file = _until()
     url = f"{http_server}/until/{flag}/good.mp4"  # 503 until the flag file exists
 
@@ -54,7 +55,7 @@ def test_transient_download_failure_is_retried_by_the_next_run(tmp_path, http_se
 
 
 def test_dead_link_stays_cached(tmp_path, http_server):
-    config = demo_config("unused", str(tmp_path), "download.retries=0")
+    config = demo_config("unused", str(tmp_path), "download.retries=0", LOOPBACK)
     url = f"{http_server}/status/404"
     [row] = _runner(tmp_path, config)({"url": url, "line": 1})
     part = layout.part_uri(str(tmp_path / "download"), row["video_id"])
@@ -80,7 +81,7 @@ def test_retry_failed_makes_a_version_with_the_video(ray_session, tmp_path, http
     manifest = tmp_path / "manifest.txt"
     flag, flag_file = _until()
     manifest.write_text(f"{http_server}/until/{flag}/good.mp4\n")  # 503 until the flag file exists
-    settings = ("download.retries=0", "ray.progress=false")
+    settings = ("download.retries=0", LOOPBACK, "ray.progress=false")
     said = []
     v1 = run(demo_config(str(manifest), str(tmp_path / "out"), *settings), log=said.append)
     m1 = open_version(v1)

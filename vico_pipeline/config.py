@@ -24,10 +24,14 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# Dataset and version names become folder names: no '/', '..' or leading dot can leave output.root.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
 class DatasetConfig(Section):
-    name: str = "vico"
+    name: str = Field(default="vico", pattern=NAME_PATTERN)
     # Version name; None picks the next free v1, v2, ...
-    version: Optional[str] = None
+    version: Optional[str] = Field(default=None, pattern=NAME_PATTERN)
 
 
 class SourcesConfig(Section):
@@ -65,6 +69,17 @@ class DownloadConfig(Section):
     cookies_file: Optional[str] = None
     concurrency: int = 4
     # Per-domain politeness: at most this many downloads at once from one host.
+    # Egress policy: URL sources resolving to loopback, link-local (cloud metadata), private or
+    # unspecified addresses are refused unless inside one of these networks (e.g. "127.0.0.0/8").
+    allowed_networks: list[str] = []
+    # Object-store sources only from these buckets (empty: any bucket the worker can read).
+    allowed_buckets: list[str] = []
+    # Entries kept from one playlist or feed.
+    max_playlist_entries: int = Field(default=500, ge=1)
+    # Total seconds one download (every request and redirect, all retries) may take.
+    deadline_s: float = Field(default=3600.0, gt=0)
+    # Total seconds one probe of a downloaded file may take.
+    probe_deadline_s: float = Field(default=120.0, gt=0)
     per_domain_concurrency: int = 2
     # Seconds between the starts of two downloads from the same host.
     per_domain_interval_s: float = 0.0
@@ -72,6 +87,18 @@ class DownloadConfig(Section):
 
 
 class ClipsConfig(Section):
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, networks: list[str]) -> list[str]:
+        import ipaddress
+
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a network (expected e.g. 10.0.0.0/8 or 127.0.0.1/32)") from None
+        return networks
+
     seconds: float = 14.0
     # A last partial window is kept when at least this long.
     min_last_s: float = 4.0
@@ -88,6 +115,8 @@ class FramesConfig(Section):
     ffmpeg_threads: int = 0
 
 
+    # Total seconds one ffmpeg decode (or clip cut) of a video may take.
+    deadline_s: float = Field(default=6 * 3600.0, gt=0)
 class FilterConfig(Section):
     enabled: bool = True
     # Mean luma (0-255) under which a clip counts as black.
@@ -115,6 +144,8 @@ class EngineSection(Section):
     timeout_s: float = 60.0
     num_gpus: float = 0.0
     tensor_parallel_size: int = 1
+    # Total seconds one engine request may take, retries and backoff included.
+    deadline_s: float = Field(default=600.0, gt=0)
     replicas: int = 1
     # Autoscaling: the engine's actor pool grows from `replicas` up to this many (None: a fixed pool).
     max_replicas: Optional[int] = None
