@@ -48,13 +48,14 @@ def test_author_names_map_to_ours():
 
 
 def test_load_authors_checkpoint(tiny_model_config):
-    cfg = tiny_model_config()
+    # Read at the second-to-last layer (their pretrain setting), the tower's last layer is skipped.
+    cfg = tiny_model_config(vision_select_layer=-2)
     state = authors_state_dict(cfg)
     model = build_model(cfg)
     skipped = load_videoxl_state(model, state)
-    # Only the vision tower's last layer is skipped: Video-XL reads the second-to-last layer.
     last = cfg.vision_layers - 1
     assert skipped and all(f"encoder.layers.{last}." in k for k in skipped)
+    assert load_videoxl_state(build_model(tiny_model_config()), state) == []  # the default (-1) uses every layer
     ours = model.state_dict()
     a = model.decoder.layers[1].self_attn
     assert torch.equal(a.vst_k_proj.bias, state["model.layers.1.self_attn.beacon_k_proj.bias"])
@@ -79,3 +80,61 @@ def test_missing_weights_are_reported(tiny_model_config):
     del state["model.layers.0.self_attn.beacon_v_proj.weight"]
     with pytest.raises(ModelUserError, match="lacks 1 weights"):
         load_videoxl_state(build_model(cfg), state)
+
+
+def qwen2_folder(tmp_path, cfg, **mm):
+    """A checkpoint folder whose config.json is a Qwen2 config with the tiny dims and the authors' mm_* keys."""
+    import json
+
+    folder = tmp_path / "videoxl"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
+        "rope_theta": 1e6, "max_position_embeddings": 32768, **mm}))
+    return str(folder)
+
+
+def tower_hidden_states(model, pixels, cfg):
+    """The untruncated tower's hidden_states, with the model's tower weights (the layers it kept)."""
+    from vico_pipeline.model.checkpoint import vision_tower
+
+    full = vision_tower(cfg, weights=False)
+    full.load_state_dict(model.vision.tower.state_dict(), strict=False)
+    with torch.no_grad():
+        return full(pixel_values=pixels, output_hidden_states=True).hidden_states
+
+
+@pytest.mark.parametrize("mm, layer, tokens", [({}, -1, 4), ({"mm_vision_select_layer": -2}, -2, 4),
+                                               ({"mm_vision_select_layer": -2, "mm_vision_select_feature": "cls_patch"}, -2, 5)])
+def test_feature_layer_and_kind_come_from_the_checkpoint_config(tmp_path, tiny_model_config, mm, layer, tokens):
+    """mm_vision_select_layer / _feature of the checkpoint's config choose what the projector reads;
+    absent, LLaVA's defaults (-1, patch) that the authors' finetune scripts keep."""
+    cfg = tiny_model_config(vision_layers=3)
+    model = build_model(cfg.model_copy(update={"llm_path": qwen2_folder(tmp_path, cfg, **mm)}), weights=False).eval()
+    assert model.decoder.dims.rope_theta == 1e6 and model.vision.tokens_per_frame == tokens
+    pixels = torch.randn(2, 3, 56, 56)
+    expected = tower_hidden_states(model, pixels, cfg)[layer]
+    with torch.no_grad():
+        feats = model.vision.tower(pixel_values=pixels).last_hidden_state
+        out = model.vision(pixels)
+    torch.testing.assert_close(feats, expected)
+    assert out.shape == (2, tokens, cfg.hidden_size)
+    if tokens == 5:  # cls_patch: the projected class token comes first, then the pooled patches
+        with torch.no_grad():
+            torch.testing.assert_close(out[:, 0], model.vision.projector(expected[:, 0]))
+
+
+def test_model_config_overrides_the_checkpoint_and_bad_values_are_refused(tmp_path, tiny_model_config):
+    from vico_pipeline.model.checkpoint import vision_select
+
+    cfg = tiny_model_config()
+    folder = qwen2_folder(tmp_path, cfg, mm_vision_select_layer=-2, mm_vision_select_feature="cls_patch")
+    assert vision_select(cfg.model_copy(update={"llm_path": folder})) == (-2, "cls_patch")
+    assert vision_select(cfg.model_copy(update={"llm_path": folder, "vision_select_layer": -1,
+                                                "vision_select_feature": "patch"})) == (-1, "patch")
+    assert vision_select(cfg) == (-1, "patch")
+    with pytest.raises(ModelUserError, match="not supported"):
+        vision_select(cfg.model_copy(update={"llm_path": qwen2_folder(tmp_path, cfg, mm_vision_select_feature="cls")}))
+    with pytest.raises(ValueError):
+        tiny_model_config(vision_select_feature="full")

@@ -63,7 +63,7 @@ def test_rotated_options_count_only_when_all_rotations_are_right(monkeypatch):
     seen = []
 
     class FakeEv:
-        model = types.SimpleNamespace(decoder=types.SimpleNamespace(dims=None))
+        model = types.SimpleNamespace(decoder=types.SimpleNamespace(dims=types.SimpleNamespace(rope_theta=1e6)))
 
         def memory(self, *a):
             return types.SimpleNamespace(kv=[])
@@ -81,3 +81,108 @@ def test_rotated_options_count_only_when_all_rotations_are_right(monkeypatch):
     always_right = False  # always "A": right once (when "y" comes first), so not right
     assert not evaluate.run_cell(FakeEv(), {"kind": "vst", "ratio": 2}, [], needle, 4, 10)[0]
     assert evaluate.run_cell(FakeEv(), {"kind": "vst", "ratio": 2}, [], needle, 4, 10, rotate=False)[0] is False
+
+
+# --- one prefill, many answers; a grid that survives out-of-memory cells ------------------------
+
+def tiny_checkpoint(run_dir, mcfg):
+    """A saved checkpoint of a random tiny model, without a training run (eval is what is tested)."""
+    from vico_pipeline.model.checkpoint import build_model, save_checkpoint
+    from vico_pipeline.model.data import train_tokenizer
+
+    tok = train_tokenizer(["Which colour came first? red green blue yellow white black orange purple",
+                           "Which word was shown in the video? apple river piano tiger"], mcfg.vocab_size)
+    model = build_model(mcfg, tok.eos_token_id)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    save_checkpoint(run_dir, 1, model, opt, sched, {"step": 1}, mcfg, tok)
+    return run_dir
+
+
+@pytest.mark.parametrize("spec", [{"kind": "vst", "ratio": 2}, {"kind": "intp"}, {"kind": "uniform", "ratio": 2}])
+def test_answers_from_one_prefill_equal_a_fresh_prefill_per_question(tmp_path, tiny_model_config, spec):
+    import numpy as np
+
+    from vico_pipeline.model import evaluate
+    from vico_pipeline.model.checkpoint import load_for_eval
+    from vico_pipeline.model.needle import make_needles, place
+
+    # max_position_embeddings 16: INTP's 8 frames (32 tokens + text) get a scaled RoPE base.
+    model, tok, mcfg, _ = load_for_eval(tiny_checkpoint(tmp_path / "run", tiny_model_config(max_position_embeddings=16)))
+    ev = evaluate.Evaluator(model, tok, mcfg, torch.device("cpu"))
+    needle = make_needles("retrieval", 1, seed=0, size=56)[0]
+    frames = place(needle, [np.full((48, 64, 3), 20 * i, np.uint8) for i in range(6)], 8, 0.5)
+    shared, rope_base = evaluate.method_memory(ev, spec, frames, 4, 30)
+    assert (rope_base > model.decoder.dims.rope_theta) == (spec["kind"] == "intp")
+    for scoring in ("letter", "teacher_forced"):
+        once = evaluate.answers(ev, shared, needle, rope_base, rotate=True, scoring=scoring)
+        fresh = []
+        for options, gold in evaluate.rotations(needle, rotate=True):
+            memory, base = evaluate.method_memory(ev, spec, frames, 4, 30)  # a new prefill for this question alone
+            fresh.append(ev.teacher_forced(memory, needle.question, options, gold, base) if scoring == "teacher_forced"
+                         else ev.letter(memory, needle.question, options, base))
+            ids = ev.tensor(ev.prompt_ids(needle.question, options))
+            assert torch.equal(model.read(shared, ids, rope_base)[0], model.read(memory, ids, base)[0])
+        assert once == fresh and len(once) == 4
+
+
+def test_needle_grid_survives_oom_writes_each_cell_and_resumes(tmp_path, tiny_model_config, version_dir, monkeypatch):
+    from vico_pipeline.model import evaluate
+
+    run = tiny_checkpoint(tmp_path / "run", tiny_model_config())
+    out = tmp_path / "eval"
+    ecfg = EvalConfig(cpu_threads=1, checkpoint=str(run), data=str(version_dir), output=str(out), train_frames=4,
+                      generate_letter=False, methods=["vst", "intp"], ratios=[2], needle_frames=[4, 8],
+                      needle_depths=[0.0, 1.0], needle_trials=1)
+    real_memory, calls = evaluate.method_memory, []
+
+    def fake_oom_at_8_intp_frames(ev, spec, frames, *a):
+        calls.append((spec["kind"], len(frames)))
+        written = json.loads((out / "results.json").read_text())["needle"]
+        assert len(written) == len(calls) - 1  # every earlier cell is already on disk
+        if spec["kind"] == "intp" and len(frames) == 8:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.50 GiB (GPU 0; 79.1 GiB total)")
+        return real_memory(ev, spec, frames, *a)
+
+    monkeypatch.setattr(evaluate, "method_memory", fake_oom_at_8_intp_frames)
+    evaluate.run_eval(ecfg)
+    results = json.loads((out / "results.json").read_text())
+    cells = results["needle"]
+    assert len(cells) == 2 * 2 * 2 and len(calls) == 8  # the grid went on after the out-of-memory cells
+    contract = {"method", "frames", "depth", "accuracy", "chance", "peak_memory_bytes", "seconds", "prefill_seconds",
+                "answer_seconds", "rope_base", "status"}
+    for c in cells:
+        assert contract <= set(c) and c["chance"] == 1 / 256
+        oom = c["method"] == "intp" and c["frames"] == 8
+        assert c["status"] == ("oom" if oom else "ok")
+        if oom:
+            assert c["accuracy"] is None and c["memory_requested_bytes"] == int(3.5 * 2**30)
+        else:
+            assert 0 <= c["accuracy"] <= 1 and c["prefill_seconds"] > 0 and c["answer_seconds"] > 0
+            assert c["seconds"] == pytest.approx(c["prefill_seconds"] + 4 * c["answer_seconds"], abs=1e-3)
+    intp = [c for c in cells if c["method"] == "intp"]
+    grid, marked = evaluate.panel(intp, [4, 8], [0.0, 1.0])
+    assert marked == [(0, 1), (1, 1)] and all(g != g for g in (grid[0][1], grid[1][1]))  # OOM: marked, not 0%
+    assert results["heatmaps"] == ["needle_vst-r2.png", "needle_intp.png"] and (out / "needle_intp.png").stat().st_size
+    # VICO QA: one prefill per val video for its two questions; the chance level per task.
+    assert results["vico_qa_chance"] == {"temporal_order": 0.25, "counting": 0.25}
+    assert results["vico_qa_timing"]["videos"] == 2 and results["vico_qa_timing"]["questions"] == 4
+
+    # A rerun of the same setup recomputes nothing; with retry_oom it runs only the out-of-memory cells.
+    calls.clear()
+    evaluate.run_eval(ecfg)
+    assert calls == [] and json.loads((out / "results.json").read_text())["needle"] == cells
+    monkeypatch.setattr(evaluate, "method_memory", lambda ev, spec, frames, *a: calls.append(len(frames)) or real_memory(ev, spec, frames, *a))
+    evaluate.run_eval(ecfg.model_copy(update={"retry_oom": True}))
+    again = json.loads((out / "results.json").read_text())["needle"]
+    assert calls == [8, 8] and all(c["status"] == "ok" for c in again)
+    assert [c for c in again if c["method"] != "intp" or c["frames"] != 8] == [c for c in cells if c["method"] != "intp" or c["frames"] != 8]
+
+
+def test_vico_qa_frames_and_time_header_are_the_same_for_every_question():
+    from vico_pipeline.model.evaluate import shown_frames
+
+    frames, header = shown_frames({"frames": list("abcdefgh"), "frame_times_s": [float(t) for t in range(8)],
+                                   "duration_s": 8.5}, 4)
+    assert frames == ["b", "d", "f", "h"]
+    assert header == "The video lasts 00:08. Its 4 frames shown here were taken at 00:01, 00:03, 00:05, 00:07."

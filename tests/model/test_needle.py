@@ -97,7 +97,7 @@ class ToyModel:
     def __init__(self, letter=None):
         self.letter = letter
 
-    def read(self, memory, ids, rope_base=None):
+    def read(self, memory, ids, rope_base=None, extend=True):
         ids = ids[0].tolist()
         nxt = ids[1:] + [0]
         if self.letter is not None:

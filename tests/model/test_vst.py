@@ -175,7 +175,34 @@ def test_vision_144_tokens_per_336px_frame(tiny_model_config):
     with torch.no_grad():
         out = m.vision(torch.randn(3, 3, 336, 336))
     assert out.shape == (3, 144, 32)
-    assert len(m.vision.tower.encoder.layers if hasattr(m.vision.tower, "encoder") else m.vision.tower.vision_model.encoder.layers) == 1
+
+
+def test_empty_text_before_the_video(model):
+    """pre_ids of length 0: the memory is the video alone, equal to the plain decoder on [video, text]."""
+    _, visual, post = inputs(model)
+    dec = model.decoder
+    with torch.no_grad():
+        mem = model.encode_video(torch.zeros(1, 0, dtype=torch.long), visual=visual, ratios=None)
+        got, _ = model.read(mem, post)
+        h, _ = dec(torch.cat([visual.reshape(1, -1, visual.shape[-1]), dec.embed_tokens(post)], 1))
+        compressed = model.encode_video(torch.zeros(1, 0, dtype=torch.long), visual=visual, ratios=2)
+    assert mem.sink == 0 and mem.length == visual.shape[0] * visual.shape[1]
+    torch.testing.assert_close(got, dec.lm_head(h)[:, -post.shape[1]:], rtol=1e-5, atol=1e-5)
+    assert compressed.length == sum(compressed.window_vsts) == 10
+
+
+def test_reading_leaves_the_memory_unchanged(model):
+    """One memory answers many questions: read() returns new tensors and never writes into it."""
+    pre, visual, post = inputs(model)
+    with torch.no_grad():
+        mem = model.encode_video(pre, visual=visual, ratios=2)
+        before = [(k.clone(), v.clone()) for k, v in mem.kv]
+        first, _ = model.read(mem, post, extend=False)
+        model.read(mem, pre)
+        model.generate(mem, post, 3)
+        again, extended = model.read(mem, post)
+    assert all(torch.equal(k, k0) and torch.equal(v, v0) for (k, v), (k0, v0) in zip(mem.kv, before))
+    assert torch.equal(first, again) and extended.length == mem.length + post.shape[1]
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_model_config):

@@ -18,18 +18,43 @@ from .vision import VisionSide
 from .vst import VideoXL
 
 
+def llm_config(cfg: ModelConfig) -> dict:
+    """llm_path's config.json (a Qwen2 config; the authors' checkpoint adds its mm_* keys); {} without llm_path."""
+    if not cfg.llm_path:
+        return {}
+    path = Path(cfg.llm_path) / "config.json"
+    if not path.exists():
+        raise ModelUserError(f"model.llm_path: no config.json in {cfg.llm_path}")
+    return json.loads(path.read_text())
+
+
 def decoder_dims(cfg: ModelConfig) -> DecoderDims:
     if cfg.llm_path:
-        path = Path(cfg.llm_path) / "config.json"
-        if not path.exists():
-            raise ModelUserError(f"model.llm_path: no config.json in {cfg.llm_path}")
-        return DecoderDims.from_hf(json.loads(path.read_text()))
+        return DecoderDims.from_hf(llm_config(cfg))
     return DecoderDims(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_layers=cfg.num_layers, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
         head_dim=cfg.head_dim or cfg.hidden_size // cfg.num_heads, rope_theta=cfg.rope_theta,
         rms_norm_eps=cfg.rms_norm_eps, tie_word_embeddings=cfg.tie_word_embeddings,
+        max_position_embeddings=cfg.max_position_embeddings,
     )
+
+
+# LLaVA's defaults, which the authors' finetune scripts leave as they are (their pretrain script uses -2).
+DEFAULT_SELECT_LAYER, DEFAULT_SELECT_FEATURE = -1, "patch"
+
+
+def vision_select(cfg: ModelConfig) -> tuple[int, str]:
+    """(layer, feature) the projector reads: the model config's, else the checkpoint config's
+    `mm_vision_select_layer` / `mm_vision_select_feature`, else LLaVA's defaults."""
+    found = llm_config(cfg)
+    layer = cfg.vision_select_layer
+    if layer is None:
+        layer = found.get("mm_vision_select_layer", DEFAULT_SELECT_LAYER)
+    feature = cfg.vision_select_feature or found.get("mm_vision_select_feature", DEFAULT_SELECT_FEATURE)
+    if feature not in ("patch", "cls_patch"):
+        raise ModelUserError(f"mm_vision_select_feature {feature!r} is not supported (patch or cls_patch)")
+    return int(layer), feature
 
 
 def vision_tower(cfg: ModelConfig, weights: bool):
@@ -57,7 +82,8 @@ def build_model(cfg: ModelConfig, eos_id: int | None = None, weights: bool = Tru
         load_hf_qwen2(decoder, cfg.llm_path)
     tower = vision_tower(cfg, weights)
     image_size, patch = tower.config.image_size, tower.config.patch_size
-    vision = VisionSide(tower, image_size, patch, decoder.dims.hidden_size, cfg.vision_chunk_frames)
+    layer, feature = vision_select(cfg)
+    vision = VisionSide(tower, image_size, patch, decoder.dims.hidden_size, cfg.vision_chunk_frames, layer, feature)
     decoder.init_vst(eos_id if cfg.vst_init == "eos" else None)
     return VideoXL(decoder, vision, cfg.window_tokens)
 
@@ -115,7 +141,7 @@ def author_name(name: str) -> str:
 
 def load_videoxl_state(model: VideoXL, state: dict[str, torch.Tensor]) -> list[str]:
     """Loads the authors' Video-XL state dict by name into ours; returns the names it skipped
-    (the vision tower's last layer, which Video-XL never runs). Raises when a weight of ours is missing."""
+    (the tower layers after the selected one, which never run). Raises when a weight of ours is missing."""
     ours = model.state_dict()
     tower_prefix = "vision.tower.vision_model." if any(k.startswith("vision.tower.vision_model.") for k in ours) else "vision.tower."
     mapped, skipped = {}, []
@@ -182,7 +208,10 @@ def load_for_eval(path: str | Path):
     ckpt = latest_checkpoint(path)
     if ckpt is None:
         raise ModelUserError(f"eval.checkpoint: no checkpoint found in {path}")
-    cfg = ModelConfig.model_validate_json((ckpt / "model_config.json").read_text())
+    saved = json.loads((ckpt / "model_config.json").read_text())
+    # Checkpoints written before the layer became a setting always read the second-to-last layer.
+    saved.setdefault("vision_select_layer", -2)
+    cfg = ModelConfig.model_validate(saved)
     tokenizer = AutoTokenizer.from_pretrained(str(ckpt / "tokenizer"))
     model = build_model(cfg, tokenizer.eos_token_id, weights=False)
     load_weights(model, ckpt)

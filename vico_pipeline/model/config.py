@@ -30,6 +30,7 @@ class ModelConfig(BaseModel):
     rope_theta: float = 1_000_000.0
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
+    max_position_embeddings: int = 32768  # the LLM's trained context (Qwen2's); INTP scales RoPE beyond it
     # Vision tower (CLIP ViT); ignored where vision_path is set.
     vision_path: str | None = None
     image_size: int = 56
@@ -39,6 +40,11 @@ class ModelConfig(BaseModel):
     vision_heads: int = 2
     vision_intermediate_size: int = 64
     vision_chunk_frames: int = 16
+    # Which CLIP output feeds the projector (LLaVA's mm_vision_select_layer / _feature). None: the
+    # value in llm_path's config.json, else LLaVA's defaults (-1 = last layer, patch = class token
+    # dropped), which the authors' finetune scripts leave as they are.
+    vision_select_layer: int | None = None
+    vision_select_feature: str | None = None  # "patch" or "cls_patch"
     # Tokenizer: a local folder; empty means "train a small byte-level BPE on the shards' text".
     tokenizer_path: str | None = None
     # VST memory.
@@ -55,6 +61,8 @@ class ModelConfig(BaseModel):
             raise ValueError("model.vst_init must be 'eos' or 'random'")
         if self.ratio < 1 or any(r < 1 for r in self.ratios):
             raise ValueError("model.ratio and model.ratios must be >= 1")
+        if self.vision_select_feature not in (None, "patch", "cls_patch"):
+            raise ValueError("model.vision_select_feature must be 'patch' or 'cls_patch'")
         return self
 
 
@@ -125,6 +133,7 @@ class EvalConfig(BaseModel):
     seed: int = 0
     device: str = "auto"
     cpu_threads: int | None = None
+    retry_oom: bool = False  # a rerun keeps every recorded needle cell; true runs the out-of-memory ones again
 
     @field_validator("needle_tasks", "needle_style", "needle_scoring", mode="before")
     @classmethod

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .config import ModelUserError
+
 
 @dataclass
 class DecoderDims:
@@ -26,11 +28,13 @@ class DecoderDims:
     rope_theta: float = 1_000_000.0
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
+    max_position_embeddings: int = 32768  # the context the LLM was trained on (INTP scales beyond it)
+    rope_linear_factor: float = 1.0  # rope_scaling "linear": positions divided by this factor
 
     @classmethod
     def from_hf(cls, cfg: dict) -> "DecoderDims":
         """From a Qwen2 `config.json` (transformers 4.x keeps rope_theta at top level, 5.x in rope_parameters)."""
-        theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+        theta, linear, trained = rope_settings(cfg)
         heads = cfg["num_attention_heads"]
         return cls(
             vocab_size=cfg["vocab_size"],
@@ -43,7 +47,22 @@ class DecoderDims:
             rope_theta=float(theta),
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            max_position_embeddings=trained,
+            rope_linear_factor=linear,
         )
+
+
+def rope_settings(cfg: dict) -> tuple[float, float, int]:
+    """(RoPE base, linear factor, trained context) from a Qwen2 `config.json`. Only plain and
+    linear RoPE are implemented; any other scaling is refused rather than silently ignored."""
+    scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    kind = scaling.get("rope_type") or scaling.get("type") or "default"
+    if kind not in ("default", "linear"):
+        raise ModelUserError(f"rope_scaling {kind!r} in the LLM's config.json is not implemented (plain and linear RoPE are)")
+    theta = float(cfg.get("rope_theta") or scaling.get("rope_theta") or 10000.0)
+    linear = float(scaling.get("factor", 1.0)) if kind == "linear" else 1.0
+    trained = int(scaling.get("original_max_position_embeddings") or cfg.get("max_position_embeddings") or 32768)
+    return theta, linear, trained
 
 
 class RMSNorm(nn.Module):
@@ -59,9 +78,10 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float, dtype: torch.dtype):
-    """cos/sin tables [T, head_dim] for integer positions, computed in fp32."""
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float, dtype: torch.dtype, linear: float = 1.0):
+    """cos/sin tables [T, head_dim] for integer positions, computed in fp32 (linear > 1: positions / linear)."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    inv_freq = inv_freq / linear
     freqs = positions.float()[:, None] * inv_freq[None, :]
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -122,7 +142,8 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = out.transpose(1, 2).reshape(x.shape[0], t, -1)
+        # Explicit width: an empty chunk (no text before the video) has 0 elements to infer it from.
+        out = out.transpose(1, 2).reshape(x.shape[0], t, self.num_heads * self.head_dim)
         return self.o_proj(out), new_kv
 
 
@@ -198,7 +219,8 @@ class Decoder(nn.Module):
         m = past[0][0].shape[2] if past else 0
         t = x.shape[1]
         positions = torch.arange(m + t, device=x.device)
-        cos, sin = rope_cos_sin(positions, self.dims.head_dim, rope_base or self.dims.rope_theta, x.dtype)
+        cos, sin = rope_cos_sin(positions, self.dims.head_dim, rope_base or self.dims.rope_theta, x.dtype,
+                                self.dims.rope_linear_factor)
         mask = chunk_mask(t, m, x.device)
         new_kv = []
         for i, block in enumerate(self.layers):

@@ -42,5 +42,11 @@ def ntk_rope_base(base: float, head_dim: int, scale: float) -> float:
 
 
 def context_scale(new_length: int, trained_length: int) -> float:
-    """s = new sequence length / trained sequence length."""
+    """s = max(1, new sequence length / the LLM's trained context): a sequence that fits needs no scaling."""
     return max(1.0, new_length / max(1, trained_length))
+
+
+def intp_rope_base(base: float, head_dim: int, target_length: int, trained_length: int) -> float:
+    """INTP's RoPE base for a sequence of target_length tokens on an LLM trained on trained_length
+    tokens (its max_position_embeddings, not the frame count the video model was tuned on)."""
+    return ntk_rope_base(base, head_dim, context_scale(target_length, trained_length))

@@ -1,4 +1,4 @@
-"""Vision side: CLIP tower (second-to-last layer, class token dropped), MLP projector, 2x2 pooling."""
+"""Vision side: CLIP tower (read at a chosen layer, class token dropped or kept), MLP projector, 2x2 pooling."""
 
 from __future__ import annotations
 
@@ -18,19 +18,28 @@ def encoder_of(tower: nn.Module) -> nn.Module:
     return getattr(tower, "vision_model", tower).encoder
 
 
-def drop_last_layer(tower: nn.Module) -> nn.Module:
-    """Video-XL reads the second-to-last layer, so the last one is never run (nor trained)."""
+def keep_layers(tower: nn.Module, select_layer: int) -> nn.Module:
+    """Cuts the tower after the layer whose output is read, LLaVA's `hidden_states[select_layer]`
+    (0: the embeddings, -1: the last layer, -2: the second-to-last), so later layers never run."""
     enc = encoder_of(tower)
-    enc.layers = enc.layers[:-1]
+    n = len(enc.layers)
+    keep = select_layer if select_layer >= 0 else n + 1 + select_layer
+    if not 0 <= keep <= n:
+        raise ValueError(f"vision select layer {select_layer} is outside a tower of {n} layers")
+    enc.layers = enc.layers[:keep]
     # The pooled head is unused; frozen so DDP does not wait for its gradients.
     getattr(tower, "vision_model", tower).post_layernorm.requires_grad_(False)
     return tower
 
 
 class VisionSide(nn.Module):
-    def __init__(self, tower: nn.Module, image_size: int, patch_size: int, llm_width: int, chunk_frames: int = 16):
+    def __init__(self, tower: nn.Module, image_size: int, patch_size: int, llm_width: int, chunk_frames: int = 16,
+                 select_layer: int = -1, select_feature: str = "patch"):
         super().__init__()
-        self.tower = drop_last_layer(tower)
+        if select_feature not in ("patch", "cls_patch"):
+            raise ValueError(f"vision select feature {select_feature!r}: use patch or cls_patch")
+        self.tower = keep_layers(tower, select_layer)
+        self.keep_cls = select_feature == "cls_patch"
         self.image_size, self.grid = image_size, image_size // patch_size
         vision_width = tower.config.hidden_size
         self.projector = nn.Sequential(nn.Linear(vision_width, llm_width), nn.GELU(), nn.Linear(llm_width, llm_width))
@@ -38,7 +47,7 @@ class VisionSide(nn.Module):
 
     @property
     def tokens_per_frame(self) -> int:
-        return (self.grid // 2) ** 2
+        return (self.grid // 2) ** 2 + self.keep_cls
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [N,3,H,W] -> visual tokens [N, tokens_per_frame, D], frames through the tower in chunks."""
@@ -47,12 +56,13 @@ class VisionSide(nn.Module):
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         dtype = next(self.projector.parameters()).dtype
-        feats = self.tower(pixel_values=pixels.to(dtype)).last_hidden_state[:, 1:]  # class token dropped
-        x = self.projector(feats)
+        x = self.projector(self.tower(pixel_values=pixels.to(dtype)).last_hidden_state)
+        cls, x = x[:, :1], x[:, 1:]
         n, _, d = x.shape
         x = x.view(n, self.grid, self.grid, d).permute(0, 3, 1, 2)
-        x = F.avg_pool2d(x, 2)  # 24x24 -> 12x12 = 144 tokens per 336 px frame
-        return x.flatten(2).transpose(1, 2)
+        x = F.avg_pool2d(x, 2).flatten(2).transpose(1, 2)  # 24x24 -> 12x12 = 144 tokens per 336 px frame
+        # cls_patch: the class token is kept, ahead of its frame's pooled patches (pooling needs a grid).
+        return torch.cat([cls, x], dim=1) if self.keep_cls else x
 
 
 def load_frame(jpeg: bytes | np.ndarray, size: int) -> np.ndarray:

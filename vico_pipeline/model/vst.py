@@ -113,11 +113,15 @@ class VideoXL(nn.Module):
             added.append(vst_idx.numel() if ratio else chunk.shape[1])
         return Memory(memory, sink, added)
 
-    def read(self, memory: Memory, ids: torch.Tensor, rope_base=None):
-        """Text after the video against the memory, uncompressed: (logits [B,T,V], memory extended by the text)."""
+    def read(self, memory: Memory, ids: torch.Tensor, rope_base=None, extend: bool = True):
+        """Text after the video against the memory, uncompressed: (logits [B,T,V], memory extended by
+        the text, or None with extend=False). The memory passed in is never changed, so one memory
+        answers any number of questions."""
         dec = self.decoder
         past = [(k.expand(ids.shape[0], -1, -1, -1), v.expand(ids.shape[0], -1, -1, -1)) for k, v in memory.kv]
         h, kv = dec(dec.embed_tokens(ids), past=past, rope_base=rope_base)
+        if not extend:  # a scored answer needs only the logits: skip copying the whole memory
+            return dec.lm_head(h), None
         return dec.lm_head(h), Memory(append(past, kv), memory.sink, memory.window_vsts)
 
     @torch.no_grad()
