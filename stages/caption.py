@@ -3,12 +3,18 @@
 The clips the filter kept go to the caption engine in batches; while the
 engine works on one batch, a thread prepares the next (JPEG decoding,
 processor), so a GPU engine is not left waiting on the CPU. The engine is
-asked for JSON `{caption, key_event}` (structured output where it has it);
-the parser copes with plain text. A clip whose request failed, or whose
-answer is empty or unreadable, becomes an error row; the others go on.
+asked for JSON `{caption, key_event}` (structured output where it has it).
+
+Nothing a model wrote becomes a caption unchecked (the gates, vico.md "Quality
+gates"): an answer cut at the token limit (`caption_truncated`), a refusal
+(`caption_refusal`), degenerate repetition (`caption_repetitive`), or one that
+is not JSON with a readable `caption` (`caption_unparsed`) is asked again,
+at most `caption.answer_retries` times, then becomes an error row. A clip
+whose request failed becomes an error row too; the other clips go on.
 """
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
@@ -29,7 +35,7 @@ CAPTIONS_SCHEMA = pa.schema([
     ("engine", pa.string()),
     ("model", pa.string()),
     ("prompt_version", pa.string()),
-    # "json" when the answer kept to the asked JSON, "text" when the parser fell back.
+    # "json": every caption kept to the asked JSON (plain-text answers are rejected by the gates).
     ("answer_format", pa.string()),
     ("prompt_tokens", pa.int32()),
     ("completion_tokens", pa.int32()),
@@ -70,16 +76,63 @@ def caption_prompt(version: str, clip: dict) -> str:
                                    start=clock(clip["start_s"]), end=clock(clip["end_s"]))
 
 
-def parse_caption(text: str) -> tuple[str, str, str]:
-    """(caption, key_event, answer_format) from an engine's answer; caption '' when unusable."""
+def parse_caption(text: str) -> tuple[str, str] | None:
+    """(caption, key_event) from an engine's answer; None unless it is JSON with a non-empty `caption`."""
     data = extract_json(text)
-    if isinstance(data, dict) and isinstance(data.get("caption"), str) and data["caption"].strip():
-        caption = " ".join(data["caption"].split())
-        key = data.get("key_event")
-        key = " ".join(key.split()) if isinstance(key, str) and key.strip() else first_sentence(caption)
-        return caption, key, "json"
-    caption = " ".join((text or "").split())
-    return caption, first_sentence(caption), "text"
+    if not (isinstance(data, dict) and isinstance(data.get("caption"), str) and data["caption"].strip()):
+        return None
+    caption = " ".join(data["caption"].split())
+    key = data.get("key_event")
+    key = " ".join(key.split()) if isinstance(key, str) and key.strip() else first_sentence(caption)
+    return caption, key
+
+
+# --------------------------------------------------------------------------- the gates
+GATE_ERRORS = ("caption_unparsed", "caption_truncated", "caption_refusal", "caption_repetitive")
+RETRY_NOTE = "\n\nYour previous answer could not be used ({why}). Answer again, with the JSON only."
+
+# How a model declines: at the start of the answer or of its caption.
+_REFUSAL = re.compile(
+    r"^\W*(i'?m sorry|i am sorry|sorry,|i apologi[sz]e|i cannot|i can ?not|i can'?t|i'?m (not able|unable)|"
+    r"i am (not able|unable)|i won'?t|as an ai\b|unfortunately,? i\b)", re.I)
+# The same unit of one to four words four or more times in a row ("the the the the").
+_RUN = re.compile(r"\b(\w+(?:\W+\w+){0,3})(?:\W+\1\b){3,}", re.I)
+
+
+def refusal(text: str) -> bool:
+    return bool(_REFUSAL.match((text or "").replace("\u2019", "'")))
+
+
+def repetitive(text: str) -> bool:
+    """Degenerate repetition: a short unit repeated in a row, or a long text of few distinct word triples."""
+    words = re.findall(r"\w+", (text or "").lower())
+    if len(words) >= 8 and _RUN.search(" ".join(words)):
+        return True
+    triples = list(zip(words, words[1:], words[2:]))
+    return len(words) >= 20 and len(set(triples)) < 0.5 * len(triples)
+
+
+def gate(result) -> tuple[tuple[str, str] | None, str, str]:
+    """((caption, key_event), "", "") for an answer that passes every gate, else (None, error type, why).
+
+    Never raises: a parser failure is a `caption_unparsed` verdict for this clip alone."""
+    text = result.text or ""
+    if result.finish_reason == "length":
+        return None, "caption_truncated", f"cut at the token limit after {result.completion_tokens} tokens: {text[:120]!r}"
+    try:
+        parsed = parse_caption(text)
+    except Exception as exc:  # a parser bug must not lose the batch's other clips
+        return None, "caption_unparsed", f"the parser failed ({type(exc).__name__}): {text[:120]!r}"
+    if refusal(text) or (parsed and refusal(parsed[0])):
+        return None, "caption_refusal", f"the model declined: {text[:120]!r}"
+    if parsed is None:
+        return None, "caption_unparsed", f"not JSON with a non-empty caption: {text[:120]!r}"
+    caption, key_event = parsed
+    if not readable(caption, min_words=3):
+        return None, "caption_unparsed", f"the caption is not text: {caption[:120]!r}"
+    if repetitive(caption) or repetitive(key_event):
+        return None, "caption_repetitive", f"degenerate repetition: {caption[:120]!r}"
+    return parsed, "", ""
 
 
 # What both runners share (the stage's engine actors, and `caption.runner: ray_data_llm`).
@@ -97,10 +150,11 @@ def no_clips_kept(video_id: str, source: str, verdicts: list[dict]) -> ErrorRow:
     return ErrorRow(video_id, source, "no_clips_kept", f"the clip filter kept none of {len(verdicts)} clips ({detail})")
 
 
-def caption_request(version: str, clip: dict) -> Request:
-    """One clip's request: its caption frames and the versioned prompt, JSON asked for."""
-    return Request(prompt=caption_prompt(version, clip), images=list(clip["caption_frames"]),
-                   json_schema=CAPTION_SCHEMA_JSON)
+def caption_request(version: str, clip: dict, retry_why: str = "") -> Request:
+    """One clip's request: its caption frames and the versioned prompt, JSON asked for;
+    `retry_why` says why the previous answer was rejected."""
+    prompt = caption_prompt(version, clip) + (RETRY_NOTE.format(why=retry_why) if retry_why else "")
+    return Request(prompt=prompt, images=list(clip["caption_frames"]), json_schema=CAPTION_SCHEMA_JSON)
 
 
 def caption_rows(clip: dict, result, source: str, engine: str, model: str, version: str) -> Iterator[dict | ErrorRow]:
@@ -108,14 +162,14 @@ def caption_rows(clip: dict, result, source: str, engine: str, model: str, versi
     if not result.ok:
         yield ErrorRow(clip["clip_id"], source, f"caption_{result.error_type}", result.error or "")
         return
-    caption, key_event, answer_format = parse_caption(result.text)
-    if not readable(caption, min_words=3):
-        yield ErrorRow(clip["clip_id"], source, "unreadable_caption",
-                       f"the caption engine's answer is empty or not text: {result.text[:120]!r}")
+    parsed, error_type, why = gate(result)
+    if parsed is None:
+        yield ErrorRow(clip["clip_id"], source, error_type, why)
         return
+    caption, key_event = parsed
     yield {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "clip_index": clip["clip_index"],
            "start_s": clip["start_s"], "end_s": clip["end_s"], "caption": caption, "key_event": key_event,
-           "engine": engine, "model": model, "prompt_version": version, "answer_format": answer_format,
+           "engine": engine, "model": model, "prompt_version": version, "answer_format": "json",
            "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
            "latency_s": round(result.latency_s, 4)}
 
@@ -145,18 +199,31 @@ class CaptionStage(Stage):
             yield no_clips_kept(vid, source, verdicts)
             return
         section = self.config.caption
+        results = self.answer([caption_request(section.prompt_version, c) for c in clips])
+        for _ in range(section.answer_retries):  # answers the gates rejected are asked again, bounded
+            again = [i for i, r in enumerate(results) if r.ok and gate(r)[0] is None]
+            if not again:
+                break
+            retried = self.answer([caption_request(section.prompt_version, clips[i], gate(results[i])[2][:200])
+                                   for i in again])
+            for i, result in zip(again, retried):
+                results[i] = result
+        for clip, result in zip(clips, results):
+            yield from caption_rows(clip, result, source, self.engine.kind, self.engine.model,
+                                    section.prompt_version)
+
+    def answer(self, requests: list[Request]) -> list:
+        """The engine's results for `requests`, in batches; the next batch is prepared while one generates."""
         size = self.batch_size()
-        batches = [clips[i:i + size] for i in range(0, len(clips), size)]
-        requests = [[caption_request(section.prompt_version, c) for c in batch] for batch in batches]
-        pending = self.prefetch.submit(self.engine.prepare, requests[0])
-        for index, batch in enumerate(batches):
+        batches = [requests[i:i + size] for i in range(0, len(requests), size)]
+        results = []
+        pending = self.prefetch.submit(self.engine.prepare, batches[0])
+        for index in range(len(batches)):
             prepared = pending.result()
-            if index + 1 < len(batches):  # the next batch is prepared while this one generates
-                pending = self.prefetch.submit(self.engine.prepare, requests[index + 1])
-            results = self.engine.generate(prepared)
-            for clip, result in zip(batch, results):
-                yield from caption_rows(clip, result, source, self.engine.kind, self.engine.model,
-                                        section.prompt_version)
+            if index + 1 < len(batches):
+                pending = self.prefetch.submit(self.engine.prepare, batches[index + 1])
+            results.extend(self.engine.generate(prepared))
+        return results
 
 
 class CaptionAnswers(CaptionStage):

@@ -47,14 +47,18 @@ def test_a_video_with_no_kept_clip_gets_an_error_row_that_says_why():
     assert rows[0].error_type == "no_clips_kept" and "3 black" in rows[0].message
 
 
-@pytest.mark.parametrize("answer, caption, key, fmt", [
-    ('{"caption": "A man  walks in.", "key_event": "he sits"}', "A man walks in.", "he sits", "json"),
-    ('Sure!\n```json\n{"caption": "A dog runs. It jumps."}\n```', "A dog runs. It jumps.", "A dog runs.", "json"),
-    ("A cat sleeps on a sofa. Then it wakes.", "A cat sleeps on a sofa. Then it wakes.", "A cat sleeps on a sofa.", "text"),
-    ('{"caption": ""}', '{"caption": ""}', '{"caption": ""}', "text"),
+@pytest.mark.parametrize("answer, caption, key", [
+    ('{"caption": "A man  walks in.", "key_event": "he sits"}', "A man walks in.", "he sits"),
+    ('Sure!\n```json\n{"caption": "A dog runs. It jumps."}\n```', "A dog runs. It jumps.", "A dog runs."),
 ])
-def test_parse_caption_copes_with_what_models_write(answer, caption, key, fmt):
-    assert parse_caption(answer) == (caption, key, fmt)
+def test_parse_caption_reads_the_json_a_model_wrapped(answer, caption, key):
+    assert parse_caption(answer) == (caption, key)
+
+
+@pytest.mark.parametrize("answer", ["A cat sleeps on a sofa. Then it wakes.", '{"caption": ""}',
+                                    '{"description": "a cat sleeps"}', '{"caption": "A dog', "[" * 50000])
+def test_parse_caption_gives_nothing_for_text_wrong_keys_cut_json_or_deep_brackets(answer):
+    assert parse_caption(answer) is None
 
 
 def test_prompt_is_versioned_and_names_the_clip_time():

@@ -132,6 +132,8 @@ def test_transformers_engine_captions_frames_in_batches(tiny_model):
     results = engine.generate(prepared)
     assert len(results) == 4 and all(r.ok for r in results)
     assert all(0 < r.completion_tokens <= 6 and r.prompt_tokens > 3 * 4 for r in results)
+    # The random model never writes EOS: every answer used all 6 tokens and says it was cut.
+    assert all(r.finish_reason == ("length" if r.completion_tokens == 6 else "stop") for r in results)
     assert results[0].text == results[1].text  # same input, greedy: same output, batched or not
     assert engine.kind == "transformers" and engine.model == tiny_model
 
@@ -153,7 +155,8 @@ class _FakeLLM:
     def chat(self, conversations, params, use_tqdm=True):
         self.calls.append((conversations, params))
         out = types.SimpleNamespace
-        return [out(prompt_token_ids=[1] * (10 + i), outputs=[out(text=f' {{"caption": "c{i}"}} ', token_ids=[5, 6])])
+        return [out(prompt_token_ids=[1] * (10 + i),
+                    outputs=[out(text=f' {{"caption": "c{i}"}} ', token_ids=[5, 6], finish_reason=("stop", "length")[i])])
                 for i, _ in enumerate(conversations)]
 
 
@@ -188,6 +191,7 @@ def test_vllm_engine_builds_the_llm_and_requests_and_parses_outputs(fake_vllm):
     assert "structured_outputs" not in params[1] and params[1]["max_tokens"] == 64
     assert [r.text for r in results] == ['{"caption": "c0"}', '{"caption": "c1"}']
     assert [(r.prompt_tokens, r.completion_tokens) for r in results] == [(10, 2), (11, 2)]
+    assert [r.finish_reason for r in results] == ["stop", "length"]  # vLLM's own finish reason, passed on
 
 
 def test_vllm_engine_missing_package_names_the_extra(monkeypatch):

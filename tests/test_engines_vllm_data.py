@@ -163,6 +163,10 @@ def test_postprocess_reads_text_tokens_latency_and_errors():
     result = to_result(ok)
     assert result.ok and result.text.startswith('{"caption"')
     assert (result.prompt_tokens, result.completion_tokens, result.latency_s) == (1200, 17, 0.75)
+    assert result.finish_reason == "stop"
+    cut = postprocess({**_carried(), "generated_text": '{"caption": "A red', "num_input_tokens": 5,
+                       "num_generated_tokens": 300, "time_taken_llm": 0.1}, CARRY, max_tokens=300)
+    assert to_result(cut).finish_reason == "length"  # all of max_tokens used: cut at the limit
 
     # A failed request as Ray 2.60 hands it back: past postprocess, the whole row, error set.
     failed = {**_carried(1), "messages": ["m"], "sampling_params": {}, "generated_text": "", "num_input_tokens": 0,
@@ -174,15 +178,17 @@ def test_postprocess_reads_text_tokens_latency_and_errors():
     assert to_result(answer({**failed, "__inference_error__": "engine gave up"}, CARRY)).error_type == "inference_error"
     assert answer(ok, CARRY) == {name: ok[name] for name in (*CARRY, *RESULT_COLUMNS)}  # answered rows kept
 
-    # Malformed JSON is still an answer: the caption parser falls back to the text.
+    # Malformed JSON is never a caption: the gates make it an error row.
     from stages.caption import caption_rows
     broken = to_result(postprocess({**_carried(), "generated_text": 'The red car turns left at the gate. {"caption": ',
                                     "num_input_tokens": 5, "num_generated_tokens": 9, "time_taken_llm": 0.1}, CARRY))
     (row,) = caption_rows(_carried(), broken, "src", "vllm", "m", "v1")
-    assert row["answer_format"] == "text" and row["caption"].startswith("The red car turns left")
+    assert isinstance(row, ErrorRow) and row.error_type == "caption_unparsed"
     (error,) = caption_rows(_carried(), to_result(postprocess({**_carried(), "generated_text": "{}"}, CARRY)),
                             "src", "vllm", "m", "v1")
-    assert isinstance(error, ErrorRow) and error.error_type == "unreadable_caption"
+    assert isinstance(error, ErrorRow) and error.error_type == "caption_unparsed"
+    (error,) = caption_rows(_carried(), to_result(cut), "src", "vllm", "m", "v1")
+    assert error.error_type == "caption_truncated"
 
 
 # --------------------------------------------------------------------------- the caption step on Ray
@@ -288,8 +294,11 @@ def test_caption_step_through_a_processor_writes_per_video_parts(local_ray, tmp_
 
     assert rows["vid-d"] == failed_upstream
 
-    (text,) = storage.read_parquet([layout.part_uri(roots["caption"], "vid-e")]).to_pylist()
-    assert text["answer_format"] == "text" and text["caption"].startswith("A green field with a white box")
+    # e: malformed JSON is no caption but an error row (the gates hold for this runner too)
+    assert storage.read_parquet([layout.part_uri(roots["caption"], "vid-e")]).num_rows == 0
+    assert "caption" not in json.loads(rows["vid-e"]["refs"])
+    (unparsed,) = storage.read_parquet([layout.errors_uri(roots["caption"], "vid-e")]).to_pylist()
+    assert unparsed["error_type"] == "caption_unparsed" and "A green field" in unparsed["message"]
 
     # Run again: every video is settled from its part, and no processor is built.
     def no_processor(cfg):

@@ -92,7 +92,8 @@ def test_a_model_caption_stage_in_an_actor_and_its_garbage_caught(tiny_model_ver
     # Every kept clip was answered: a caption row from the model, or an error row saying why not.
     assert len(captions) + len(errors) == sum(r["kept"] for r in filtered)
     assert all(c["engine"] == "transformers" and c["completion_tokens"] > 0 for c in captions)
-    assert all(e["error_type"] == "unreadable_caption" for e in errors)
+    # The random model's answers are stopped by the caption gates, each with the gate's name.
+    assert all(e["error_type"] in ("caption_truncated", "caption_unparsed", "caption_repetitive") for e in errors)
     # Nothing unreadable reached the clues or the questions.
     clue_clips = {c["clip_id"] for c in _rows(tiny_model_version, "clues")}
     assert clue_clips <= {c["clip_id"] for c in captions}

@@ -178,10 +178,14 @@ class CaptionConfig(EngineSection):
     engine: Literal["describe", "transformers", "openai", "vllm"] = "describe"
     frames_per_clip: int = 8
     frame_size: int = 448
+    # Times a clip is asked again when the caption gates reject its answer (then it is an error row).
+    answer_retries: int = Field(default=1, ge=0)
 
 
 class CluesConfig(EngineSection):
     engine: Literal["template", "transformers", "openai", "vllm"] = "template"
+    # v2 names what the clue gates reject (digits, relative-time words, clues that fit another clip).
+    prompt_version: str = "v2"
     # A JSON list of up to max_clues events needs more room than one caption.
     max_tokens: int = 1024
     max_clues: int = 12
@@ -192,6 +196,16 @@ class CluesConfig(EngineSection):
     validation_retries: int = 1
     # Longest caption text (characters) put into the clue prompt per clip.
     max_caption_chars: int = 600
+    # How a clue is checked against the captions: lexical (its own clip's caption shares more of its
+    # words than any other clip's) or llm (the clues engine names the clip the clue comes from).
+    grounding: Literal["lexical", "llm"] = "lexical"
+
+    @field_validator("grounding")
+    @classmethod
+    def _judge_needs_a_model(cls, grounding: str, info: ValidationInfo) -> str:
+        if grounding == "llm" and info.data.get("engine") == "template":
+            raise ValueError("grounding llm asks the clues engine, and the template engine is no model")
+        return grounding
 
     @field_validator("runner")
     @classmethod

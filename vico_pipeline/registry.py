@@ -66,7 +66,7 @@ def _caption(config, root):
 
 def _clues(config, root):
     from stages.clues import CluesStage
-    return CluesStage(config)
+    return CluesStage(config, candidates_root=join(root, "clue_candidates"))
 
 
 def _questions(config, root):
@@ -108,11 +108,13 @@ def stage_specs() -> list[StageSpec]:
         StageSpec("filter", "filtered", FILTERED_SCHEMA, ("download", "frames"), _filter,
                   ("filter",), _light_resources),
         StageSpec("caption", "captions", CAPTIONS_SCHEMA, ("download", "frames", "filter"), _caption,
-                  tuple(f"caption.{k}" for k in _ENGINE_KEYS), _caption_resources),
+                  tuple(f"caption.{k}" for k in _ENGINE_KEYS) + ("caption.answer_retries",), _caption_resources,
+                  code_version="2"),
         StageSpec("clues", "clues", CLUES_SCHEMA, ("download", "caption"), _clues,
                   tuple(f"clues.{k}" for k in _ENGINE_KEYS) + (
                       "clues.max_clues", "clues.min_clues", "clues.duplicate_similarity",
-                      "clues.validation_retries", "clues.max_caption_chars"), _clues_resources),
+                      "clues.validation_retries", "clues.max_caption_chars", "clues.grounding"), _clues_resources,
+                  code_version="2"),
         StageSpec("questions", "questions", QUESTIONS_SCHEMA, ("download", "clues"), _questions,
                   ("questions", "clips.seconds", "shards.val_fraction"), _light_resources),
     ]

@@ -34,6 +34,8 @@ class Result:
     latency_s: float = 0.0
     error_type: Optional[str] = None
     error: Optional[str] = None
+    # Why generation stopped: "stop" (end of answer) or "length" (cut at max_tokens); None when unknown.
+    finish_reason: Optional[str] = None
 
     @property
     def ok(self) -> bool:

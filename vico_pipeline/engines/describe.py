@@ -138,7 +138,7 @@ class DescribeEngine(Engine):
             started = time.perf_counter()
             try:
                 text = json.dumps(describe(request.images))
-                out.append(Result(text=text, latency_s=time.perf_counter() - started))
+                out.append(Result(text=text, latency_s=time.perf_counter() - started, finish_reason="stop"))
             except Exception as exc:  # an undecodable frame fails this clip only
                 out.append(Result(error_type="bad_frames", error=f"{type(exc).__name__}: {exc}",
                                   latency_s=time.perf_counter() - started))

@@ -113,7 +113,7 @@ class OpenAIEngine(Engine):
         return Result(text=response.choices[0].message.content or "",
                       prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                       completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
-                      latency_s=latency)
+                      latency_s=latency, finish_reason=response.choices[0].finish_reason)
 
     def generate(self, prepared: list[Request]) -> list[Result]:
         return list(self.pool.map(self._one, prepared))

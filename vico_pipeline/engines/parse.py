@@ -6,23 +6,27 @@ import re
 import unicodedata
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
+# Bracket positions tried per candidate text: a model's babble of brackets must not cost minutes.
+MAX_STARTS = 64
 
 
 def extract_json(text: str):
-    """The first JSON object or array in `text` (code fences and chatter around it allowed); None if none."""
+    """The first JSON object or array in `text` (code fences and chatter around it allowed); None if none.
+
+    Never raises: nesting too deep for the decoder (RecursionError) counts as no JSON there."""
     if not text:
         return None
     candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
     decoder = json.JSONDecoder()
     for candidate in candidates:
-        for start, ch in enumerate(candidate):
-            if ch in "{[":
-                try:
-                    value, _ = decoder.raw_decode(candidate[start:])
-                except ValueError:
-                    continue
-                if isinstance(value, (dict, list)):
-                    return value
+        starts = [i for i, ch in enumerate(candidate) if ch in "{["][:MAX_STARTS]
+        for start in starts:
+            try:
+                value, _ = decoder.raw_decode(candidate, start)
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(value, (dict, list)):
+                return value
     return None
 
 

@@ -68,5 +68,6 @@ class TemplateEngine(Engine):
             texts = [c.get("key_event") or c.get("caption") or "" for c in clips]
             chosen = spread(pick_distinct(texts, self.threshold), self.max_clues)
             events = [{"clip_id": clips[i]["clip_id"], "clue": texts[i][:1].upper() + texts[i][1:]} for i in chosen]
-            out.append(Result(text=json.dumps({"events": events}), latency_s=time.perf_counter() - started))
+            out.append(Result(text=json.dumps({"events": events}), latency_s=time.perf_counter() - started,
+                              finish_reason="stop"))
         return out

@@ -29,6 +29,14 @@ def chat(request: Request) -> list[dict]:
     return messages
 
 
+def finish_reason(tokens: list[int], completion: int, max_new_tokens: int, eos_token_id) -> str:
+    """"length" when generation used every new token it was allowed and never wrote EOS (as an
+    OpenAI server says it); else "stop"."""
+    if completion >= max_new_tokens and eos_token_id not in tokens:
+        return "length"
+    return "stop"
+
+
 class TransformersEngine(Engine):
     kind = "transformers"
 
@@ -101,9 +109,12 @@ class TransformersEngine(Engine):
             texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
             stop = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id}
             for row, text in enumerate(texts):
-                completion = sum(1 for t in new[row].tolist() if t not in stop)
+                tokens = new[row].tolist()
+                completion = sum(1 for t in tokens if t not in stop)
                 out.append(Result(text=text.strip(), prompt_tokens=int(inputs["attention_mask"][row].sum()),
-                                  completion_tokens=completion, latency_s=latency))
+                                  completion_tokens=completion, latency_s=latency,
+                                  finish_reason=finish_reason(tokens, completion, self.section.max_tokens,
+                                                              self.tokenizer.eos_token_id)))
         return out
 
     def close(self) -> None:

@@ -64,7 +64,8 @@ def parse_output(output, latency: float) -> Result:
     completion = output.outputs[0]
     return Result(text=(completion.text or "").strip(),
                   prompt_tokens=len(output.prompt_token_ids or []),
-                  completion_tokens=len(completion.token_ids or []), latency_s=latency)
+                  completion_tokens=len(completion.token_ids or []), latency_s=latency,
+                  finish_reason=getattr(completion, "finish_reason", None))
 
 
 class VLLMEngine(Engine):

@@ -26,7 +26,7 @@ from vico_pipeline.engines.vllm import engine_kwargs, sampling_kwargs
 
 # What `postprocess` adds to the columns a request row carries: a Result's fields
 # ("" for no error, so the column keeps one type).
-RESULT_COLUMNS = ("text", "prompt_tokens", "completion_tokens", "latency_s", "error_type", "error")
+RESULT_COLUMNS = ("text", "prompt_tokens", "completion_tokens", "latency_s", "error_type", "error", "finish_reason")
 
 
 def gpus_per_replica(section) -> int:
@@ -79,20 +79,23 @@ def preprocess(row: dict, section, to_request, drop: tuple[str, ...] = ()) -> di
             **{name: None for name in drop}}
 
 
-def postprocess(row: dict, carry: tuple[str, ...]) -> dict:
+def postprocess(row: dict, carry: tuple[str, ...], max_tokens: int | None = None) -> dict:
     """An answer row -> the `carry` columns plus RESULT_COLUMNS. Also right for a failed
-    request's row (`__inference_error__` set), which Ray passes around postprocess: see `answer`."""
+    request's row (`__inference_error__` set), which Ray passes around postprocess: see `answer`.
+    Ray 2.60's rows carry no finish reason: an answer that used all `max_tokens` counts as cut."""
     out = {name: row.get(name) for name in carry}
     failure = row.get("__inference_error__") or ""
     if failure:
         kind, _, message = failure.partition(": ")  # Ray writes "ExceptionType: message"
         out.update(text="", prompt_tokens=0, completion_tokens=0, latency_s=0.0,
-                   error_type=kind if kind.isidentifier() else "inference_error", error=(message or failure)[:500])
+                   error_type=kind if kind.isidentifier() else "inference_error", error=(message or failure)[:500],
+                   finish_reason="")
         return out
     latency = row.get("time_taken_llm") or 0.0  # -1 when unknown
+    generated = int(row.get("num_generated_tokens") or 0)
     out.update(text=(row.get("generated_text") or "").strip(), prompt_tokens=int(row.get("num_input_tokens") or 0),
-               completion_tokens=int(row.get("num_generated_tokens") or 0),
-               latency_s=max(0.0, float(latency)), error_type="", error="")
+               completion_tokens=generated, latency_s=max(0.0, float(latency)), error_type="", error="",
+               finish_reason="length" if max_tokens and generated >= max_tokens else "stop")
     return out
 
 
@@ -107,7 +110,8 @@ def answer(row: dict, carry: tuple[str, ...]) -> dict:
 def to_result(row: dict) -> Result:
     return Result(text=row["text"] or "", prompt_tokens=int(row["prompt_tokens"] or 0),
                   completion_tokens=int(row["completion_tokens"] or 0), latency_s=float(row["latency_s"] or 0.0),
-                  error_type=row["error_type"] or None, error=row["error"] or None)
+                  error_type=row["error_type"] or None, error=row["error"] or None,
+                  finish_reason=row.get("finish_reason") or None)
 
 
 def build(section, max_images: int, to_request, carry: tuple[str, ...], drop: tuple[str, ...] = ()):
@@ -116,4 +120,4 @@ def build(section, max_images: int, to_request, carry: tuple[str, ...], drop: tu
 
     return build_processor(processor_config(section, max_images),
                            preprocess=partial(preprocess, section=section, to_request=to_request, drop=drop),
-                           postprocess=partial(postprocess, carry=carry))
+                           postprocess=partial(postprocess, carry=carry, max_tokens=section.max_tokens))
