@@ -99,3 +99,78 @@ def question_sample(row: dict, question: dict, max_frames: int = 0) -> dict | No
     duration = float(row.get("duration_s") or (times[-1] if times else 0.0))
     return {"frame_indices": indices, "frame_times_s": shown,
             "conversations": with_time_header(question["conversations"], duration, shown)}
+
+
+# --- packing several questions into one conversation (train.pack_questions) -----------------
+
+# Every VICO task is about time: its answer tells the order of its evidence clips.
+# The open `timeline` question lists every event in order: it gives all order away, so it is never packed.
+UNPACKABLE_TASKS = frozenset({"timeline"})
+# One of each a pack: one's answer is a wrong option of the other (a clue's time range; the clue
+# that comes right after another cannot come right after a second one).
+ONE_PER_PACK = frozenset({"clue_time", "next_event"})
+# A question that asks for a clip's time: any earlier mention of the clip hints at it (its rank).
+TIME_TASKS = frozenset({"clue_time"})
+
+
+def _find(parent: dict, x: str) -> str:
+    while parent.setdefault(x, x) != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+def gives_away(earlier: list[dict], question: dict) -> bool:
+    """Whether the answers of `earlier` turns tell anything about `question`'s answer.
+
+    Conservative: two clips count as ordered as soon as earlier answers connect them at
+    all (A<B and A<C leave B, C unordered, but are counted as ordering them).
+    """
+    task = question.get("task")
+    clips = list(dict.fromkeys(question.get("evidence_clip_ids") or []))
+    own = set(clips)
+    parent: dict = {}
+    for turn in earlier:
+        theirs = list(dict.fromkeys(turn.get("evidence_clip_ids") or []))
+        if len(own.intersection(theirs)) >= 2 or (own and own == set(theirs)):
+            return True  # two questions about the same pair (or the same clue)
+        if task in ONE_PER_PACK and turn.get("task") == task:
+            return True
+        if task in TIME_TASKS and own.intersection(theirs):
+            return True
+        for clip in theirs[1:]:
+            parent[_find(parent, clip)] = _find(parent, theirs[0])
+    roots = [_find(parent, c) for c in clips]
+    return len(set(roots)) < len(roots)
+
+
+def pack_questions(questions: list[dict], rng) -> list[list[dict]]:
+    """One video's questions, shuffled, grouped into packs (conversations) where no turn is
+    answerable from an earlier one. Every question lands in exactly one pack; `timeline` alone."""
+    order = list(questions)
+    rng.shuffle(order)
+    packs: list[list[dict]] = []
+    for question in order:
+        if question.get("task") not in UNPACKABLE_TASKS:
+            home = next((p for p in packs if p[0].get("task") not in UNPACKABLE_TASKS and not gives_away(p, question)), None)
+            if home is not None:
+                home.append(question)
+                continue
+        packs.append([question])
+    return packs
+
+
+def packed_sample(row: dict, questions: list[dict], max_frames: int = 0) -> dict | None:
+    """Like `question_sample`, for several questions in one conversation: the frames hold every
+    question's evidence, and the time header opens the first turn only. None when they don't fit."""
+    if len(questions) == 1:
+        return question_sample(row, questions[0], max_frames)
+    times = [float(t) for t in row["frame_times_s"] or []]
+    windows = [tuple(w) for q in questions for w in q.get("evidence_windows_s") or []]
+    indices = select_frames(times, max_frames, windows)
+    if indices is None:
+        return None
+    shown = [times[i] for i in indices]
+    duration = float(row.get("duration_s") or (times[-1] if times else 0.0))
+    turns = [turn for q in questions for turn in q["conversations"]]
+    return {"frame_indices": indices, "frame_times_s": shown, "conversations": with_time_header(turns, duration, shown)}

@@ -88,7 +88,11 @@ class TrainConfig(BaseModel):
     log_every: int = 1
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
-    resume: bool = True
+    # A run folder with checkpoints is resumed when its config is the same; `resume: true` (`--resume`)
+    # also resumes it under a changed config, the learning rate going on from where it was.
+    resume: bool = False
+    pack_questions: bool = False  # several questions a conversation, none answerable from an earlier turn
+    allow_stand_in_data: bool = False  # train on data that stand-in engines (describe, template, rules) made
     gradient_checkpointing: bool = False
     bf16: bool = True  # autocast on CUDA only
     workers: int = 0  # Ray Train workers; 0 or 1 trains in this process

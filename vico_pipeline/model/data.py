@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+
+from vico_pipeline.samples import pack_questions, packed_sample, time_header
 
 from .config import ModelUserError
 
@@ -44,15 +47,112 @@ class ShardRows:
             i -= n
         raise IndexError(i)
 
-    def texts(self) -> list[str]:
-        """All conversation text, to train a tokenizer on."""
+    def meta(self) -> list[dict]:
+        """Every row without its frames: video_id, duration_s, frame_times_s, questions (and provenance)."""
         import pyarrow.parquet as pq
 
         out = []
         for f in self.files:
-            for conv in pq.read_table(f, columns=["conversations"]).column("conversations").to_pylist():
-                out.extend(turn["value"] for turn in conv or [])
+            names = pq.ParquetFile(f).schema_arrow.names
+            if "questions" not in names:
+                raise ModelUserError(f"{f} has no `questions` column: shards from an older vico; "
+                                     "rerun `vico run` to rebuild the version's shards")
+            out.extend(pq.read_table(f, columns=[n for n in names if n != "frames"]).to_pylist())
         return out
+
+    def texts(self) -> list[str]:
+        """All conversation text, with the time headers, to train a tokenizer on."""
+        out = []
+        for row in self.meta():
+            out.append(time_header(row.get("duration_s") or 0.0, row.get("frame_times_s") or []))
+            for question in row["questions"] or []:
+                out.extend(turn["value"] for turn in question["conversations"] or [])
+        return out
+
+
+# --- samples: one question each (or packs) ------------------------------------------------------
+
+@dataclass(frozen=True)
+class SampleRef:
+    row: int  # index into ShardRows
+    questions: tuple[int, ...]  # the row's questions it asks, in turn order
+
+
+class QuestionSamples:
+    """The training samples of a split: one question a sample, or packs of questions
+    no turn of which is answerable from an earlier one (`pack`, train.pack_questions).
+
+    A question whose evidence cannot be shown within `max_frames` is left out and counted
+    in `dropped`. The index is a function of (shards, max_frames, pack, seed): every worker
+    and every resumed run sees the same samples.
+    """
+
+    def __init__(self, version_dir: str | Path, split: str, max_frames: int, pack: bool = False, seed: int = 0):
+        self.rows = ShardRows(version_dir, split)
+        self.max_frames = max_frames
+        self.refs: list[SampleRef] = []
+        self.dropped = self.questions = 0
+        for r, row in enumerate(self.rows.meta()):
+            fitting = []
+            for q, question in enumerate(row["questions"] or []):
+                self.questions += 1
+                if packed_sample(row, [question], max_frames) is None:
+                    self.dropped += 1
+                else:
+                    fitting.append(q)
+            if pack:
+                rng = random.Random(f"{seed}:{row.get('video_id')}")
+                packs = pack_questions([dict(row["questions"][q], _index=q) for q in fitting], rng)
+                for group in packs:
+                    self.refs.extend(SampleRef(r, part) for part in self._fit(row, [q["_index"] for q in group]))
+            else:
+                self.refs.extend(SampleRef(r, (q,)) for q in fitting)
+
+    def _fit(self, row: dict, group: list[int]) -> list[tuple[int, ...]]:
+        """A pack cut into consecutive parts whose evidence fits the frame budget together
+        (a part keeps its turns' order, so it leaks no more than the whole pack)."""
+        parts: list[list[int]] = []
+        for q in group:
+            if parts and packed_sample(row, [row["questions"][i] for i in parts[-1] + [q]], self.max_frames) is not None:
+                parts[-1].append(q)
+            else:
+                parts.append([q])
+        return [tuple(p) for p in parts]
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, i: int) -> tuple[dict, dict]:
+        """(the shard row, its sample: frame_indices, frame_times_s, conversations with the time header)."""
+        ref = self.refs[i]
+        row = self.rows[ref.row]
+        return row, packed_sample(row, [row["questions"][q] for q in ref.questions], self.max_frames)
+
+    def summary(self) -> str:
+        kind = "packed questions" if any(len(r.questions) > 1 for r in self.refs) else "one question each"
+        line = f"training samples: {len(self.refs)} ({kind}) from {len(self.rows)} videos"
+        if self.dropped:
+            line += (f"; {self.dropped} of {self.questions} questions dropped: "
+                     f"their evidence does not fit in train.max_frames={self.max_frames} frames")
+        return line
+
+
+# --- provenance: data made by stand-in engines ----------------------------------------------
+
+STAND_IN_ENGINES = frozenset({"describe", "template", "rules"})
+
+
+def stand_in_engines(version_dir: str | Path, rows: ShardRows | None = None) -> set[str]:
+    """The stand-in engines (no model: describe, template, rules) that made a version's data, read
+    from the shard rows' engine columns, else from the version's manifest.json config."""
+    found: set[str] = set()
+    for row in (rows or ShardRows(version_dir, "train")).meta():
+        found.update(str(row.get(k)) for k in ("caption_engine", "clue_engine") if row.get(k))
+    if not found:
+        manifest = Path(version_dir) / "manifest.json"
+        config = json.loads(manifest.read_text()).get("config", {}) if manifest.exists() else {}
+        found.update(str(config.get(section, {}).get("engine")) for section in ("caption", "clues"))
+    return found & STAND_IN_ENGINES
 
 
 # --- tokenizer ------------------------------------------------------------------------------

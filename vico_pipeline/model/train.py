@@ -1,5 +1,7 @@
 """Training loop: one plain function per worker, run in this process or under Ray Train.
 
+A sample is one question of a video (vico.md), with the frames that show its evidence and
+the time header naming them; several questions only with `train.pack_questions`.
 Each optimizer step takes `grad_accum` samples per worker (batch 1, as Video-XL trains).
 Which sample and which ratios a step uses follow from (seed, step), so a resumed run
 repeats exactly what an uninterrupted one would have done.
@@ -11,6 +13,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -19,8 +22,8 @@ import torch
 
 from .checkpoint import build_model, latest_checkpoint, load_weights, save_checkpoint
 from .config import ModelConfig, ModelUserError, TrainConfig
-from .data import ShardRows, draw_ratios, encode_conversation, load_tokenizer, train_tokenizer
-from .vision import frames_to_pixels, uniform_indices
+from .data import QuestionSamples, ShardRows, draw_ratios, encode_conversation, load_tokenizer, stand_in_engines, train_tokenizer
+from .vision import frames_to_pixels
 
 
 def prepare_tokenizer(mcfg: ModelConfig, tcfg: TrainConfig) -> str:
@@ -36,14 +39,39 @@ def prepare_tokenizer(mcfg: ModelConfig, tcfg: TrainConfig) -> str:
     return str(out)
 
 
-def lr_lambda(warmup: int, total: int):
-    """Linear warm-up, then cosine decay to zero."""
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
+class Schedule:
+    """The learning rate's factor at each step: linear warm-up, then cosine decay to zero at `total`.
+
+    After a resume under a changed config (`restart` = (step, factor)) the factor goes on from the
+    value it had at that step and decays to zero at the new total: it never jumps.
+    A pure function of the step, saved with every checkpoint.
+    """
+
+    def __init__(self, warmup: int, total: int, restart: tuple[int, float] | None = None):
+        self.warmup, self.total, self.restart = warmup, total, tuple(restart) if restart else None
+
+    def factor(self, step: int) -> float:
+        """The factor for the step that follows `step` finished steps."""
+        if self.restart and step >= self.restart[0]:
+            start, value = self.restart
+            return value * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - start) / max(1, self.total - start))))
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return f
+
+    def continued(self, step: int, total: int) -> "Schedule":
+        """This schedule going on from `step` to a new total, without a jump."""
+        if step < self.warmup and not self.restart:
+            return Schedule(self.warmup, total)  # the warm-up does not depend on the total
+        return Schedule(self.warmup, total, (step, self.factor(step)))
+
+    def state_dict(self) -> dict:
+        return {"warmup": self.warmup, "total": self.total, "restart": list(self.restart) if self.restart else None}
+
+    @classmethod
+    def of(cls, tcfg: TrainConfig) -> "Schedule":
+        return cls(max(1, math.ceil(tcfg.warmup_ratio * tcfg.max_steps)), tcfg.max_steps)
 
 
 def sample_index(position: int, n: int, rank: int, world: int, seed: int) -> int:
@@ -55,13 +83,14 @@ def sample_index(position: int, n: int, rank: int, world: int, seed: int) -> int
     return order[(i * world + rank) % n]
 
 
-def prepare_sample(row: dict, tokenizer, model, mcfg: ModelConfig, max_frames: int, max_text_tokens: int,
+def prepare_sample(row: dict, sample: dict, tokenizer, model, mcfg: ModelConfig, max_text_tokens: int,
                    ratios: list[int], rng: random.Random, device) -> dict:
+    """Tensors for one sample: the frames it names (its time header lists exactly these) and its text."""
     frames = row["frames"] or []
-    keep = uniform_indices(len(frames), max_frames)
+    keep = sample["frame_indices"]
     size = model.vision.image_size
     pixels = frames_to_pixels([frames[i] for i in keep], size) if keep else torch.zeros(0, 3, size, size)
-    text = encode_conversation(tokenizer, row["conversations"] or [], mcfg.system_prompt, max_text_tokens)
+    text = encode_conversation(tokenizer, sample["conversations"], mcfg.system_prompt, max_text_tokens)
     return {
         "pre_ids": torch.tensor([text.pre_ids], device=device),
         "pixels": pixels.to(device),
@@ -82,7 +111,8 @@ def _set_rng_state(s: dict) -> None:
 
 
 def train_loop(config: dict) -> None:
-    """One worker's training. config: {"model": dict, "train": dict, "tokenizer": folder, "stop_at": int|None}."""
+    """One worker's training. config: {"model": dict, "train": dict, "tokenizer": folder,
+    "resume": checkpoint folder or None, "stop_at": int|None}."""
     mcfg, tcfg = ModelConfig(**config["model"]), TrainConfig(**config["train"])
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if distributed else 0
@@ -90,7 +120,7 @@ def train_loop(config: dict) -> None:
     device = torch.device("cuda", torch.cuda.current_device()) if tcfg.use_gpu and torch.cuda.is_available() else torch.device("cpu")
     out = Path(tcfg.output)
     tokenizer = load_tokenizer(config["tokenizer"])
-    rows = ShardRows(tcfg.data, "train")
+    samples = QuestionSamples(tcfg.data, "train", tcfg.max_frames, tcfg.pack_questions, tcfg.seed)
     torch.manual_seed(tcfg.seed)
 
     model = build_model(mcfg, tokenizer.eos_token_id)
@@ -101,17 +131,21 @@ def train_loop(config: dict) -> None:
     groups = [{"params": [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("vision.tower.")], "lr": tcfg.lr},
               {"params": [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("vision.tower.")], "lr": vision_lr}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=tcfg.betas, weight_decay=tcfg.weight_decay)
-    warmup = max(1, math.ceil(tcfg.warmup_ratio * tcfg.max_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, tcfg.max_steps))
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    schedule = Schedule.of(tcfg)
 
     step = 0
-    ckpt = latest_checkpoint(out) if tcfg.resume else None
-    if ckpt is not None:
+    if config.get("resume"):
+        ckpt = Path(config["resume"])
         load_weights(model, ckpt)
         state = torch.load(ckpt / "state.pt", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        for group in optimizer.param_groups:  # the config being run sets the hyperparameters, not the old run's
+            group.update(betas=tcfg.betas, weight_decay=tcfg.weight_decay)
         step = state["step"]
+        saved = Schedule(**state["schedule"]) if state.get("schedule") else schedule
+        same = (saved.total, saved.warmup) == (schedule.total, schedule.warmup)
+        schedule = saved if same else saved.continued(step, tcfg.max_steps)
         _set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
     model.to(device)
     if rank == 0:
@@ -127,15 +161,19 @@ def train_loop(config: dict) -> None:
     ratios = tcfg.ratios or mcfg.ratios
     use_bf16 = tcfg.bf16 and device.type == "cuda"
     stop_at = config.get("stop_at")
+    progress = Progress(step, tcfg.max_steps) if rank == 0 else None
     model.train()
     while step < tcfg.max_steps and (stop_at is None or step < stop_at):
         t0 = time.time()
+        lr = schedule.factor(step)
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * lr
         total, frames = 0.0, 0
         for micro in range(tcfg.grad_accum):
             position = step * tcfg.grad_accum + micro
             rng = random.Random(f"{tcfg.seed}-{rank}-{position}")
-            row = rows[sample_index(position, len(rows), rank, world, tcfg.seed)]
-            s = prepare_sample(row, tokenizer, model, mcfg, tcfg.max_frames, tcfg.max_text_tokens, ratios, rng, device)
+            row, sample = samples[sample_index(position, len(samples), rank, world, tcfg.seed)]
+            s = prepare_sample(row, sample, tokenizer, model, mcfg, tcfg.max_text_tokens, ratios, rng, device)
             frames += s["pixels"].shape[0]
             sync = micro == tcfg.grad_accum - 1 or world == 1
             ctx = train_model.no_sync() if not sync else _null()
@@ -145,30 +183,61 @@ def train_loop(config: dict) -> None:
             total += loss.item() / tcfg.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip) if tcfg.grad_clip > 0 else torch.tensor(0.0)
         optimizer.step()
-        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         if world > 1:
             t = torch.tensor([total, frames], dtype=torch.float64)
             torch.distributed.all_reduce(t)
             total, frames = t[0].item() / world, int(t[1].item())
-        metrics = {"step": step, "loss": total, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+        metrics = {"step": step, "loss": total, "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
                    "frames": frames, "seconds": round(time.time() - t0, 4), "workers": world}
+        if progress is not None:
+            progress.update(metrics)
         if rank == 0 and (step % tcfg.log_every == 0 or step == tcfg.max_steps):
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
+            progress.print()
         if step % tcfg.checkpoint_every == 0 or step == tcfg.max_steps:
             rng_states = [_rng_state()]
             if world > 1:
                 rng_states = [None] * world
                 torch.distributed.all_gather_object(rng_states, _rng_state())
             if rank == 0:
-                save_checkpoint(out, step, model, optimizer, scheduler, {"step": step, "rng": rng_states},
-                                mcfg, tokenizer, tcfg.keep_checkpoints)
+                save_checkpoint(out, step, model, optimizer, schedule, {"step": step, "rng": rng_states,
+                                "schedule": schedule.state_dict()}, mcfg, tokenizer, tcfg.keep_checkpoints)
         if world > 1:
             import ray.train
 
             ray.train.report(metrics)
+
+
+class Progress:
+    """One line on stderr a logged step: step, loss, learning rate, frames/s and the time left."""
+
+    def __init__(self, step: int, total: int):
+        self.first, self.total, self.start = step, total, time.time()
+        self.metrics: dict = {}
+
+    def update(self, metrics: dict) -> None:
+        self.metrics = metrics
+
+    def line(self) -> str:
+        m = self.metrics
+        done = m["step"] - self.first
+        elapsed = time.time() - self.start
+        eta = elapsed / done * (self.total - m["step"]) if done else 0.0
+        rate = m["frames"] / m["seconds"] if m["seconds"] > 0 else 0.0
+        return (f"step {m['step']}/{self.total}  loss {m['loss']:.4f}  lr {m['lr']:.2e}  "
+                f"frames/s {rate:.1f}  ETA {clock(eta)}")
+
+    def print(self) -> None:
+        print(self.line(), file=sys.stderr, flush=True)
+
+
+def clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
 class _null:
@@ -192,17 +261,79 @@ def run_training(mcfg: ModelConfig, tcfg: TrainConfig, stop_at: int | None = Non
     # Absolute paths: Ray Train workers run in their own working directories.
     tcfg = tcfg.model_copy(update={"data": str(Path(tcfg.data).resolve()), "output": str(Path(tcfg.output).resolve())})
     out = Path(tcfg.output)
+    check_provenance(tcfg)
+    samples = QuestionSamples(tcfg.data, "train", tcfg.max_frames, tcfg.pack_questions, tcfg.seed)
+    say(samples.summary())
+    if not len(samples):
+        raise ModelUserError(f"no training sample in {tcfg.data}: no question's evidence fits in "
+                             f"train.max_frames={tcfg.max_frames} frames (raise it)")
+    resume = resume_from(out, mcfg, tcfg)
     out.mkdir(parents=True, exist_ok=True)
     import yaml
 
     (out / "config.yaml").write_text(yaml.safe_dump({"model": mcfg.model_dump(mode="json"), "train": tcfg.model_dump(mode="json")}, sort_keys=False))
-    config = {"model": mcfg.model_dump(), "train": tcfg.model_dump(), "tokenizer": prepare_tokenizer(mcfg, tcfg), "stop_at": stop_at}
+    config = {"model": mcfg.model_dump(), "train": tcfg.model_dump(), "tokenizer": prepare_tokenizer(mcfg, tcfg),
+              "resume": str(resume) if resume else None, "stop_at": stop_at}
     if tcfg.workers <= 1:
         with cpu_threads(tcfg.cpu_threads):
             train_loop(config)
     else:
         _train_with_ray(config, tcfg)
     return out
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def check_provenance(tcfg: TrainConfig) -> None:
+    """Data from stand-in engines (no model behind them) is for demos and tests, not for a model."""
+    engines = stand_in_engines(tcfg.data)
+    if engines and not tcfg.allow_stand_in_data:
+        raise ModelUserError(f"{tcfg.data} was made by stand-in engines ({', '.join(sorted(engines))}), not by models; "
+                             "set train.allow_stand_in_data=true to train on it anyway (the demo configs do)")
+
+
+# Keys that change how a run is carried out, not what it computes: a run resumes across them.
+OPERATIONAL_KEYS = frozenset({"output", "resume", "cpu_threads", "log_every", "checkpoint_every", "keep_checkpoints",
+                              "ray_address", "allow_stand_in_data"})
+
+
+def config_changes(saved: dict, mcfg: ModelConfig, tcfg: TrainConfig) -> tuple[list[str], list[str]]:
+    """(model keys, train keys) that differ from a run folder's config.yaml, as "key: old -> new"."""
+    def diff(section: str, cls, now: dict, skip=frozenset()) -> list[str]:
+        before = {k: v for k, v in (saved.get(section) or {}).items() if k in cls.model_fields}
+        before = cls(**before).model_dump(mode="json")
+        return [f"{section}.{k}: {before[k]} -> {now[k]}" for k in now if k not in skip and before.get(k) != now[k]]
+
+    return (diff("model", ModelConfig, mcfg.model_dump(mode="json")),
+            diff("train", TrainConfig, tcfg.model_dump(mode="json"), OPERATIONAL_KEYS))
+
+
+def resume_from(out: Path, mcfg: ModelConfig, tcfg: TrainConfig) -> Path | None:
+    """The checkpoint to go on from (None: a fresh run), said in one line; a run folder that holds
+    a run with another config is refused unless train.resume (`--resume`) is set."""
+    import yaml
+
+    ckpt = latest_checkpoint(out) if (out / "checkpoints").exists() else None
+    if ckpt is None:
+        return None
+    step = int((ckpt / "done").read_text())
+    saved = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").exists() else {}
+    model_changes, train_changes = config_changes(saved or {}, mcfg, tcfg)
+    if model_changes:
+        raise ModelUserError(f"train.output {out} holds a run of another model ({'; '.join(model_changes[:3])}); "
+                             "use a new train.output")
+    if not train_changes:
+        say(f"resuming {out} from its step-{step} checkpoint (same config)" if step < tcfg.max_steps
+            else f"{out} is already trained to step {step} of train.max_steps={tcfg.max_steps}: nothing to do")
+        return ckpt
+    if not tcfg.resume:
+        raise ModelUserError(f"train.output {out} holds a run at step {step} with another config "
+                             f"({'; '.join(train_changes[:3])}); use a new train.output, or --resume to continue it")
+    say(f"resuming {out} from its step-{step} checkpoint under a changed config ({'; '.join(train_changes[:3])}): "
+        f"the learning rate goes on from its step-{step} value and decays to 0 at step {tcfg.max_steps}")
+    return ckpt
 
 
 def _train_with_ray(config: dict, tcfg: TrainConfig) -> None:
