@@ -23,3 +23,10 @@ def test_defaults_and_no_torch_import():
     code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None; "
             "import vico_pipeline.model.config, vico_pipeline.model.cli")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_train_defaults_are_the_safe_ones_and_the_tiny_demo_config_opts_in():
+    train = TrainConfig()
+    assert (train.pack_questions, train.allow_stand_in_data, train.resume) == (False, False, False)
+    tiny = TrainConfig(**yaml.safe_load((ROOT / "configs" / "train-tiny.yaml").read_text())["train"])
+    assert tiny.allow_stand_in_data and not tiny.pack_questions  # the demo's data comes from describe / template
