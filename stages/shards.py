@@ -56,6 +56,26 @@ def split_for(video_id: str, val_fraction: float) -> str:
     return "val" if bucket < val_fraction else "train"
 
 
+def split_rank_key(video_id: str) -> str:
+    return hashlib.sha1(f"split:{video_id}".encode()).hexdigest()
+
+
+def assign_splits(video_ids, val_fraction: float) -> dict[str, str]:
+    """{video_id: 'train' | 'val'} for a version's videos: by hash rank, never per row.
+
+    The videos are ordered by a hash of their id and the first round(val_fraction * n)
+    go to val, so the fraction holds to one video (0.34 of 6 videos is 2, where a
+    threshold on each hash alone may give 0 or 4). A video's place depends only on its
+    id, so the split is the same in every run of the same videos, and when videos are
+    added a video changes split only at the boundary: a val video moves to train when
+    a new one ranks before it and val has no room left; a train video moves to val when
+    val grows by one and it is the next in rank. That is the least movement an exact
+    fraction allows (a pure threshold never moves a video, but misses the fraction)."""
+    ids = sorted(set(video_ids), key=split_rank_key)
+    n_val = int(len(ids) * val_fraction + 0.5)  # round half up: 0.5 of 3 videos is 2
+    return {vid: ("val" if rank < n_val else "train") for rank, vid in enumerate(ids)}
+
+
 def shuffle_key(video_id: str, seed: int) -> str:
     return hashlib.sha1(f"{seed}:{video_id}".encode()).hexdigest()
 
@@ -281,5 +301,5 @@ def verify_shard(version_root: str, entry: dict) -> bool:
     return len(data) == entry["bytes"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
 
 
-__all__ = ["SHARDS_SCHEMA", "split_for", "sample_inputs", "plan_shards", "write_shard", "build_sample",
+__all__ = ["SHARDS_SCHEMA", "split_for", "assign_splits", "sample_inputs", "plan_shards", "write_shard", "build_sample",
            "conversation_of", "verify_shard"]

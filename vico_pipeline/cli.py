@@ -1,58 +1,80 @@
 """The `vico` command line (contract.md lists the commands).
 
-A user's mistake ends with one line on stderr and a non-zero exit, never a
-traceback; the last stdout line of `vico run` is the version folder.
+A user's mistake ends with one line on stderr and exit status 2, never a
+traceback; the last stdout line of `vico run` is the version folder, and its exit
+status is 3 when no video produced a question (the version is complete and empty).
+Every command that prints a summary takes `--json` for the same facts as one JSON object.
 """
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import os
 import sys
 
 EXIT_USER_ERROR = 2
+EXIT_NO_QUESTIONS = 3  # the run finished but no video produced a question (contract.md)
+# What `vico train` / `vico eval` import; the [model] extra installs them (pyproject.toml).
+MODEL_PACKAGES = ("torch", "transformers", "safetensors", "matplotlib")
+MODEL_INSTALL = "pip install -e '.[model]'"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vico", description="Long-video instruction data (VICO) and Video-XL.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_config(name: str, help_text: str):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("config", help="YAML config file")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key (dotted), e.g. --set clips.seconds=10")
+    def add(name: str, help_text: str, json_help: str = "print the summary as one JSON object on stdout"):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--json", action="store_true", help=json_help)
         return p
 
-    p = with_config("run", "run the pipeline; prints the version folder last")
+    def with_config(name: str, help_text: str, example: str):
+        p = add(name, help_text)
+        p.add_argument("config", help="YAML config file")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help=f"override a config key (dotted), e.g. --set {example}")
+        return p
+
+    p = with_config("run", "run the pipeline; prints the version folder last", "clips.seconds=10")
     p.add_argument("--retry-failed", action="store_true",
                    help="when a complete version of this config has downloads that failed for reasons that "
                         "may pass (throttled, 5xx, timeouts), retry them in a new version")
-    p = sub.add_parser("demo-videos", help="write synthetic long videos and a manifest")
-    p.add_argument("directory")
-    p.add_argument("--count", type=int, default=3)
-    p.add_argument("--minutes", type=float, default=2.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show Ray's own progress bars and info logs too (as ray.progress: true)")
 
-    p = sub.add_parser("versions", help="list, show or diff dataset versions")
-    p.add_argument("args", nargs="+", metavar="ROOT/NAME | show VERSION | diff A B")
+    p = add("demo-videos", "write synthetic long videos and a manifest listing them")
+    p.add_argument("directory", help="folder for the videos and manifest.txt (created if missing)")
+    p.add_argument("--count", type=int, default=3, help="number of videos (default 3)")
+    p.add_argument("--minutes", type=float, default=2.0, help="length of each video in minutes (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the scene script: the same seed, the same videos")
 
-    p = sub.add_parser("report", help="a static HTML report of a version")
-    p.add_argument("version")
-    p.add_argument("--out", default=None)
+    p = add("versions", "list, show or diff dataset versions",
+            json_help="the listing, the whole manifest or the diff as JSON (anywhere on the line)")
+    # Everything after `versions`, `--json` included in any position (version_cli parses it).
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ROOT/NAME | show VERSION | diff A B")
 
-    p = sub.add_parser("export", help="export question sets (LLaVA / Video-XL JSON + frames)")
-    p.add_argument("version")
+    p = add("report", "a static HTML report of a version")
+    p.add_argument("version", help="a complete version folder")
+    p.add_argument("--out", default=None,
+                   help="the HTML file (default: DATASET-VERSION-report.html in the working directory)")
+
+    p = add("export", "export question sets (LLaVA / Video-XL JSON + frames)")
+    p.add_argument("version", help="a complete version folder")
     p.add_argument("--format", default="llava", choices=["llava"])
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the export folder")
 
-    p = with_config("submit", "submit the run as a Ray job to a running cluster")
+    p = with_config("submit", "submit the run as a Ray job to a running cluster", "clips.seconds=10")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="Ray dashboard / job server address (default: $RAY_ADDRESS)")
     p.add_argument("--wait", action="store_true", help="stream the job's logs and exit with its result")
     p.add_argument("--retry-failed", action="store_true", help="as for `vico run`")
 
-    with_config("train", "train a Video-XL model on a version's shards")
-    with_config("eval", "validate a Video-XL checkpoint (VICO QA, needle grid)")
+    p = with_config("train", "train a Video-XL model on a version's shards", "train.max_steps=30")
+    p.add_argument("--resume", action="store_true",
+                   help="resume the run folder's last checkpoint even under a changed config "
+                        "(as --set train.resume=true); the same config always resumes")
+    with_config("eval", "validate a Video-XL checkpoint (VICO QA, needle grid)", "eval.needle_frames=[4,16]")
     return parser
 
 
@@ -63,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vico: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader stopped reading (`| head`): not a failure to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:  # a user's mistake gets one line; a bug keeps its traceback
         if _is_user_error(exc):
             print(f"vico: error: {exc}", file=sys.stderr)
@@ -81,39 +106,129 @@ def _is_user_error(exc: Exception) -> bool:
 
 
 def _dispatch(args) -> int:
-    from vico_pipeline.config import load_config
-
     if args.command == "demo-videos":
-        from vico_pipeline.demo import make_demo_videos
-        manifest = make_demo_videos(args.directory, count=args.count, minutes=args.minutes, seed=args.seed)
-        print(manifest)
-        return 0
+        return _demo_videos(args)
     if args.command == "run":
-        from vico_pipeline.run import run
-        config = load_config(args.config, args.overrides)
-        print(run(config, retry_failed=args.retry_failed))
-        return 0
+        return _run(args)
     if args.command == "versions":
         from vico_pipeline import version_cli
-        return version_cli.main(args.args)
+        return version_cli.main(args.args + (["--json"] if args.json else []))
     if args.command == "report":
         from vico_pipeline.report import write_report
-        print(write_report(args.version, args.out))
+        path = write_report(args.version, args.out)
+        _say({"report": path, "version_dir": args.version.rstrip("/")} if args.json else path)
         return 0
     if args.command == "export":
         from vico_pipeline.export import export_llava
-        print(export_llava(args.version, args.out))
+        path = export_llava(args.version, args.out)
+        _say({"export": path, "format": args.format, "version_dir": args.version.rstrip("/")} if args.json else path)
         return 0
     if args.command == "submit":
+        from vico_pipeline.config import load_config
         from vico_pipeline.submit import submit
         config = load_config(args.config, args.overrides)
         return submit(args.config, config, args.overrides, address=args.address, wait=args.wait,
                       retry_failed=args.retry_failed)
     if args.command in ("train", "eval"):
-        from vico_pipeline.model import cli as model_cli
-        config = load_config(args.config, args.overrides)
-        return model_cli.train_main(config) if args.command == "train" else model_cli.eval_main(config)
+        return _model(args)
     raise AssertionError(args.command)
+
+
+def _say(result) -> None:
+    """A summary on stdout: the text, or one JSON object."""
+    print(result if isinstance(result, str) else json.dumps(result))
+
+
+def _demo_videos(args) -> int:
+    from vico_pipeline.demo import make_demo_videos
+
+    manifest = make_demo_videos(args.directory, count=args.count, minutes=args.minutes, seed=args.seed)
+    if args.json:
+        videos = [line.strip() for line in open(manifest) if line.strip() and not line.startswith("#")]
+        _say({"manifest": manifest, "videos": videos, "minutes": args.minutes, "seed": args.seed})
+    else:
+        _say(manifest)
+    return 0
+
+
+def _run(args) -> int:
+    """The version folder (or the summary as JSON) last on stdout; exit 3 when no video produced a question."""
+    from vico_pipeline.config import load_config
+    from vico_pipeline.run import run
+    from vico_pipeline.summary import no_questions_line, run_summary
+
+    overrides = args.overrides + (["ray.progress=true"] if args.verbose else [])
+    path = run(load_config(args.config, overrides), retry_failed=args.retry_failed)
+    summary = run_summary(path)
+    _say(summary if args.json else path)
+    if summary["questions"]["total"] == 0:
+        sys.stdout.flush()  # the folder first, then the line that says why it is empty
+        print(no_questions_line(summary), file=sys.stderr)
+        return EXIT_NO_QUESTIONS
+    return 0
+
+
+def require_model_extra(command: str) -> None:
+    """One line with the install command when the [model] extra is missing (not a ModuleNotFoundError)."""
+    import importlib
+
+    from vico_pipeline.errors import UserError
+
+    missing = []
+    for name in MODEL_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise UserError(f"`vico {command}` needs the model extra ({', '.join(missing)} not installed); "
+                        f"install it from the vico checkout with: {MODEL_INSTALL}")
+
+
+def _model(args) -> int:
+    import contextlib
+
+    from vico_pipeline.config import load_config
+
+    require_model_extra(args.command)
+    from vico_pipeline.model import cli as model_cli
+
+    overrides = args.overrides + (["train.resume=true"] if getattr(args, "resume", False) else [])
+    config = load_config(args.config, overrides)
+    entry = model_cli.train_main if args.command == "train" else model_cli.eval_main
+    if not args.json:
+        return entry(config)
+    printed = io.StringIO()  # with --json, stdout holds only the JSON: what the entry prints goes to stderr too
+    with contextlib.redirect_stdout(_Tee(printed, sys.stderr)):
+        status = entry(config)
+    lines = [line for line in printed.getvalue().splitlines() if line.strip()]
+    _say(_model_summary(args.command, lines[-1].strip() if lines else None))
+    return status
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
+def _model_summary(command: str, output: str | None) -> dict:
+    """`vico train --json`: the run folder and its last logged step; `vico eval --json`: results.json."""
+    result = {"output": output}
+    if output and command == "train" and os.path.exists(os.path.join(output, "metrics.jsonl")):
+        lines = [line for line in open(os.path.join(output, "metrics.jsonl")) if line.strip()]
+        result["last_metrics"] = json.loads(lines[-1]) if lines else None
+    if output and command == "eval" and os.path.exists(os.path.join(output, "results.json")):
+        result["results"] = json.load(open(os.path.join(output, "results.json")))
+    return result
 
 
 if __name__ == "__main__":

@@ -47,8 +47,10 @@ class RayConfig(Section):
     # None: embedded local Ray (or the cluster of the Ray job we run inside).
     address: Optional[str] = None
     num_cpus: Optional[int] = None
-    # Ray Data progress bars on the terminal.
-    progress: bool = True
+    # Ray's own operator progress bars and info logs (`vico run -v` too); vico's stage lines are always shown.
+    progress: bool = False
+    # Not on a terminal: vico logs a line per stage that moved this often.
+    status_every_s: float = Field(default=5.0, gt=0)
     # Embedded local Ray only: start the dashboard (on 127.0.0.1) and print its address.
     dashboard: bool = False
     # Embedded local Ray only: bytes of shared memory for the object store (None: Ray's default).

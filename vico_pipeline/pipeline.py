@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from stages.base import ERRORS_SCHEMA, ErrorRow, rows_to_table
 from stages.manifest import normalise_source, source_kind, video_id_for
 from vico_pipeline import layout, storage
+from vico_pipeline import progress as stage_progress
 from vico_pipeline.fingerprint import stage_fingerprints
 from vico_pipeline.registry import StageSpec, stage_specs
 
@@ -93,12 +94,14 @@ class StageRunner:
     def __call__(self, row: dict) -> dict:
         refs = json.loads(row["refs"])
         if not all(refs.get(name) for name in self.spec.inputs):
+            stage_progress.report(self.spec.name, done=0, dropped=1)
             return row  # the video failed upstream; its error row is already written
         if storage.exists(layout.part_uri(self.stage_root, row["video_id"])):
             return self.finish(row, {"cached": True})
         started = time.perf_counter()
         item = self.item(row, refs)
         if item is None:
+            stage_progress.report(self.spec.name, done=0, dropped=1)
             return row  # nothing upstream to work on (e.g. every clip filtered out)
         count, failed = self.write(row, item)
         return self.finish(row, {"rows": count, "errors": failed, "seconds": round(time.perf_counter() - started, 3)})
@@ -134,6 +137,7 @@ class StageRunner:
             refs[self.spec.name] = part
         row["refs"] = json.dumps(refs)
         row["stats"] = json.dumps({**json.loads(row["stats"]), self.spec.name: stats})
+        stage_progress.report_stage_result(self.spec.name, stats)
         return row
 
 
@@ -162,6 +166,8 @@ class DownloadRunner(StageRunner):
         if not out:  # every video of the line failed: a row still carries its errors
             out = [{"video_id": unit, "source": line["url"], "refs": "{}",
                     "error_parts": json.dumps(error_parts), "stats": json.dumps({"download": stats})}]
+        stage_progress.report("download", failed=int(stats.get("errors") or 0), cached=int(bool(stats.get("cached"))),
+                        found=len(out))
         return out
 
 
@@ -317,18 +323,23 @@ def build_dataset(manifest_rows: list[dict], config, stage_roots: dict[str, str]
     return ds
 
 
-def run_stages(manifest_rows: list[dict], config, stage_roots: dict[str, str], progress: bool = True) -> list[dict]:
-    """Run the DAG to the end; returns the reference rows, one per video, in source order."""
-    from tqdm import tqdm
+def run_stages(manifest_rows: list[dict], config, stage_roots: dict[str, str], progress: bool = True,
+               log=None) -> list[dict]:
+    """Run the DAG to the end; returns the reference rows, one per video, in source order.
+
+    While it runs, a line per stage (vico_pipeline/progress.py) goes to the terminal, or to `log`
+    every `ray.status_every_s` seconds when stderr is not a terminal."""
+    import contextlib
+    import sys
 
     unique = {download_unit(line["url"]): line for line in reversed(manifest_rows)}  # a line listed twice runs once
-    ds = build_dataset([unique[u] for u in dict.fromkeys(download_unit(l["url"]) for l in manifest_rows)],
-                       config, stage_roots)
-    rows = []
-    with tqdm(desc="videos", unit="video", disable=not progress) as bar:
-        for row in ds.iter_rows():
-            rows.append(dict(row))
-            bar.update(1)
+    lines = [unique[u] for u in dict.fromkeys(download_unit(l["url"]) for l in manifest_rows)]
+    ds = build_dataset(lines, config, stage_roots)
+    tally = stage_progress.start_tally([spec.name for spec in stage_specs()], len(lines), use_ray=True)
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    display = stage_progress.Display(tally, log, config.ray.status_every_s) if progress else contextlib.nullcontext()
+    with display:
+        rows = [dict(row) for row in ds.iter_rows()]
     return sorted(merge_duplicates(rows), key=lambda r: (r["source"], r["video_id"]))
 
 

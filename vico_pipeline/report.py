@@ -14,6 +14,7 @@ import base64
 import html
 import io
 import math
+import os
 from collections import Counter
 
 import pyarrow.dataset as pads
@@ -187,7 +188,7 @@ table{border-collapse:collapse;background:#fff;font-size:13px}td,th{padding:4px 
 td:first-child,th:first-child{text-align:left}
 .card{background:#fff;border-radius:10px;padding:14px 18px;margin:14px 0;box-shadow:0 1px 3px #0002}
 .card h3{margin:0 0 4px;font-size:16px}.card .meta{font-size:12px;color:#5a6474;margin-bottom:8px}
-.strip{display:flex;gap:8px;overflow-x:auto;padding-bottom:6px}.clip{width:172px;flex:none;font-size:11px;color:#2d3644}
+.strip{display:flex;flex-wrap:wrap;gap:8px;padding-bottom:6px}.clip{width:172px;flex:none;font-size:11px;color:#2d3644}
 .clip img{width:168px;border-radius:4px;display:block;background:#ddd}.clip .t{color:#5a6474;margin:2px 0}
 ol.clues{font-size:13px;margin:6px 0 8px;padding-left:22px}ol.clues .tm{color:#5a6474;font-variant-numeric:tabular-nums}
 .q{border-top:1px solid #edf0f4;padding:8px 0;font-size:13px}.q .task{display:inline-block;background:#e8ecf2;border-radius:4px;padding:0 6px;font-size:11px;margin-right:6px}
@@ -307,12 +308,16 @@ questions by split: {_e(', '.join(f'{k} {v}' for k, v in sorted(splits.items(), 
 """
 
 
+def default_report_path(manifest: dict) -> str:
+    """DATASET-VERSION-report.html in the working directory: never inside the version (versions are
+    immutable, and may sit on a read-only store) and never beside the versions (a listing of them)."""
+    return os.path.abspath(f"{manifest.get('dataset')}-{manifest.get('version')}-report.html")
+
+
 def write_report(version_root: str, out: str | None = None) -> str:
-    """Write the report (default: report.html next to the version, not inside it: versions are immutable)."""
+    """Write the report to `out` (default: `default_report_path`); returns where it went."""
     version_root = version_root.rstrip("/")
     text = render(version_root)
-    if out is None:
-        parent, name = version_root.rsplit("/", 1) if "/" in version_root else (".", version_root)
-        out = storage.join(parent, f"{name}-report.html")
+    out = out or default_report_path(open_version(version_root))
     storage.write_bytes(out, text.encode())
     return out

@@ -86,13 +86,14 @@ def run(config, log=lambda msg: print(msg, file=sys.stderr), retry_failed: bool 
         log(describe_inline(light))
     log(f"{'resuming' if resumed else 'writing'} {version_root} from {len(manifest_rows)} manifest lines")
     t_dag = time.time()
-    refs = run_stages(manifest_rows, config, roots, progress=config.ray.progress) if light is None \
+    refs = run_stages(manifest_rows, config, roots, log=log) if light is None \
         else run_inline(manifest_rows, config, roots)
     t_assemble = time.time()
     counts, part_rows, errors = assemble(version_root, refs)
     log_failures(errors, log)
     t_shards = time.time()
-    shard_index = write_version_shards(config, version_root, refs)
+    splits = write_question_splits(version_root, config.shards.val_fraction, counts)
+    shard_index = write_version_shards(config, version_root, refs, splits)
     counts["shards"] = {"rows": sum(s["rows"] for s in shard_index), "bytes": sum(s["bytes"] for s in shard_index),
                         "files": len(shard_index)}
     finished = time.time()
@@ -130,7 +131,8 @@ def run(config, log=lambda msg: print(msg, file=sys.stderr), retry_failed: bool 
     write_card(version_root, manifest)
     manifest["status"] = "complete"
     storage.write_json(storage.join(version_root, layout.MANIFEST), manifest)  # last: the version is complete
-    log(f"version {name} complete: " + ", ".join(f"{t} {c['rows']}" for t, c in counts.items()))
+    from vico_pipeline.summary import run_summary, summary_line
+    log(summary_line(run_summary(version_root, manifest)))
     return version_root
 
 
@@ -321,12 +323,37 @@ def assemble_videos(refs: list[dict], errors: pa.Table) -> pa.Table:
 
 
 # --------------------------------------------------------------------------- shards
-def write_version_shards(config, version_root: str, refs: list[dict]) -> list[dict]:
+def write_question_splits(version_root: str, val_fraction: float, counts: dict) -> dict[str, str]:
+    """Train/val for the version's videos with questions, by hash rank (stages/shards.assign_splits),
+    written into the version's questions table so that it and the shards say the same."""
+    from stages.shards import assign_splits
+
+    folder = layout.table_dir(version_root, "questions")
+    files = [storage.join(folder, name) for name in storage.listdir(folder) if name.endswith(".parquet")
+             and not name.startswith(".")]
+    tables = {uri: storage.read_parquet([uri]) for uri in files}
+    splits = assign_splits([v for t in tables.values() for v in t.column("video_id").to_pylist()], val_fraction)
+    nbytes = 0
+    for uri, table in tables.items():
+        if table.num_rows and "split" in table.column_names:
+            column = pa.array([splits[v] for v in table.column("video_id").to_pylist()], pa.string())
+            table = table.set_column(table.column_names.index("split"), "split", column)
+            nbytes += storage.write_parquet(table, uri)  # a new file replaces the link: the cached part is untouched
+        else:
+            nbytes += _size(uri)
+    if "questions" in counts:
+        counts["questions"]["bytes"] = nbytes
+    return splits
+
+
+def write_version_shards(config, version_root: str, refs: list[dict], splits: dict[str, str] | None = None) -> list[dict]:
     """shards/train and shards/val from the version's questions and clips; returns the shard index."""
     from stages.shards import plan_shards, sample_inputs, write_shard
 
     parts = table_parts(refs)
     inputs = sample_inputs(parts.get("questions", []), parts.get("clips", []))
+    for sample in inputs:  # the split the questions table says (write_question_splits)
+        sample.split = (splits or {}).get(sample.video_id, sample.split)
     plans = plan_shards(inputs, config.shards)
     for split in ("train", "val"):
         storage.remove(layout.shards_dir(version_root, split))

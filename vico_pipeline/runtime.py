@@ -31,6 +31,7 @@ def init_ray(ray_config) -> str:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     import ray
 
+    quiet_ray_start(getattr(ray_config, "progress", False))
     if ray.is_initialized():
         start_domain_gate()
         return "ray: already initialised in this process" + _dashboard_note(_current_dashboard())
@@ -75,6 +76,7 @@ def _dashboard_note(url: str | None) -> str:
 
 
 def configure_data_context(progress: bool) -> None:
+    """Ray Data's own bars and info logs only with `ray.progress: true` (vico shows its own lines)."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -83,6 +85,16 @@ def configure_data_context(progress: bool) -> None:
     # Our rows carry only references; keep Ray's own verbose messages off the terminal.
     ctx.print_on_execution_start = False
     ctx.verbose_stats_logs = False
+    level = logging.INFO if progress else logging.ERROR
+    for handler in logging.getLogger("ray.data").handlers:  # its file log keeps everything
+        if not isinstance(handler, logging.FileHandler) and "File" not in type(handler).__name__:
+            handler.setLevel(level)
+
+
+def quiet_ray_start(verbose: bool) -> None:
+    """Ray's start-up notices (token authentication on, ...) only when asked for (`-v`)."""
+    level = logging.INFO if verbose else logging.ERROR
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(level)
 
 
 # --------------------------------------------------------------------------- cluster-wide per-domain gate

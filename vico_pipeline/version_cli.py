@@ -20,6 +20,9 @@ COUNTED = ("videos", "clips", "captions", "clues", "questions", "errors", "shard
 
 
 def main(args: list[str]) -> int:
+    if "-h" in args or "--help" in args:
+        print(USAGE)
+        return 0
     as_json = "--json" in args
     args = [a for a in args if a != "--json"]
     try:

@@ -12,16 +12,23 @@ CLAIM = ".claim.json"
 
 
 def list_versions(dataset_root: str) -> list[dict]:
-    """Every version folder with its manifest (or status 'incomplete')."""
+    """Every version folder with its manifest (or status 'incomplete'); files beside them are not versions."""
     out = []
     for name in storage.listdir(dataset_root):
         if name.startswith(("_", ".")):
             continue
         path = storage.join(dataset_root, name)
+        if not _is_folder(path):
+            continue  # a report or a note someone left beside the versions
         manifest = _read_manifest(path)
         out.append({"version": name, "path": path, "manifest": manifest,
                     "status": "complete" if manifest.get("status") == "complete" else "incomplete"})
     return sorted(out, key=lambda v: (layout.version_number(v["version"]) or 1 << 30, v["version"]))
+
+
+def _is_folder(uri: str) -> bool:
+    fs, path = storage.fs_and_path(uri)
+    return fs.isdir(path)
 
 
 def _read_manifest(version_root: str) -> dict:
