@@ -1,8 +1,16 @@
-"""Training shards: one row per video, its frames stored once, all its conversations.
+"""Training shards: one row per video, its frames stored once, the list of its questions.
 
-    sample_id  video_id  frames (list of JPEG bytes, time order)  frame_times_s
-    conversations (list of {from, value}, LLaVA style, <video> in the first turn)  split
-    question_ids  num_questions
+    video_id  duration_s  frames (list of JPEG bytes, time order)  frame_times_s
+    questions (list of {question_id, task, conversations, evidence_clip_ids,
+               evidence_windows_s, options, answer_index})
+    split  caption_engine  caption_model  clue_engine  clue_model
+
+One question a sample (vico.md, "Training sample format"): a question's
+`conversations` are its own two turns, `<video>` first, WITHOUT the time header.
+The trainer, the eval and the export call `vico_pipeline.samples.question_sample`
+on (row, question), which picks the frames to show (every evidence window keeps
+one) and writes the header naming them. `evidence_windows_s` are the evidence
+clips' [start_s, end_s], so that choice needs no other table.
 
 Three steps, none of which imports Ray:
 
@@ -32,18 +40,25 @@ import pyarrow.parquet as pq
 from vico_pipeline import layout, storage
 
 CONVERSATION = pa.struct([("from", pa.string()), ("value", pa.string())])
+QUESTION = pa.struct([
+    ("question_id", pa.string()),
+    ("task", pa.string()),
+    ("conversations", pa.list_(CONVERSATION)),
+    ("evidence_clip_ids", pa.list_(pa.string())),
+    ("evidence_windows_s", pa.list_(pa.list_(pa.float64()))),
+    ("options", pa.list_(pa.string())),
+    ("answer_index", pa.int32()),
+])
+PROVENANCE = ("caption_engine", "caption_model", "clue_engine", "clue_model")
 SHARDS_SCHEMA = pa.schema([
-    ("sample_id", pa.string()),
     ("video_id", pa.string()),
+    ("duration_s", pa.float64()),
     ("frames", pa.list_(pa.binary())),
     ("frame_times_s", pa.list_(pa.float64())),
-    ("conversations", pa.list_(CONVERSATION)),
+    ("questions", pa.list_(QUESTION)),
     ("split", pa.string()),
-    ("question_ids", pa.list_(pa.string())),
-    ("num_questions", pa.int32()),
-])
+] + [(name, pa.string()) for name in PROVENANCE])
 SPLITS = ("train", "val")
-VIDEO_TOKEN = "<video>"
 # A row group is also cut when its frames pass this, so a streaming reader holds a bounded amount.
 ROW_GROUP_MAX_BYTES = 128 * 1024**2
 # Room kept under shards.max_bytes for the Parquet footer and page headers.
@@ -87,6 +102,7 @@ class SampleInput:
     clips: str              # the video's clips part (training frames)
     split: str = ""
     est_bytes: int = 0
+    duration_s: float | None = None  # from the videos table; None: the last frame's time
 
 
 @dataclass
@@ -117,14 +133,26 @@ def _frames_bytes(clips_part: str) -> int:
     return total
 
 
-def sample_inputs(question_parts: list[str], clip_parts: list[str]) -> list[SampleInput]:
+def video_durations(video_parts: list[str]) -> dict[str, float]:
+    """{video_id: duration_s} from the download stage's parts (the videos table)."""
+    out: dict[str, float] = {}
+    for part in video_parts:
+        for row in _read(part, ["video_id", "duration_s"]).to_pylist():
+            if row["duration_s"]:
+                out[row["video_id"]] = float(row["duration_s"])
+    return out
+
+
+def sample_inputs(question_parts: list[str], clip_parts: list[str], video_parts: list[str] = ()) -> list[SampleInput]:
     """One input per video that has both questions and clips (parts are named by video id)."""
     clips = {_video_of(p): p for p in clip_parts}
+    durations = video_durations(list(video_parts))
     out = []
     for part in sorted(question_parts):
         vid = _video_of(part)
         if vid in clips and storage.parquet_rows(part) > 0:
-            out.append(SampleInput(vid, part, clips[vid], est_bytes=_frames_bytes(clips[vid])))
+            out.append(SampleInput(vid, part, clips[vid], est_bytes=_frames_bytes(clips[vid]),
+                                   duration_s=durations.get(vid)))
     return out
 
 
@@ -168,48 +196,53 @@ def _read(uri: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(handle, columns=columns)
 
 
-def conversation_of(questions: list[dict]) -> list[dict]:
-    """All the video's question conversations, one after another; <video> only in the first turn."""
-    turns: list[dict] = []
-    for question in questions:
-        for turn in question.get("conversations") or []:
-            value = turn["value"]
-            if turns and turn["from"] == "human":
-                value = value.replace(VIDEO_TOKEN + "\n", "", 1).replace(VIDEO_TOKEN, "", 1)
-            turns.append({"from": turn["from"], "value": value})
-    if turns and VIDEO_TOKEN not in turns[0]["value"]:
-        turns[0]["value"] = f"{VIDEO_TOKEN}\n{turns[0]['value']}"
-    return turns
+def question_entry(question: dict, windows: dict[str, list[float]]) -> dict:
+    """A question as the shard stores it: its own turns (no time header) and its evidence windows."""
+    evidence = list(question.get("evidence_clip_ids") or [])
+    return {
+        "question_id": question["question_id"],
+        "task": question.get("task"),
+        "conversations": [{"from": t["from"], "value": t["value"]} for t in question.get("conversations") or []],
+        "evidence_clip_ids": evidence,
+        "evidence_windows_s": [windows[c] for c in evidence if c in windows],
+        "options": list(question.get("options") or []),
+        "answer_index": question.get("answer_index"),
+    }
 
 
-def build_sample(video_id: str, split: str, questions: list[dict], clips: list[dict]) -> dict:
-    """One shard row: the training frames of every clip in time order, every conversation."""
+def build_sample(video_id: str, split: str, questions: list[dict], clips: list[dict],
+                 duration_s: float | None = None) -> dict:
+    """One shard row: the training frames of every clip in time order, the list of its questions."""
     frames, times = [], []
     for clip in sorted(clips, key=lambda c: (c["start_s"], c.get("clip_index") or 0)):
         for t, jpeg in sorted(zip(clip["train_frame_times_s"] or [], clip["train_frames"] or []), key=lambda p: p[0]):
             frames.append(jpeg)
             times.append(float(t))
+    windows = {c["clip_id"]: [float(c["start_s"]), float(c["end_s"])] for c in clips if c.get("clip_id")}
+    questions = sorted(questions, key=lambda q: q["question_id"])
+    first = questions[0] if questions else {}
     return {
-        "sample_id": f"{video_id}-00",
         "video_id": video_id,
+        "duration_s": float(duration_s) if duration_s else (times[-1] if times else 0.0),
         "frames": frames,
         "frame_times_s": times,
-        "conversations": conversation_of(questions),
+        "questions": [question_entry(q, windows) for q in questions],
         "split": split,
-        "question_ids": [q["question_id"] for q in questions],
-        "num_questions": len(questions),
+        # One engine and model a video: every question of it was made from the same captions and clues.
+        **{name: first.get(name) for name in PROVENANCE},
     }
 
 
 def _row_bytes(row: dict) -> int:
     return sum(len(f) for f in row["frames"]) + 8 * len(row["frame_times_s"]) + \
-        sum(len(t["value"]) + 8 for t in row["conversations"]) + 64
+        sum(len(t["value"]) + 8 for q in row["questions"] for t in q["conversations"]) + 64 * (1 + len(row["questions"]))
 
 
 def load_sample(sample: SampleInput) -> dict:
     questions = _read(sample.questions).to_pylist()
-    clips = _read(sample.clips, ["clip_index", "start_s", "train_frames", "train_frame_times_s"]).to_pylist()
-    return build_sample(sample.video_id, sample.split, questions, clips)
+    clips = _read(sample.clips, ["clip_id", "clip_index", "start_s", "end_s", "train_frames",
+                                 "train_frame_times_s"]).to_pylist()
+    return build_sample(sample.video_id, sample.split, questions, clips, sample.duration_s)
 
 
 # --------------------------------------------------------------------------- writing
@@ -301,5 +334,5 @@ def verify_shard(version_root: str, entry: dict) -> bool:
     return len(data) == entry["bytes"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
 
 
-__all__ = ["SHARDS_SCHEMA", "split_for", "assign_splits", "sample_inputs", "plan_shards", "write_shard", "build_sample",
-           "conversation_of", "verify_shard"]
+__all__ = ["SHARDS_SCHEMA", "QUESTION", "PROVENANCE", "split_for", "assign_splits", "sample_inputs", "plan_shards", "write_shard",
+           "build_sample", "question_entry", "verify_shard"]

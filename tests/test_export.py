@@ -1,29 +1,34 @@
-"""`vico export --format llava`: JSON records a LLaVA-style loader reads, frames on disk."""
+"""`vico export --format llava`: one question a record, with its time header and exactly its frames."""
 from __future__ import annotations
 
 import json
 import os
+import re
 
 from PIL import Image
 
 from tests.conftest import run_vico
 from tests.test_versions_support import demo_version, rows_by_id
 
+HEADER = re.compile(r"^<video>\nThe video lasts (\d\d:\d\d)\. Its (\d+) frames shown here were taken at ([0-9:, ]+)\.\n")
+
 
 def load_llava(json_path: str) -> list[dict]:
-    """What a LLaVA / Video-XL data loader does: records, each with its frame folder and turns."""
+    """What a LLaVA / Video-XL data loader does: records, each with its frames and turns."""
     root = os.path.dirname(json_path)
     samples = []
     for record in json.load(open(json_path)):
-        folder = os.path.join(root, record["video"])
-        names = sorted(n for n in os.listdir(folder) if n.endswith(".jpg"))
-        frames = [Image.open(os.path.join(folder, n)).convert("RGB") for n in names]
+        frames = [Image.open(os.path.join(root, path)).convert("RGB") for path in record["frames"]]
         turns = record["conversations"]
         assert turns[0]["from"] == "human" and turns[0]["value"].count("<video>") == 1
-        assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
+        assert [t["from"] for t in turns] == ["human", "gpt"]  # one question a sample
         samples.append({"id": record["id"], "frames": frames, "prompt": turns[0]["value"],
                         "answer": turns[1]["value"], "record": record})
     return samples
+
+
+def mmss(seconds: float) -> str:
+    return f"{int(seconds) // 60:02d}:{int(seconds) % 60:02d}"
 
 
 def test_export_llava(tmp_path_factory, tmp_path):
@@ -34,24 +39,56 @@ def test_export_llava(tmp_path_factory, tmp_path):
     assert done.stdout.strip().splitlines()[-1] == out
 
     questions = rows_by_id(version, "questions", "question_id")
-    clips = rows_by_id(version, "clips", "clip_id").values()
+    clips = rows_by_id(version, "clips", "clip_id")
+    videos = rows_by_id(version, "videos", "video_id")
     samples = load_llava(os.path.join(out, "train.json")) + load_llava(os.path.join(out, "val.json"))
     assert sorted(s["id"] for s in samples) == sorted(k[0] for k in questions)  # every question once
+    assert json.load(open(os.path.join(out, "export.json")))["exported"] == len(samples)
     for sample in samples:
         q = questions[(sample["id"],)]
         record = sample["record"]
-        assert record["video_id"] == q["video_id"] and record["split"] == q["split"]
-        n = sum(len(c["train_frames"]) for c in clips if c["video_id"] == q["video_id"])
-        assert len(sample["frames"]) == n == len(record["frame_times_s"]) > 0
-        assert record["frame_times_s"] == sorted(record["frame_times_s"])
+        assert record["video_id"] == q["video_id"] and record["split"] == q["split"] and record["task"] == q["task"]
+        times = json.load(open(os.path.join(out, record["video"], "times.json")))
+        # The header names exactly the frames given with the record, in order, and the video's length.
+        header = HEADER.match(sample["prompt"])
+        assert header, sample["prompt"][:200]
+        assert header.group(1) == mmss(videos[(q["video_id"],)]["duration_s"])
+        assert int(header.group(2)) == len(record["frames"]) == len(sample["frames"]) == len(record["frame_times_s"])
+        assert header.group(3).split(", ") == [mmss(t) for t in record["frame_times_s"]]
+        assert 0 < len(record["frames"]) <= 128 and record["frame_times_s"] == sorted(record["frame_times_s"])
+        for path, t in zip(record["frames"], record["frame_times_s"]):
+            assert times[int(path.rsplit("/", 1)[-1][:-4])] == t  # the path is the frame of that time
+        for clip_id in q["evidence_clip_ids"]:  # every evidence clip keeps a frame
+            clip = clips[(clip_id,)]
+            assert any(clip["start_s"] <= t < clip["end_s"] for t in record["frame_times_s"])
         assert sample["frames"][0].size[1] == 336 or sample["frames"][0].size[0] == 336
-        assert record["conversations"] == q["conversations"]  # the answer key is the question's
+        # The question's own turns after the header; the answer key is the question's.
+        assert sample["prompt"][header.end():] == q["conversations"][0]["value"].replace("<video>\n", "", 1)
+        assert sample["answer"] == q["conversations"][1]["value"]
         if q["answer_index"] >= 0:
             assert "ABCD"[q["answer_index"]] in sample["answer"] or q["answer"] in sample["answer"]
     # the first frame on disk is the first training frame of the video's first clip
     first = samples[0]["record"]
-    clip0 = min((c for c in clips if c["video_id"] == first["video_id"]), key=lambda c: c["start_s"])
+    clip0 = min((c for c in clips.values() if c["video_id"] == first["video_id"]), key=lambda c: c["start_s"])
     assert open(os.path.join(out, first["video"], "000000.jpg"), "rb").read() == clip0["train_frames"][0]
+
+
+def test_export_leaves_out_and_counts_questions_whose_evidence_does_not_fit(tmp_path_factory, tmp_path):
+    from vico_pipeline.export import export_llava
+
+    version = demo_version(tmp_path_factory)
+    questions = rows_by_id(version, "questions", "question_id").values()
+    too_wide = sorted(q["question_id"] for q in questions if len(set(q["evidence_clip_ids"])) > 1)
+    assert too_wide  # event_order, next_event, before_after, timeline have two or more evidence clips
+    lines = []
+    out = export_llava(version, str(tmp_path / "one"), max_frames=1, log=lines.append)
+    counts = json.load(open(os.path.join(out, "export.json")))
+    exported = [r for split in ("train", "val") for r in json.load(open(os.path.join(out, f"{split}.json")))]
+    assert counts == {"questions": len(questions), "exported": len(questions) - len(too_wide),
+                      "left_out_evidence_does_not_fit": len(too_wide), "max_frames": 1}
+    assert not set(too_wide) & {r["id"] for r in exported}
+    assert all(len(r["frames"]) == 1 for r in exported)
+    assert f"{len(too_wide)} left out" in lines[-1]
 
 
 def test_export_refuses_what_is_not_a_version(tmp_path):

@@ -1,7 +1,7 @@
-"""Training shards: contract columns, bounds, determinism, splits, and five readers.
+"""Training shards: contract columns, one question a sample, bounds, determinism, splits, five readers.
 
 The question rows here are built by the test in the questions table's schema
-(issue 3's stage writes the same columns); the frames are real JPEGs.
+(the questions and blind stages write the same columns); the frames are real JPEGs.
 """
 from __future__ import annotations
 
@@ -23,7 +23,10 @@ QUESTIONS_SCHEMA = pa.schema([
     ("question_id", pa.string()), ("video_id", pa.string()), ("task", pa.string()), ("question", pa.string()),
     ("options", pa.list_(pa.string())), ("answer", pa.string()), ("answer_index", pa.int32()),
     ("evidence_clip_ids", pa.list_(pa.string())), ("split", pa.string()), ("conversations", CONV),
+    ("caption_engine", pa.string()), ("caption_model", pa.string()), ("clue_engine", pa.string()),
+    ("clue_model", pa.string()), ("blind_correct", pa.int32()),
 ])
+VIDEOS_SCHEMA = pa.schema([("video_id", pa.string()), ("duration_s", pa.float64())])
 CLIPS_SCHEMA = pa.schema([
     ("clip_id", pa.string()), ("video_id", pa.string()), ("clip_index", pa.int32()), ("start_s", pa.float64()),
     ("end_s", pa.float64()), ("train_frames", pa.list_(pa.binary())), ("train_frame_times_s", pa.list_(pa.float64())),
@@ -46,17 +49,22 @@ def make_video(root: str, vid: str, split: str, clips: int = 3, questions: int =
                           "end_s": (k + 1) * 14.0, "train_frames": [jpeg(hash((vid, t)) % 1000) for t in times],
                           "train_frame_times_s": times})
     q_rows = []
-    for i in range(questions):
+    for i in reversed(range(questions)):
         q_rows.append({
             "question_id": f"{vid}-q{i}", "video_id": vid, "task": "before_after", "question": f"q{i}?",
             "options": ["before", "after"], "answer": "before", "answer_index": 0,
-            "evidence_clip_ids": [f"{vid}-00000"], "split": split,
+            "evidence_clip_ids": [f"{vid}-00000", f"{vid}-{clips - 1:05d}"], "split": split,
             "conversations": [{"from": "human", "value": f"<video>\nDoes event {i} happen before event {i + 1}?"},
-                              {"from": "gpt", "value": "(A)"}]})
+                              {"from": "gpt", "value": "(A)"}],
+            "caption_engine": "describe", "caption_model": "describe-v1", "clue_engine": "template",
+            "clue_model": "template-v1", "blind_correct": 1})
     os.makedirs(f"{root}/clips", exist_ok=True)
     os.makedirs(f"{root}/questions", exist_ok=True)
+    os.makedirs(f"{root}/videos", exist_ok=True)
     pq.write_table(pa.Table.from_pylist(clip_rows, schema=CLIPS_SCHEMA), f"{root}/clips/{vid}.parquet")
     pq.write_table(pa.Table.from_pylist(q_rows, schema=QUESTIONS_SCHEMA), f"{root}/questions/{vid}.parquet")
+    pq.write_table(pa.Table.from_pylist([{"video_id": vid, "duration_s": clips * 14.0 - 0.5}], schema=VIDEOS_SCHEMA),
+                   f"{root}/videos/{vid}.parquet")
 
 
 def config(**kw):
@@ -67,10 +75,11 @@ def config(**kw):
 def build(root: str, version: str, cfg, videos=None) -> list[dict]:
     parts_q = sorted(glob.glob(f"{root}/questions/*.parquet"))
     parts_c = sorted(glob.glob(f"{root}/clips/*.parquet"))
+    parts_v = sorted(glob.glob(f"{root}/videos/*.parquet"))
     if videos is not None:
         parts_q = [p for p in parts_q if os.path.basename(p)[:-8] in videos]
     index = []
-    for plan in plan_shards(sample_inputs(parts_q, parts_c), cfg):
+    for plan in plan_shards(sample_inputs(parts_q, parts_c, parts_v), cfg):
         index += write_shard(plan, version, cfg)
     return index
 
@@ -93,19 +102,42 @@ def version(parts, tmp_path_factory):
     return out, build(parts, out, config(max_rows=3, row_group_rows=2))
 
 
-def test_one_row_per_video_frames_in_time_order_and_conversations(version):
+def test_one_row_per_video_frames_once_and_the_list_of_its_questions(version):
     root, index = version
     table = pq.read_table(f"{root}/shards", schema=SHARDS_SCHEMA)
+    assert "conversations" not in table.column_names  # no packed all-questions conversation
     assert sorted(table.column("video_id").to_pylist()) == sorted(v for v, _ in VIDEOS)  # no video without questions
     for row in table.to_pylist():
         assert row["frame_times_s"] == sorted(row["frame_times_s"]) and len(row["frames"]) == 6
         for data in row["frames"]:
             assert Image.open(io.BytesIO(data)).format == "JPEG"
-        turns = row["conversations"]
-        assert [t["from"] for t in turns] == ["human", "gpt"] * 2
-        assert turns[0]["value"].startswith("<video>\n") and all("<video>" not in t["value"] for t in turns[1:])
-        assert row["question_ids"] == [f"{row['video_id']}-q0", f"{row['video_id']}-q1"]
-        assert row["split"] == dict(VIDEOS)[row["video_id"]]
+        assert row["duration_s"] == 3 * 14.0 - 0.5  # the video's own length, not its last frame's time
+        vid = row["video_id"]
+        assert [q["question_id"] for q in row["questions"]] == [f"{vid}-q0", f"{vid}-q1"]
+        for q in row["questions"]:
+            turns = q["conversations"]
+            assert [t["from"] for t in turns] == ["human", "gpt"]  # one question, its own two turns
+            assert turns[0]["value"].startswith("<video>\nDoes event")  # no time header stored
+            assert q["evidence_clip_ids"] == [f"{vid}-00000", f"{vid}-00002"]
+            assert q["evidence_windows_s"] == [[0.0, 14.0], [28.0, 42.0]]
+            assert q["options"] == ["before", "after"] and q["answer_index"] == 0 and q["task"] == "before_after"
+        assert row["split"] == dict(VIDEOS)[vid]
+        assert (row["caption_engine"], row["caption_model"], row["clue_engine"], row["clue_model"]) == \
+            ("describe", "describe-v1", "template", "template-v1")
+
+
+def test_a_shard_row_gives_one_sample_a_question_with_its_time_header(version):
+    from vico_pipeline.samples import question_sample
+
+    root, _ = version
+    row = pq.read_table(f"{root}/shards", schema=SHARDS_SCHEMA).to_pylist()[0]
+    sample = question_sample(row, row["questions"][1], max_frames=2)
+    # Two frames: one in each evidence window (0-14 s and 28-42 s), named by the header.
+    assert sample["frame_times_s"] == [row["frame_times_s"][i] for i in sample["frame_indices"]]
+    assert all(any(a <= t < b for t in sample["frame_times_s"]) for a, b in row["questions"][1]["evidence_windows_s"])
+    human = sample["conversations"][0]["value"]
+    assert human.startswith("<video>\nThe video lasts 00:41. Its 2 frames shown here were taken at 00:07, 00:35.\n")
+    assert human.endswith("Does event 1 happen before event 2?") and sample["conversations"][1]["value"] == "(A)"
 
 
 def test_bounds_index_and_split_disjoint(version):
@@ -178,7 +210,7 @@ def test_read_with_pyarrow_and_pandas(version):
     frame = pd.read_parquet(f"{root}/shards/train")
     assert len(frame) == total and set(frame["split"]) == {"train"}
     _check_frames(frame["frames"].iloc[0])
-    assert frame["conversations"].iloc[0][0]["from"] == "human"
+    assert frame["questions"].iloc[0][0]["conversations"][0]["from"] == "human"
 
 
 def test_read_with_duckdb(version):
@@ -186,7 +218,7 @@ def test_read_with_duckdb(version):
 
     root, index = version
     con = duckdb.connect()
-    rows = con.execute(f"SELECT video_id, len(frames), frames[1], conversations[1].value "
+    rows = con.execute(f"SELECT video_id, len(frames), frames[1], questions[1].conversations[1].value "
                        f"FROM read_parquet('{root}/shards/*/*.parquet') ORDER BY video_id").fetchall()
     assert len(rows) == len(VIDEOS)
     assert all(n == 6 for _, n, _, _ in rows)
@@ -208,7 +240,7 @@ def test_read_with_hf_datasets(version, tmp_path, monkeypatch):
     assert data["train"].num_rows + data["val"].num_rows == len(VIDEOS)
     sample = data["val"][0]
     _check_frames(sample["frames"])
-    assert sample["conversations"][1] == {"from": "gpt", "value": "(A)"}
+    assert sample["questions"][0]["conversations"][1] == {"from": "gpt", "value": "(A)"}
 
 
 def test_read_with_ray_data(version):

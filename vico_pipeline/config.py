@@ -225,6 +225,21 @@ class QuestionsConfig(Section):
     per_task: int = 2
 
 
+class BlindConfig(EngineSection):
+    """The blind-answer filter: each multiple-choice question asked WITHOUT the video, under every
+    rotation of its options; questions answered right in every rotation are dropped."""
+    engine: Literal["rules", "transformers", "openai", "vllm"] = "rules"
+    # A letter answer is short.
+    max_tokens: int = 8
+    # Off: every question kept, blind_correct null (a version to compare the filter with).
+    enabled: bool = True
+
+
+class ExportConfig(Section):
+    # Frames an exported sample shows (evenly spread, one in every evidence window); 0: all.
+    max_frames: int = Field(default=128, ge=0)
+
+
 class ShardsConfig(Section):
     val_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
     max_rows: int = 256
@@ -245,7 +260,9 @@ class Config(Section):
     caption: CaptionConfig = CaptionConfig()
     clues: CluesConfig = CluesConfig()
     questions: QuestionsConfig = QuestionsConfig()
+    blind: BlindConfig = BlindConfig()
     shards: ShardsConfig = ShardsConfig()
+    export: ExportConfig = ExportConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()

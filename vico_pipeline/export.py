@@ -2,26 +2,33 @@
 
     DIR/frames/{video_id}/{000000}.jpg   a video's training frames in time order (once per video)
     DIR/frames/{video_id}/times.json     their timestamps in seconds
-    DIR/train.json  DIR/val.json         one record per question:
-        {"id", "video": "frames/{video_id}" (relative to DIR), "conversations": [{from, value}],
-         "video_id", "task", "split", "frame_times_s"}
+    DIR/train.json  DIR/val.json         one record per question (one question a sample):
+        {"id", "video": "frames/{video_id}", "frames": [paths of the frames shown, relative to DIR],
+         "frame_times_s": [their times], "conversations": [{from, value}], "video_id", "task", "split"}
+    DIR/export.json                      counts: questions, exported, left out
 
+Records are built from the version's shards, the trainer's input, through
+`samples.question_sample`: the human turn opens with the time header (the
+video's length and the time of every frame shown), and `frames` /
+`frame_times_s` are exactly the frames that header lists, at most
+`export.max_frames` of them (the version's config, or `max_frames`). A question
+whose evidence cannot be shown within that budget is left out and counted.
 The JSON files are written last, so a loader never finds a record whose frames
-are missing. Frames come from the version's clips table; only videos with
-questions are exported.
+are missing.
 """
 from __future__ import annotations
 
 import json
+import sys
 
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from vico_pipeline import layout, storage
 from vico_pipeline.errors import UserError
+from vico_pipeline.samples import question_sample
 from vico_pipeline.versions import open_version
-
-LETTERS = "ABCDEFGH"
 
 
 def read_table(version_root: str, table: str, columns: list[str] | None = None, filter=None) -> pa.Table:
@@ -33,66 +40,67 @@ def read_table(version_root: str, table: str, columns: list[str] | None = None, 
     return dataset.to_table(columns=columns, filter=filter)
 
 
-def conversation_for(question: dict) -> list[dict]:
-    """The question's own conversation; built from its text and options when it has none."""
-    if question.get("conversations"):
-        return [{"from": t["from"], "value": t["value"]} for t in question["conversations"]]
-    options = question.get("options") or []
-    text = question["question"]
-    if options:
-        text += "\n" + "\n".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(options))
-        text += "\nAnswer with the option's letter."
-        answer = f"({LETTERS[question['answer_index']]})"
-    else:
-        answer = question["answer"]
-    return [{"from": "human", "value": f"<video>\n{text}"}, {"from": "gpt", "value": answer}]
+def shard_rows(version_root: str, manifest: dict):
+    """Every shard row of the version, one at a time (a row holds a whole video's frames)."""
+    for entry in manifest.get("shards") or []:
+        fs, path = storage.fs_and_path(storage.join(version_root, entry["path"]))
+        with fs.open(path, "rb") as handle:
+            for batch in pq.ParquetFile(handle).iter_batches(batch_size=1):
+                yield from batch.to_pylist()
 
 
-def video_frames(version_root: str, video_id: str) -> tuple[list[bytes], list[float]]:
-    """A video's training frames in time order, from its clips."""
-    clips = read_table(version_root, "clips", ["video_id", "start_s", "train_frames", "train_frame_times_s"],
-                       filter=pads.field("video_id") == video_id).to_pylist()
-    pairs = []
-    for clip in clips:
-        pairs += zip(clip["train_frame_times_s"] or [], clip["train_frames"] or [])
-    pairs.sort(key=lambda p: p[0])
-    return [jpeg for _, jpeg in pairs], [float(t) for t, _ in pairs]
+def export_budget(manifest: dict) -> int:
+    """export.max_frames of the version's config (the default where the version predates it)."""
+    from vico_pipeline.config import ExportConfig
+
+    return int((manifest.get("config") or {}).get("export", {}).get("max_frames", ExportConfig().max_frames))
 
 
-def export_llava(version_root: str, out_dir: str) -> str:
+def write_frames(out_dir: str, row: dict) -> None:
+    vid = row["video_id"]
+    for i, jpeg in enumerate(row["frames"]):
+        storage.write_bytes(storage.join(out_dir, "frames", vid, f"{i:06d}.jpg"), jpeg)
+    storage.write_json(storage.join(out_dir, "frames", vid, "times.json"), row["frame_times_s"])
+
+
+def export_llava(version_root: str, out_dir: str, max_frames: int | None = None,
+                 log=lambda msg: print(msg, file=sys.stderr)) -> str:
     """Export a complete version; returns `out_dir`."""
-
-    open_version(version_root)
+    manifest = open_version(version_root)
+    budget = export_budget(manifest) if max_frames is None else max_frames
     out_dir = out_dir.rstrip("/")
     try:
         storage.makedirs(out_dir)
     except OSError as exc:
         raise UserError(f"export folder is not writable: {out_dir} ({exc.strerror or exc})") from None
-    questions = read_table(version_root, "questions").to_pylist() \
-        if storage.exists(layout.table_dir(version_root, "questions")) else []
-    questions.sort(key=lambda q: (q["video_id"], q["question_id"]))
     records: dict[str, list[dict]] = {"train": [], "val": []}
-    times_of: dict[str, list[float]] = {}
-    for question in questions:
-        vid = question["video_id"]
-        if vid not in times_of:
-            frames, times = video_frames(version_root, vid)
-            for i, jpeg in enumerate(frames):
-                storage.write_bytes(storage.join(out_dir, "frames", vid, f"{i:06d}.jpg"), jpeg)
-            storage.write_json(storage.join(out_dir, "frames", vid, "times.json"), times)
-            times_of[vid] = times
-        if not times_of[vid]:
+    counts = {"questions": 0, "exported": 0, "left_out_evidence_does_not_fit": 0, "max_frames": budget}
+    for row in shard_rows(version_root, manifest):
+        if not row["frames"]:
             continue
-        split = question.get("split") or "train"
-        records.setdefault(split, []).append({
-            "id": question["question_id"],
-            "video": f"frames/{vid}",
-            "conversations": conversation_for(question),
-            "video_id": vid,
-            "task": question.get("task"),
-            "split": split,
-            "frame_times_s": times_of[vid],
-        })
+        write_frames(out_dir, row)
+        vid, split = row["video_id"], row.get("split") or "train"
+        for question in row["questions"]:
+            counts["questions"] += 1
+            sample = question_sample(row, question, budget)
+            if sample is None:  # an evidence clip would show no frame within the budget
+                counts["left_out_evidence_does_not_fit"] += 1
+                continue
+            records.setdefault(split, []).append({
+                "id": question["question_id"],
+                "video": f"frames/{vid}",
+                "frames": [f"frames/{vid}/{i:06d}.jpg" for i in sample["frame_indices"]],
+                "frame_times_s": sample["frame_times_s"],
+                "conversations": sample["conversations"],
+                "video_id": vid,
+                "task": question["task"],
+                "split": split,
+            })
     for split, rows in records.items():
+        rows.sort(key=lambda r: r["id"])
+        counts["exported"] += len(rows)
         storage.write_bytes(storage.join(out_dir, f"{split}.json"), json.dumps(rows, indent=1).encode())
+    storage.write_json(storage.join(out_dir, "export.json"), counts)
+    log(f"export: {counts['exported']} of {counts['questions']} questions, at most {budget or 'all'} frames each; "
+        f"{counts['left_out_evidence_does_not_fit']} left out (evidence does not fit the frame budget)")
     return out_dir

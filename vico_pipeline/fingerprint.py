@@ -49,12 +49,12 @@ def _without_runtime(node):
 
 def version_fingerprint(config, manifest_rows: list[dict]) -> str:
     """A version's fingerprint: the resolved config (output location, version name, where it
-    runs and the model/train/eval sections excluded), the manifest's content, the code version."""
+    runs and the model/train/eval/export sections excluded), the manifest's content, the code version."""
     from vico_pipeline import __version__
     from vico_pipeline.registry import stage_specs
 
     plain = to_plain(config)
-    for section in ("output", "ray", "model", "train", "eval"):
+    for section in ("output", "ray", "model", "train", "eval", "export"):
         plain.pop(section, None)
     plain["dataset"].pop("version", None)
     manifest = [{k: row.get(k) for k in ("url", "id", "title")} for row in manifest_rows]

@@ -74,6 +74,16 @@ def _questions(config, root):
     return QuestionsStage(config)
 
 
+def _blind(config, root):
+    from stages.blind import BlindStage
+    return BlindStage(config)
+
+
+def _blind_resources(config):
+    from vico_pipeline.engines import engine_resources
+    return engine_resources(config.blind)
+
+
 def _light_resources(config):
     return {"num_cpus": 1, "num_gpus": 0, "concurrency": None, "actor": False}
 
@@ -96,6 +106,7 @@ def stage_specs() -> list[StageSpec]:
     from stages.caption import CAPTIONS_SCHEMA
     from stages.clip_filter import FILTERED_SCHEMA
     from stages.clues import CLUES_SCHEMA
+    from stages.blind import BLIND_SCHEMA
     from stages.questions import QUESTIONS_SCHEMA
 
     specs = [
@@ -117,6 +128,9 @@ def stage_specs() -> list[StageSpec]:
                   code_version="2"),
         StageSpec("questions", "questions", QUESTIONS_SCHEMA, ("download", "clues"), _questions,
                   ("questions", "clips.seconds", "shards.val_fraction"), _light_resources),
+        # Its output replaces the questions stage's in the version's `questions` table (last one wins).
+        StageSpec("blind", "questions", BLIND_SCHEMA, ("download", "questions"), _blind,
+                  tuple(f"blind.{k}" for k in _ENGINE_KEYS) + ("blind.enabled",), _blind_resources),
     ]
     return specs
 

@@ -216,6 +216,21 @@ def _stage_table(manifest: dict) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
+def _blind_table(manifest: dict) -> str:
+    """Blind accuracy per task (questions answered without the video), before and after the filter."""
+    blind = manifest.get("stages", {}).get("blind", {}).get("accuracy_by_task") or {}
+    engine = manifest.get("config", {}).get("blind", {}).get("engine")
+    if not blind:
+        return f'<p class="muted">no blind verdicts (blind.engine {_e(engine)})</p>'
+    rows = ["<tr><th>task</th><th>questions</th><th>blind accuracy before</th><th>after</th><th>dropped</th>"
+            "<th>unanswered</th></tr>"]
+    for task, b in blind.items():
+        rows.append(f"<tr><td>{_e(task)}</td><td>{_e(b.get('questions'))}</td><td>{_e(b.get('before'))}</td>"
+                    f"<td>{_e(b.get('after'))}</td><td>{_e(b.get('dropped'))}</td><td>{_e(b.get('unanswered'))}</td></tr>")
+    return f'<p>blind.engine {_e(engine)}: each question asked without the video, under every rotation of its options</p>' \
+        "<table>" + "".join(rows) + "</table>"
+
+
 def _question_html(q: dict) -> str:
     options = q.get("options") or []
     answer_index = q.get("answer_index")
@@ -303,6 +318,7 @@ questions by split: {_e(', '.join(f'{k} {v}' for k, v in sorted(splits.items(), 
 <h2>Counts</h2>{_tiles(manifest)}
 <h2>Distributions</h2><div class="charts">{''.join(f'<div class="chart">{c}</div>' for c in charts)}</div>
 <h2>Stages</h2>{_stage_table(manifest)}
+<h2>Blind answers</h2>{_blind_table(manifest)}
 <h2>Sample videos</h2>{cards}
 </main></body></html>
 """

@@ -98,6 +98,8 @@ def run(config, log=lambda msg: print(msg, file=sys.stderr), retry_failed: bool 
                         "files": len(shard_index)}
     finished = time.time()
     stats = stage_stats(refs, part_rows, errors)
+    if "blind" in stats:
+        stats["blind"]["accuracy_by_task"] = blind_stats(refs)
     stats["shards"] = {"items_in": counts["questions"]["rows"] if "questions" in counts else 0,
                        "items_out": counts["shards"]["rows"], "failed": 0, "cached": 0,
                        "seconds": round(finished - t_shards, 3)}
@@ -188,6 +190,19 @@ def stage_stats(refs: list[dict], part_rows: dict[str, int], errors: pa.Table) -
     return stats
 
 
+def blind_stats(refs: list[dict]) -> dict:
+    """Blind accuracy per task before and after the blind filter: its input and output parts."""
+    from stages.blind import blind_accuracy
+
+    before, after = [], []
+    for row in refs:
+        parts = json.loads(row["refs"])
+        if parts.get("questions") and "blind" in json.loads(row["stats"]):
+            before += storage.read_parquet([parts["questions"]]).to_pylist()
+            after += storage.read_parquet([parts["blind"]]).to_pylist() if parts.get("blind") else []
+    return blind_accuracy(before, after)
+
+
 def log_failures(errors: pa.Table, log, limit: int = 20) -> None:
     """One line a failed item, naming the stage and the video (its id and source)."""
     rows = errors.to_pylist()
@@ -276,7 +291,8 @@ def assemble(version_root: str, refs: list[dict]) -> tuple[dict, dict[str, int],
         if not parts:  # an empty table is still a readable dataset
             nbytes = storage.write_parquet(schemas[table].empty_table(), storage.join(table_root, "empty.parquet"))
         counts[table] = {"rows": rows, "bytes": nbytes, "files": max(1, len(parts))}
-    for part in {json.loads(r["refs"]).get("download") for r in refs} - {None}:
+    # Parts outside the tables too: download's, and those of a stage a later one replaces (questions).
+    for part in {p for r in refs for p in json.loads(r["refs"]).values()} - set(part_rows):
         part_rows[part] = storage.parquet_rows(part)
     errors = assemble_errors(refs)
     storage.remove(layout.table_dir(version_root, "errors"))
@@ -351,7 +367,8 @@ def write_version_shards(config, version_root: str, refs: list[dict], splits: di
     from stages.shards import plan_shards, sample_inputs, write_shard
 
     parts = table_parts(refs)
-    inputs = sample_inputs(parts.get("questions", []), parts.get("clips", []))
+    video_parts = sorted({json.loads(r["refs"]).get("download") for r in refs} - {None})
+    inputs = sample_inputs(parts.get("questions", []), parts.get("clips", []), video_parts)
     for sample in inputs:  # the split the questions table says (write_question_splits)
         sample.split = (splits or {}).get(sample.video_id, sample.split)
     plans = plan_shards(inputs, config.shards)

@@ -8,7 +8,7 @@ from vico_pipeline.engines.base import Engine, EngineError
 
 
 def build_engine(section, role: str) -> Engine:
-    """The engine a config section names; `role` is 'caption' or 'clues'."""
+    """The engine a config section names; `role` is 'caption', 'clues' or 'blind'."""
     kind = section.engine
     if kind == "describe":
         if role != "caption":
@@ -20,6 +20,11 @@ def build_engine(section, role: str) -> Engine:
             raise EngineError("the template engine picks clues only; caption.engine: describe, transformers, openai or vllm")
         from vico_pipeline.engines.template import TemplateEngine
         return TemplateEngine(section)
+    if kind == "rules":
+        if role != "blind":
+            raise EngineError("the rules engine answers blind questions only; it writes no captions or clues")
+        from vico_pipeline.engines.rules import RulesEngine
+        return RulesEngine(section)
     if kind == "openai":
         from vico_pipeline.engines.openai import OpenAIEngine
         return OpenAIEngine(section)

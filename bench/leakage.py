@@ -1,0 +1,290 @@
+"""How much of a version's answer keys a model could get without learning the video.
+
+    python bench/leakage.py VERSION [VERSION ...] [--json] [--seed 0]
+
+For each version (e.g. the same run with `blind.enabled=false`, then with the filter):
+
+- per task, the accuracy of each trivial rule that reads only the question's text:
+  `longest` / `shortest` option, most word `overlap` with the question, `earliest` /
+  `latest` time among options that carry one, `never_identity` (any order but 1, 2, 3, ...);
+  a tie counts as a uniform guess among the tied options, so a rule that cannot tell the
+  options apart scores chance. Goal: every rule within chance + 0.05.
+- cross-turn leakage: the share of turns whose answer follows from the answers of earlier
+  turns of the same conversation, with one question a sample (the shards), with the trainer's
+  packing (`samples.pack_questions`, `train.pack_questions: true`), and with the old packing
+  (all of a video's questions in one conversation, in task order) for comparison.
+- letter balance: per task, how far the commonest answer position is from an even share.
+
+Reads the version's `questions` table; no Ray, no model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import sys
+from collections import Counter, defaultdict
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from vico_pipeline.engines.rules import overlap  # noqa: E402
+
+_TIME = re.compile(r"(?:(\d+):)?(\d{1,2}):(\d{2})")
+_PERMUTATION = re.compile(r"^\s*\d+(\s*,\s*\d+)+\s*$")
+RULES = ("longest", "shortest", "overlap", "earliest", "latest", "never_identity")
+MARGIN = 0.05
+TASK_ORDER = ("event_order", "clue_time", "next_event", "before_after", "timeline")  # stages/questions.py
+
+
+# --------------------------------------------------------------------------- trivial rules
+def first_time(option: str) -> float | None:
+    """Seconds of the first mm:ss (or h:mm:ss) an option names, or None."""
+    match = _TIME.search(option)
+    if not match:
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds)
+
+
+def is_identity(option: str) -> bool:
+    numbers = [int(x) for x in option.split(",")]
+    return numbers == list(range(1, len(numbers) + 1))
+
+
+def rule_picks(rule: str, question: str, options: list[str]) -> list[int] | None:
+    """The options a rule would choose among (ties), or None when it does not apply to these options."""
+    if rule in ("longest", "shortest", "overlap"):
+        score = {"longest": len, "shortest": lambda o: -len(o), "overlap": lambda o: overlap(question, o)}[rule]
+        values = [score(o) for o in options]
+    elif rule in ("earliest", "latest"):
+        times = [first_time(o) for o in options]
+        if any(t is None for t in times):
+            return None
+        values = [-t if rule == "earliest" else t for t in times]
+    else:  # never_identity: a model that learned "the order shown is never the answer"
+        if not all(_PERMUTATION.match(o) for o in options):
+            return None
+        values = [0 if is_identity(o) else 1 for o in options]
+    best = max(values)
+    return [i for i, v in enumerate(values) if v == best]
+
+
+def multiple_choice(questions: list[dict]) -> list[dict]:
+    return [q for q in questions if len(q.get("options") or []) >= 2 and (q.get("answer_index") or 0) >= 0
+            and q.get("answer_index") is not None]
+
+
+def rule_accuracy(questions: list[dict]) -> dict[str, dict]:
+    """{task: {questions, chance, rule: accuracy or None}}: expected accuracy, ties guessed uniformly."""
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for q in multiple_choice(questions):
+        by_task[q["task"]].append(q)
+    out = {}
+    for task, rows in sorted(by_task.items()):
+        entry = {"questions": len(rows), "chance": round(sum(1 / len(q["options"]) for q in rows) / len(rows), 4)}
+        for rule in RULES:
+            scores = []
+            for q in rows:
+                picks = rule_picks(rule, q["question"], list(q["options"]))
+                if picks is not None:
+                    scores.append((1 / len(picks) if q["answer_index"] in picks else 0.0, 1 / len(q["options"])))
+            # A rule that applies to only some questions is compared with those questions' chance.
+            entry[rule] = round(sum(s for s, _ in scores) / len(scores), 4) if scores else None
+            entry[f"{rule}_chance"] = round(sum(c for _, c in scores) / len(scores), 4) if scores else None
+        out[task] = entry
+    return out
+
+
+def over_chance(accuracy: dict[str, dict]) -> list[str]:
+    """'task/rule' for every rule above its chance + MARGIN."""
+    return [f"{task}/{rule}" for task, e in accuracy.items() for rule in RULES
+            if e[rule] is not None and e[rule] > e[f"{rule}_chance"] + MARGIN]
+
+
+# --------------------------------------------------------------------------- cross-turn leakage
+def clip_rank(clip_id: str) -> int:
+    """A clip's place in its video: clip ids end in the window index (stages/frames.py)."""
+    return int(clip_id.rsplit("-", 1)[-1])
+
+
+class Known:
+    """What the answers of the turns so far reveal: orders between clips, clips' times, next events."""
+
+    def __init__(self):
+        self.after: dict[str, set[str]] = defaultdict(set)  # a -> clips known to come after a
+        self.timed: set[str] = set()
+        self.next_of: set[str] = set()
+        self.everything = False
+
+    def _edge(self, a: str, b: str) -> None:
+        self.after[a].add(b)
+
+    def ordered(self, a: str, b: str) -> bool:
+        if self.everything or a == b or (a in self.timed and b in self.timed):
+            return True
+        return self._reaches(a, b) or self._reaches(b, a)
+
+    def _reaches(self, a: str, b: str) -> bool:
+        seen, todo = {a}, [a]
+        while todo:
+            for c in self.after[todo.pop()]:
+                if c == b:
+                    return True
+                if c not in seen:
+                    seen.add(c)
+                    todo.append(c)
+        return False
+
+    def answers(self, q: dict) -> bool:
+        """Whether `q`'s answer follows from what is known."""
+        clips = list(q.get("evidence_clip_ids") or [])
+        task = q["task"]
+        if self.everything:
+            return True
+        if task == "clue_time":
+            return bool(clips) and clips[0] in self.timed
+        if task == "next_event":
+            return bool(clips) and clips[0] in self.next_of
+        if task == "timeline":
+            return False
+        ordered = sorted(clips, key=clip_rank)
+        return len(ordered) >= 2 and all(self.ordered(a, b) for a, b in zip(ordered, ordered[1:]))
+
+    def learn(self, q: dict) -> None:
+        clips = sorted(q.get("evidence_clip_ids") or [], key=clip_rank)  # evidence in time order
+        task = q["task"]
+        if task == "timeline":
+            self.everything = True
+        elif task == "clue_time":
+            self.timed.update(clips[:1])
+        else:
+            if task == "next_event" and clips:
+                self.next_of.add(clips[0])
+            for a, b in zip(clips, clips[1:]):
+                self._edge(a, b)
+
+
+def leaked_turns(conversation: list[dict]) -> list[bool]:
+    """For each turn of one conversation: is its answer given by the earlier turns' answers?"""
+    known, out = Known(), []
+    for q in conversation:
+        out.append(known.answers(q))
+        known.learn(q)
+    return out
+
+
+def by_video(questions: list[dict]) -> dict[str, list[dict]]:
+    videos: dict[str, list[dict]] = defaultdict(list)
+    for q in sorted(questions, key=lambda q: q["question_id"]):
+        videos[q["video_id"]].append(q)
+    return videos
+
+
+def task_order_packing(questions: list[dict], rng) -> list[list[dict]]:
+    """The old shards: every question of the video in one conversation, in the order tasks are built."""
+    return [sorted(questions, key=lambda q: (TASK_ORDER.index(q["task"]) if q["task"] in TASK_ORDER else 99,
+                                             q["question_id"]))]
+
+
+def one_per_sample(questions: list[dict], rng) -> list[list[dict]]:
+    return [[q] for q in questions]
+
+
+def trainer_packing():
+    """The trainer's packing (train.pack_questions), where it exists."""
+    try:
+        from vico_pipeline.samples import pack_questions
+    except ImportError:
+        return None
+    return pack_questions
+
+
+def leakage(questions: list[dict], packing, seed: int = 0) -> dict:
+    """{task: share of its turns answerable from earlier turns} under `packing`, plus 'all'."""
+    rng = random.Random(seed)
+    turns, leaked = Counter(), Counter()
+    for vid, rows in sorted(by_video(questions).items()):
+        for conversation in packing(rows, rng):
+            for q, bad in zip(conversation, leaked_turns(conversation)):
+                turns[q["task"]] += 1
+                leaked[q["task"]] += int(bad)
+    out = {task: round(leaked[task] / turns[task], 4) for task in sorted(turns)}
+    out["all"] = round(sum(leaked.values()) / max(1, sum(turns.values())), 4)
+    return out
+
+
+# --------------------------------------------------------------------------- letter balance
+def letter_balance(questions: list[dict]) -> dict[str, dict]:
+    """{task: {counts by position, max_deviation}}: the commonest position's share minus 1/k."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    sizes: dict[str, int] = {}
+    for q in multiple_choice(questions):
+        counts[q["task"]]["ABCDEFGH"[q["answer_index"]]] += 1
+        sizes[q["task"]] = len(q["options"])
+    out = {}
+    for task, c in sorted(counts.items()):
+        total = sum(c.values())
+        out[task] = {"counts": dict(sorted(c.items())),
+                     "max_deviation": round(max(c.values()) / total - 1 / sizes[task], 4)}
+    return out
+
+
+# --------------------------------------------------------------------------- a version
+def read_questions(version_root: str) -> list[dict]:
+    from vico_pipeline.export import read_table
+    from vico_pipeline.versions import open_version
+
+    open_version(version_root)
+    return read_table(version_root, "questions").to_pylist()
+
+
+def measure(questions: list[dict], seed: int = 0) -> dict:
+    packings = {"one_per_sample": one_per_sample, "task_order_packing": task_order_packing}
+    if trainer_packing() is not None:
+        packings["pack_questions"] = trainer_packing()
+    accuracy = rule_accuracy(questions)
+    return {"questions": len(questions), "rules": accuracy, "over_chance": over_chance(accuracy),
+            "leakage": {name: leakage(questions, fn, seed) for name, fn in packings.items()},
+            "letters": letter_balance(questions)}
+
+
+def markdown(results: dict[str, dict]) -> str:
+    """One table of rule accuracy (rows: version x task) and one of leakage and letters."""
+    lines = ["| version | task | n | chance | " + " | ".join(RULES) + " |",
+             "| --- | --- | --- | --- | " + " | ".join("---" for _ in RULES) + " |"]
+    for name, r in results.items():
+        for task, e in r["rules"].items():
+            cells = []
+            for rule in RULES:
+                value = e[rule]
+                mark = "**" if value is not None and value > e[f"{rule}_chance"] + MARGIN else ""
+                cells.append("–" if value is None else f"{mark}{value:.2f}{mark}")
+            lines.append(f"| {name} | {task} | {e['questions']} | {e['chance']:.2f} | " + " | ".join(cells) + " |")
+    lines += ["", "| version | packing | leaked turns (all) | by task |", "| --- | --- | --- | --- |"]
+    for name, r in results.items():
+        for packing, shares in r["leakage"].items():
+            detail = ", ".join(f"{t} {v:.2f}" for t, v in shares.items() if t != "all")
+            lines.append(f"| {name} | {packing} | {shares['all']:.2f} | {detail} |")
+    lines += ["", "| version | task | answer positions | commonest share - even share |", "| --- | --- | --- | --- |"]
+    for name, r in results.items():
+        for task, e in r["letters"].items():
+            counts = " ".join(f"{k} {v}" for k, v in e["counts"].items())
+            lines.append(f"| {name} | {task} | {counts} | {e['max_deviation']:+.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("versions", nargs="+")
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of Markdown tables")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    results = {v.rstrip("/").rsplit("/", 1)[-1]: measure(read_questions(v), args.seed) for v in args.versions}
+    print(json.dumps(results, indent=1) if args.json else markdown(results))
+
+
+if __name__ == "__main__":
+    main()
