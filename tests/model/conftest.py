@@ -50,7 +50,7 @@ def write_version(root, n_train=3, n_val=2, n_frames=6):
         for i in range(n):
             vid = f"{split}{i}"
             frames = [_jpeg(colors[(i + k) % len(colors)]) for k in range(n_frames)]
-            conv = []
+            conv, row_questions = [], []
             for q, task in enumerate(TASKS):
                 options = [colors[(i + q + j) % len(colors)] for j in range(4)]
                 answer = q % 4
@@ -60,8 +60,13 @@ def write_version(root, n_train=3, n_val=2, n_frames=6):
                 questions.append({"question_id": f"{vid}-q{q}", "video_id": vid, "task": task, "question": text,
                                   "options": options, "answer": options[answer], "answer_index": answer,
                                   "evidence_clip_ids": [], "split": split})
-            rows.append({"sample_id": vid, "video_id": vid, "frames": frames,
-                         "frame_times_s": [float(k) for k in range(n_frames)], "conversations": conv, "split": split})
+                # The shard row's own list: one question a training sample (contract.md "shards").
+                row_questions.append({"question_id": f"{vid}-q{q}", "task": task, "options": options,
+                                      "answer_index": answer, "evidence_clip_ids": [], "evidence_windows_s": [],
+                                      "conversations": [{"from": "human", "value": "<video>\n" + text}, conv[-1]]})
+            rows.append({"sample_id": vid, "video_id": vid, "duration_s": float(n_frames), "frames": frames,
+                         "frame_times_s": [float(k) for k in range(n_frames)], "conversations": conv,
+                         "questions": row_questions, "split": split})
         folder = root / "shards" / split
         folder.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(rows), folder / "part-00000.parquet")
