@@ -5,9 +5,17 @@ Five tasks (vico.md): `event_order`, `clue_time`, `next_event`,
 of each per video. Options and distractors come from the same video. The
 correct option's letter is dealt from shuffled decks of A-D (a seeded RNG per
 video), so letters are spread evenly within every video and over the
-dataset. Each question comes with its LLaVA-style conversation (the
-`<video>` placeholder first) and its split (train or val, by a hash of the
-video id, so a video is never split).
+dataset. The wording says exactly what the key computes (`next_event` asks
+for the listed event that comes next, not what happens "right after"), and
+no option stands out by its form: the chronological order is shown as often
+as chance shows it, and `event_order` distractors include a near miss (one
+swap from the truth) without making the truth the hub of the options.
+
+Each question comes with its conversation (the `<video>` placeholder, then the
+question; consumers add the time header, vico_pipeline/samples.py), its
+evidence clips and their windows, its split (train or val, by a hash of the
+video id, so a video is never split), and the engines that made its captions
+and clues.
 """
 from __future__ import annotations
 
@@ -33,8 +41,17 @@ QUESTIONS_SCHEMA = pa.schema([
     ("answer", pa.string()),
     ("answer_index", pa.int32()),
     ("evidence_clip_ids", pa.list_(pa.string())),
+    # [start_s, end_s] of each evidence clip, in the order of evidence_clip_ids.
+    ("evidence_windows_s", pa.list_(pa.list_(pa.float64()))),
     ("split", pa.string()),
     ("conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))),
+    # Rotations of the options a model answered right without the video; filled by the blind stage.
+    ("blind_correct", pa.int32()),
+    # Provenance: what made the captions and the clues this question stands on.
+    ("caption_engine", pa.string()),
+    ("caption_model", pa.string()),
+    ("clue_engine", pa.string()),
+    ("clue_model", pa.string()),
 ])
 
 
@@ -67,6 +84,31 @@ def _place(correct: str, distractors: list[str], target: int) -> list[str]:
     return options
 
 
+def one_swap_apart(a: tuple, b: tuple) -> bool:
+    """Two orders that differ by exchanging two events."""
+    return sum(x != y for x, y in zip(a, b)) == 2
+
+
+def order_distractors(correct: tuple, rng: random.Random, tries: int = 200) -> list[tuple]:
+    """Three wrong orders, at least one a near miss (one swap from the truth).
+
+    Chosen so that every option has as many one-swap neighbours among the options as any other:
+    with near misses alone the truth would be the one order close to all the others."""
+    others = [p for p in itertools.permutations(sorted(correct)) if p != correct]
+    near = [p for p in others if one_swap_apart(p, correct)]
+    fallback = None
+    for _ in range(tries):
+        first = rng.choice(near)
+        rest = rng.sample([p for p in others if p != first], 2)
+        options = [correct, first, *rest]
+        degrees = [sum(one_swap_apart(a, b) for b in options if b != a) for a in options]
+        if len(set(degrees)) == 1:
+            return [first, *rest]
+        if fallback is None and degrees[0] < max(degrees):  # at least the truth is not the hub
+            fallback = [first, *rest]
+    return fallback or [first, *rest]
+
+
 def event_order(clues, rng, target, seconds, duration):
     n = len(clues)
     if n < 3:
@@ -74,14 +116,11 @@ def event_order(clues, rng, target, seconds, duration):
     k = rng.randint(3, min(5, n))
     chosen = sorted(rng.sample(range(n), k))  # chronological
     shown = chosen[:]
-    for _ in range(10):  # shown shuffled, not already in order
-        rng.shuffle(shown)
-        if shown != chosen:
-            break
+    rng.shuffle(shown)  # any order: the chronological one too, as often as chance shows it (1 in k!)
     number = {idx: pos + 1 for pos, idx in enumerate(shown)}
     correct = tuple(number[idx] for idx in chosen)
-    others = [p for p in itertools.permutations(range(1, k + 1)) if p != correct]
-    distractors = rng.sample(others, 3)
+    distractors = order_distractors(correct, rng)
+    rng.shuffle(distractors)  # the near miss has no fixed place either
     fmt = lambda p: ", ".join(str(x) for x in p)
     listing = "\n".join(f"{pos + 1}. {clues[idx]['text']}" for pos, idx in enumerate(shown))
     question = (f"These events happen in the video:\n{listing}\n"
@@ -116,7 +155,9 @@ def next_event(clues, rng, target, seconds, duration):
     i = rng.randrange(n - 1)
     others = [c["text"] for j, c in enumerate(clues) if j not in (i, i + 1)]
     distractors = rng.sample(others, 3)
-    question = f'What happens next in the video, right after this: "{clues[i]["text"]}"?'
+    # The key is the next of the video's selected events, often a minute or more later: the wording
+    # asks for the listed event that comes next, never for what happens "right after".
+    question = f'Of the events listed below, which one comes next in the video after "{clues[i]["text"]}"?'
     return question, _place(clues[i + 1]["text"], distractors, target), [clues[i]["clip_id"], clues[i + 1]["clip_id"]]
 
 
@@ -151,9 +192,12 @@ LETTERED = {"event_order": event_order, "clue_time": clue_time, "next_event": ne
 
 
 def build_questions(video_id: str, clues: list[dict], tasks: list[str], per_task: int, seed: int,
-                    clip_seconds: float, duration_s: float, val_fraction: float) -> list[dict]:
-    """Every question for one video; `clues` need clip_id, start_s, end_s, text."""
+                    clip_seconds: float, duration_s: float, val_fraction: float,
+                    provenance: dict | None = None) -> list[dict]:
+    """Every question for one video; `clues` need clip_id, start_s, end_s, text; `provenance`
+    holds caption_engine, caption_model, clue_engine, clue_model."""
     clues = sorted(clues, key=lambda c: (c["start_s"], c["clip_id"]))
+    window = {c["clip_id"]: [float(c["start_s"]), float(c["end_s"])] for c in clues}
     if len(clues) < 2:
         return []  # no task can be built on one event
     rng = random.Random(f"{seed}:{video_id}")
@@ -196,10 +240,18 @@ def build_questions(video_id: str, clues: list[dict], tasks: list[str], per_task
             rows.append({
                 "question_id": f"{video_id}-{task}-{len(made):02d}", "video_id": video_id, "task": task,
                 "question": question, "options": options, "answer": answer, "answer_index": index,
-                "evidence_clip_ids": evidence, "split": split,
+                "evidence_clip_ids": evidence, "evidence_windows_s": [window[c] for c in evidence], "split": split,
                 "conversations": conversation(question, options, answer, task in LETTERED),
+                "blind_correct": None, **(provenance or {}),
             })
     return rows
+
+
+def provenance(captions: list[dict], clues: list[dict]) -> dict:
+    """The engines and models that wrote a video's captions and clues (as their rows record them)."""
+    caption, clue = (captions or [{}])[0], (clues or [{}])[0]
+    return {"caption_engine": caption.get("engine"), "caption_model": caption.get("model"),
+            "clue_engine": clue.get("engine"), "clue_model": clue.get("model")}
 
 
 class QuestionsStage(Stage):
@@ -211,7 +263,7 @@ class QuestionsStage(Stage):
         clues = item["clues"]
         rows = build_questions(item["video_id"], clues, list(cfg.questions.tasks), cfg.questions.per_task,
                                cfg.questions.seed, cfg.clips.seconds, float(item["video"]["duration_s"] or 0.0),
-                               cfg.shards.val_fraction)
+                               cfg.shards.val_fraction, provenance(item.get("caption") or [], clues))
         if not rows:
             yield ErrorRow(item["video_id"], item["source"], "no_questions",
                            f"{len(clues)} clues make none of the tasks {', '.join(cfg.questions.tasks)}")

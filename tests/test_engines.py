@@ -61,14 +61,17 @@ def test_similarity_is_order_aware_and_ignores_articles():
 
 
 def test_template_picks_distinct_events_spread_over_the_video():
-    texts = ["red frames", "red frames", "blue frames", "blue frames", "green frames", "a cut to black"]
-    assert pick_distinct(texts, 0.85) == [0, 2, 4, 5]
+    # A scene that spans two clips (red, blue) gives no clue: two clips would answer it.
+    texts = ["red frames", "red frames", "blue frames", "blue frames", "green frames", "a cut to black",
+             "white frames", "a grey circle"]
+    assert pick_distinct(texts, 0.85) == [4, 5, 6, 7]
     assert spread([0, 2, 4, 5, 7, 9], 3) == [0, 4, 9]
     engine = build_engine(CluesConfig(engine="template", max_clues=3), "clues")
     data = [{"clip_id": f"c{i}", "key_event": t} for i, t in enumerate(texts)]
+    data[6]["caption"] = "a cut to black"  # clip 5's event fits clip 6's caption as well: not grounded
     events = json.loads(engine([Request("ignored", data=data)])[0].text)["events"]
-    assert [e["clip_id"] for e in events] == ["c0", "c4", "c5"]
-    assert events[0]["clue"] == "Red frames"
+    assert [e["clip_id"] for e in events] == ["c4", "c6", "c7"]
+    assert events[0]["clue"] == "Green frames"
 
 
 # --------------------------------------------------------------------------- retry helper

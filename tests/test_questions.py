@@ -32,6 +32,9 @@ def check_question(q: dict, clues: list[dict]) -> None:
     options, index = q["options"], q["answer_index"]
     human, gpt = q["conversations"][0]["value"], q["conversations"][1]["value"]
     assert [t["from"] for t in q["conversations"]] == ["human", "gpt"] and human.startswith("<video>\n")
+    assert "The video lasts" not in human  # no time header: consumers add it (samples.py)
+    window = {c["clip_id"]: [c["start_s"], c["end_s"]] for c in clues}
+    assert q["evidence_windows_s"] == [window[c] for c in q["evidence_clip_ids"]]
     if q["task"] == "timeline":
         assert options == [] and index == -1
         assert q["answer"] == "\n".join(f"{time_range(c['start_s'], c['end_s'])}: {c['text']}" for c in ordered)
@@ -59,6 +62,9 @@ def check_question(q: dict, clues: list[dict]) -> None:
         position = [c["text"] for c in ordered].index(text)
         assert options[index] == ordered[position + 1]["text"]
         assert all(start[o] != start[text] for o in options)
+        # True to the wording: of the listed events, the key is the first one after the clue.
+        assert options[index] == min((o for o in options if start[o] > start[text]), key=start.get)
+        assert "right after" not in q["question"] and "comes next" in q["question"]
 
 
 @settings(max_examples=150, deadline=None)
@@ -119,3 +125,61 @@ def test_only_the_configured_tasks_and_an_error_row_when_none_can_be_built():
     assert len(rows) == 3 and {r["task"] for r in rows} == {"before_after"}
     rows = list(stage.process({"video_id": "v", "source": "s", "video": {"duration_s": 56.0}, "clues": clues[:1]}))
     assert len(rows) == 1 and isinstance(rows[0], ErrorRow) and rows[0].error_type == "no_questions"
+
+
+def _event_orders(videos=600):
+    rng = random.Random(11)
+    out = []
+    for v in range(videos):
+        n = rng.randint(3, 9)
+        clues = [{"clip_id": f"c{w}", "start_s": 14.0 * w, "end_s": 14.0 * w + 14, "text": f"event {w} happens"}
+                 for w in sorted(rng.sample(range(100), n))]
+        out += [r for r in build_questions(f"video{v}", clues, ["event_order"], 2, 0, 14.0, 1400.0, 0.1)]
+    return out
+
+
+def _orders(q):
+    return [tuple(int(x) for x in o.split(", ")) for o in q["options"]]
+
+
+def test_the_identity_order_is_right_as_often_as_chance_makes_it():
+    import math
+
+    questions = _event_orders()
+    right_identity = expected = 0.0
+    for q in questions:
+        options = _orders(q)
+        k = len(options[0])
+        expected += 1 / math.factorial(k)  # a uniformly shuffled listing is already in order 1 in k! times
+        right_identity += options[q["answer_index"]] == tuple(range(1, k + 1))
+    assert len(questions) > 1000 and right_identity > 0
+    assert abs(right_identity - expected) < 3 * math.sqrt(expected)
+
+
+def test_event_order_distractors_include_a_near_miss_and_the_truth_is_no_hub():
+    from stages.questions import one_swap_apart
+
+    questions = _event_orders()
+    hubs = 0
+    for q in questions:
+        options = _orders(q)
+        truth = options[q["answer_index"]]
+        assert any(one_swap_apart(truth, o) for o in options if o != truth)  # a near miss is offered
+        degree = [sum(one_swap_apart(a, b) for b in options if b != a) for a in options]
+        hubs += degree[q["answer_index"]] > max(d for i, d in enumerate(degree) if i != q["answer_index"])
+    assert hubs == 0  # "the option one swap from most others" never finds the answer
+
+
+def test_questions_carry_their_provenance_and_an_empty_blind_count():
+    clues = [{"clip_id": f"c{i}", "start_s": 14.0 * i, "end_s": 14.0 * i + 14, "text": f"event {i}",
+              "engine": "template", "model": "template-v1"} for i in range(6)]
+    captions = [{"clip_id": f"c{i}", "engine": "describe", "model": "describe-v1"} for i in range(6)]
+    rows = list(QuestionsStage(Config()).process({"video_id": "v", "source": "s", "video": {"duration_s": 84.0},
+                                                  "clues": clues, "caption": captions}))
+    assert rows and all((r["caption_engine"], r["caption_model"], r["clue_engine"], r["clue_model"])
+                        == ("describe", "describe-v1", "template", "template-v1") for r in rows)
+    assert all(r["blind_correct"] is None for r in rows)
+    from stages.base import rows_to_table
+    from stages.questions import QUESTIONS_SCHEMA
+    table = rows_to_table(rows, QUESTIONS_SCHEMA)
+    assert table.column("evidence_windows_s").to_pylist()[0] == rows[0]["evidence_windows_s"]

@@ -1,4 +1,4 @@
-"""End to end: `vico run configs/demo.yaml` on two short demo videos (describe + template,
+"""End to end: `vico run configs/demo.yaml` on two 2-minute demo videos (describe + template,
 offline) yields captions, clues and question sets for every video. One pipeline run."""
 import os
 import subprocess
@@ -15,7 +15,7 @@ def demo_version(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
     vico = [sys.executable, "-m", "vico_pipeline.cli"]
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-    subprocess.run(vico + ["demo-videos", str(tmp / "videos"), "--count", "2", "--minutes", "1"],
+    subprocess.run(vico + ["demo-videos", str(tmp / "videos"), "--count", "2", "--minutes", "2"],
                    check=True, capture_output=True, env=env, cwd=ROOT)
     done = subprocess.run(vico + ["run", "configs/demo.yaml", "--set", f"sources.manifest={tmp}/videos/manifest.txt",
                                   "--set", f"output.root={tmp}/out", "--set", "ray.progress=false"],

@@ -152,8 +152,9 @@ class EngineSection(Section):
     # Autoscaling: the engine's actor pool grows from `replicas` up to this many (None: a fixed pool).
     max_replicas: Optional[int] = None
     device: str = "auto"
-    # CPUs each engine worker (task or actor) holds.
-    num_cpus: float = 1.0
+    # CPUs each engine worker (task or actor) holds; None: 0.25 for an endpoint engine (openai: it
+    # waits on the network), 1 for the others (engines.registry.engine_cpus).
+    num_cpus: Optional[float] = Field(default=None, gt=0)
     # Ask the engine for JSON (response_format / guided decoding) where it supports it.
     structured_output: bool = True
     # vllm: share of GPU memory for weights + KV cache, context length, extra LLM(...) arguments.

@@ -126,8 +126,8 @@ def stage_specs() -> list[StageSpec]:
                       "clues.max_clues", "clues.min_clues", "clues.duplicate_similarity",
                       "clues.validation_retries", "clues.max_caption_chars", "clues.grounding"), _clues_resources,
                   code_version="2"),
-        StageSpec("questions", "questions", QUESTIONS_SCHEMA, ("download", "clues"), _questions,
-                  ("questions", "clips.seconds", "shards.val_fraction"), _light_resources),
+        StageSpec("questions", "questions", QUESTIONS_SCHEMA, ("download", "clues", "caption"), _questions,
+                  ("questions", "clips.seconds", "shards.val_fraction"), _light_resources, code_version="2"),
         # Its output replaces the questions stage's in the version's `questions` table (last one wins).
         StageSpec("blind", "questions", BLIND_SCHEMA, ("download", "questions"), _blind,
                   tuple(f"blind.{k}" for k in _ENGINE_KEYS) + ("blind.enabled",), _blind_resources),

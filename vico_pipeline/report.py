@@ -194,6 +194,7 @@ ol.clues{font-size:13px;margin:6px 0 8px;padding-left:22px}ol.clues .tm{color:#5
 .q{border-top:1px solid #edf0f4;padding:8px 0;font-size:13px}.q .task{display:inline-block;background:#e8ecf2;border-radius:4px;padding:0 6px;font-size:11px;margin-right:6px}
 .q pre{white-space:pre-wrap;font-family:inherit;margin:4px 0}.q ul{margin:2px 0;padding-left:20px}
 .q li.ok{color:#1f7a3a;font-weight:600}.q .ans{color:#1f7a3a;font-weight:600}
+header p.standin{background:#f6c343;color:#1d2430;font-weight:600;padding:4px 8px;border-radius:4px;margin:8px 0 0}
 """
 
 
@@ -206,13 +207,15 @@ def _tiles(manifest: dict) -> str:
 
 def _stage_table(manifest: dict) -> str:
     reused = manifest.get("reused", {})
-    rows = ["<tr><th>stage</th><th>items in</th><th>out</th><th>failed</th><th>cached</th><th>seconds</th><th>reused from</th></tr>"]
+    rows = ["<tr><th>stage</th><th>items in</th><th>out</th><th>failed</th><th>by type</th><th>cached</th>"
+            "<th>seconds</th><th>reused from</th></tr>"]
     for stage, s in manifest.get("stages", {}).items():
         r = reused.get(stage)
         where = f'{r.get("version") or "interrupted run"} ({r.get("videos")}/{r.get("of")})' if r else ""
+        kinds = ", ".join(f"{k} {v}" for k, v in (s.get("error_types") or {}).items())
         rows.append(f"<tr><td>{_e(stage)}</td><td>{_e(s.get('items_in'))}</td><td>{_e(s.get('items_out'))}</td>"
-                    f"<td>{_e(s.get('failed'))}</td><td>{_e(s.get('cached'))}</td><td>{_e(s.get('seconds'))}</td>"
-                    f"<td>{_e(where)}</td></tr>")
+                    f"<td>{_e(s.get('failed'))}</td><td>{_e(kinds)}</td><td>{_e(s.get('cached'))}</td>"
+                    f"<td>{_e(s.get('seconds'))}</td><td>{_e(where)}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
 
 
@@ -229,6 +232,14 @@ def _blind_table(manifest: dict) -> str:
                     f"<td>{_e(b.get('after'))}</td><td>{_e(b.get('dropped'))}</td><td>{_e(b.get('unanswered'))}</td></tr>")
     return f'<p>blind.engine {_e(engine)}: each question asked without the video, under every rotation of its options</p>' \
         "<table>" + "".join(rows) + "</table>"
+
+
+def _stand_in(manifest: dict) -> str:
+    """The card's stand-in warning, first under the title: data no model made must not pass for real."""
+    from vico_pipeline.card import stand_in_lines
+
+    lines = stand_in_lines(manifest.get("config", {}))
+    return "".join(f'<p class="standin">{_e(line.replace("**", "").replace("`", ""))}</p>' for line in lines)
 
 
 def _question_html(q: dict) -> str:
@@ -309,7 +320,7 @@ def render(version_root: str) -> str:
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_e(title)} · vico report</title><link rel="icon" href="data:,"><style>{CSS}</style></head>
-<body><header><h1>{_e(title)}</h1>
+<body><header><h1>{_e(title)}</h1>{_stand_in(manifest)}
 <p>fingerprint {_e(manifest.get('fingerprint'))} · code {_e(manifest.get('code_version'))} ·
 created {_e(manifest.get('created'))} · captions {_e(manifest.get('config', {}).get('caption', {}).get('engine'))} ·
 clues {_e(manifest.get('config', {}).get('clues', {}).get('engine'))} ·

@@ -38,6 +38,15 @@ def build_engine(section, role: str) -> Engine:
 
 
 MODEL_ENGINES = ("transformers", "vllm")
+# An endpoint engine's actor waits on the network: a small CPU share leaves the light stages room.
+ENDPOINT_CPUS = 0.25
+
+
+def engine_cpus(section) -> float:
+    """CPUs a worker of `section`'s engine holds: `num_cpus` when set, else by the engine's kind."""
+    if section.num_cpus is not None:
+        return section.num_cpus
+    return ENDPOINT_CPUS if section.engine == "openai" else 1.0
 
 
 def engine_resources(section) -> dict:
@@ -51,5 +60,5 @@ def engine_resources(section) -> dict:
         replicas = section.replicas
         grow_to = getattr(section, "max_replicas", None)  # an autoscaling pool when set
         concurrency = (replicas, grow_to) if grow_to and grow_to > replicas else replicas
-        return {"num_cpus": section.num_cpus, "num_gpus": gpus, "concurrency": concurrency, "actor": True}
-    return {"num_cpus": section.num_cpus, "num_gpus": 0, "concurrency": None, "actor": False}
+        return {"num_cpus": engine_cpus(section), "num_gpus": gpus, "concurrency": concurrency, "actor": True}
+    return {"num_cpus": engine_cpus(section), "num_gpus": 0, "concurrency": None, "actor": False}

@@ -1,11 +1,13 @@
 """The `template` clue engine: distinct events picked from the captions, no model.
 
 It reads the captions of one video (`Request.data`: clips in time order with
-their caption and key event), walks them in time order, and keeps a clip's key
-event when it is not a near-duplicate of one already kept (word and word-pair
-overlap, `similarity`). When more than `clues.max_clues` remain it keeps an
-even spread over the video. It answers in the same JSON an LLM is asked for,
-so the same validator checks both.
+their caption and key event), walks them in time order, and proposes a clip's
+key event when no other clip's key event is a near-duplicate of it (word and
+word-pair overlap, `similarity`) and its own caption fits it better than any
+other clip's: a scene that spans two clips gives no clue, since a question
+about it would have two right answers. When more than `clues.max_clues` remain
+it keeps an even spread over the video. It answers in the same JSON an LLM is
+asked for, so the same gates (stages/clues.py) check both.
 """
 from __future__ import annotations
 
@@ -34,12 +36,9 @@ def similarity(a: str, b: str) -> float:
 
 
 def pick_distinct(texts: list[str], threshold: float) -> list[int]:
-    """Indices of texts kept in order, each below `threshold` similarity to every kept one."""
-    kept: list[int] = []
-    for i, text in enumerate(texts):
-        if text.strip() and all(similarity(text, texts[j]) < threshold for j in kept):
-            kept.append(i)
-    return kept
+    """Indices of texts kept in order, each below `threshold` similarity to every other text."""
+    return [i for i, text in enumerate(texts)
+            if text.strip() and all(similarity(text, other) < threshold for j, other in enumerate(texts) if j != i)]
 
 
 def spread(indices: list[int], k: int) -> list[int]:
@@ -60,13 +59,21 @@ class TemplateEngine(Engine):
         self.threshold = getattr(section, "duplicate_similarity", 0.85)
         self.max_clues = getattr(section, "max_clues", 12)
 
+    @staticmethod
+    def grounded(index: int, clips: list[dict], texts: list[str]) -> bool:
+        from stages.clues import lexically_grounded  # the clue gate's own test, so it passes the gate
+
+        captions = {c["clip_id"]: c for c in clips}
+        return lexically_grounded(texts[index], clips[index]["clip_id"], captions)
+
     def generate(self, prepared: list[Request]) -> list[Result]:
         out = []
         for request in prepared:
             started = time.perf_counter()
             clips = request.data or []
             texts = [c.get("key_event") or c.get("caption") or "" for c in clips]
-            chosen = spread(pick_distinct(texts, self.threshold), self.max_clues)
+            chosen = spread([i for i in pick_distinct(texts, self.threshold) if self.grounded(i, clips, texts)],
+                            self.max_clues)
             events = [{"clip_id": clips[i]["clip_id"], "clue": texts[i][:1].upper() + texts[i][1:]} for i in chosen]
             out.append(Result(text=json.dumps({"events": events}), latency_s=time.perf_counter() - started,
                               finish_reason="stop"))

@@ -14,6 +14,7 @@ import time
 
 from stages.base import require
 from vico_pipeline.engines.base import Engine, EngineError, Request, Result
+from vico_pipeline.engines.registry import engine_cpus
 
 
 def chat(request: Request) -> list[dict]:
@@ -52,7 +53,7 @@ class TransformersEngine(Engine):
         self.device = device
         self.torch = torch
         if device == "cpu":  # as many threads as CPUs the worker holds: no oversubscription
-            torch.set_num_threads(max(1, int(section.num_cpus)))
+            torch.set_num_threads(max(1, int(engine_cpus(section))))
         self.processor = transformers.AutoProcessor.from_pretrained(section.model)
         try:
             self.net = transformers.AutoModelForImageTextToText.from_pretrained(section.model, dtype="auto")
