@@ -82,6 +82,8 @@ def run(config, log=lambda msg: print(msg, file=sys.stderr), retry_failed: bool 
     if light is None:
         log(init_ray(config.ray))
         configure_data_context(config.ray.progress)
+        from vico_pipeline.resources import check_resources
+        check_resources(config, log)  # actor pools that take every CPU would hang the run: say so instead
     else:
         log(describe_inline(light))
     log(f"{'resuming' if resumed else 'writing'} {version_root} from {len(manifest_rows)} manifest lines")
@@ -89,7 +91,7 @@ def run(config, log=lambda msg: print(msg, file=sys.stderr), retry_failed: bool 
     refs = run_stages(manifest_rows, config, roots, log=log) if light is None \
         else run_inline(manifest_rows, config, roots)
     t_assemble = time.time()
-    counts, part_rows, errors = assemble(version_root, refs)
+    counts, part_rows, errors = assemble(version_root, refs, roots)
     log_failures(errors, log)
     t_shards = time.time()
     splits = write_question_splits(version_root, config.shards.val_fraction, counts)
@@ -160,13 +162,17 @@ def _resumable(versions: list[dict], fingerprint: str) -> str | None:
 # --------------------------------------------------------------------------- stats
 def stage_stats(refs: list[dict], part_rows: dict[str, int], errors: pa.Table) -> dict:
     """Per stage: items_in (videos that reached it), items_out (rows), failed (error rows),
-    cached (videos whose part was reused), seconds (worker time spent on the rest)."""
+    error_types (error rows by type: the gates' rejections among them), cached (videos whose
+    part was reused), seconds (worker time spent on the rest)."""
     failed: dict[str, int] = {}
-    for stage in errors.column("stage").to_pylist():
+    kinds: dict[str, dict[str, int]] = {}
+    for stage, kind in zip(errors.column("stage").to_pylist(), errors.column("error_type").to_pylist()):
         failed[stage] = failed.get(stage, 0) + 1
+        kinds.setdefault(stage, {})[kind] = kinds.get(stage, {}).get(kind, 0) + 1
     stats: dict[str, dict] = {}
     for spec in stage_specs():
-        stats[spec.name] = {"items_in": 0, "items_out": 0, "failed": failed.get(spec.name, 0), "cached": 0,
+        stats[spec.name] = {"items_in": 0, "items_out": 0, "failed": failed.get(spec.name, 0),
+                            "error_types": dict(sorted(kinds.get(spec.name, {}).items())), "cached": 0,
                             "seconds": 0.0}
     for row in refs:
         refs_of = json.loads(row["refs"])
@@ -270,15 +276,30 @@ def table_parts(refs: list[dict]) -> dict[str, list[str]]:
     return out
 
 
-def assemble(version_root: str, refs: list[dict]) -> tuple[dict, dict[str, int], pa.Table]:
-    """Fill the version's tables from the stage parts the run reached.
+def side_table_parts(refs: list[dict], roots: dict[str, str]) -> dict[str, list[str]]:
+    """Tables a stage writes beside its own: `clue_candidates`, for every video the clue stage saw."""
+    if "clues" not in roots:
+        return {}
+    root = storage.join(roots["clues"], "clue_candidates")
+    uris = [layout.part_uri(root, r["video_id"]) for r in refs if "clues" in json.loads(r["stats"])]
+    return {"clue_candidates": sorted(u for u in set(uris) if storage.exists(u))}
+
+
+def assemble(version_root: str, refs: list[dict], roots: dict[str, str] | None = None
+             ) -> tuple[dict, dict[str, int], pa.Table]:
+    """Fill the version's tables from the stage parts the run reached (`roots`: the stage folders,
+    for the tables a stage writes beside its own).
 
     Returns ({table: rows, bytes, files}, {part uri: rows}, the errors table).
     Each table folder is emptied first, so a resumed assembly leaves nothing stale.
     """
+    from stages.clues import CLUE_CANDIDATES_SCHEMA
+
     counts, part_rows = {}, {}
     schemas = {spec.table: spec.schema for spec in stage_specs()}
-    for table, parts in table_parts(refs).items():
+    schemas["clue_candidates"] = CLUE_CANDIDATES_SCHEMA
+    tables = {**table_parts(refs), **side_table_parts(refs, roots or {})}
+    for table, parts in tables.items():
         table_root = layout.table_dir(version_root, table)
         storage.remove(table_root)
         nbytes = rows = 0
