@@ -6,7 +6,8 @@
 
 Prefill = CLIP tower + projector + VST compression of every window at one ratio (16) + the
 question. Reports peak memory, seconds, and achieved TFLOP/s against a plain bf16 matmul
-measured in the same run. Then one training step (forward, backward, AdamW) of a 1.5B-shaped
+measured in the same run, and the cost of each further answer read from the same memory
+(another question, or another rotation of the options: the memory does not depend on it). Then one training step (forward, backward, AdamW) of a 1.5B-shaped
 model at 128 frames. Written for torch >= 2.5 and transformers 4.45 - 5.x.
 """
 
@@ -24,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vico_pipeline.model.decoder import Decoder, DecoderDims, count_flops_per_token  # noqa: E402
-from vico_pipeline.model.vision import VisionSide  # noqa: E402
+from vico_pipeline.model.vision import VisionSide, encoder_of  # noqa: E402
 from vico_pipeline.model.vst import VideoXL  # noqa: E402
 
 QWEN2_7B = DecoderDims(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28, num_heads=28,
@@ -72,14 +73,14 @@ def matmul_tflops(device, dtype, n: int) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
 
 
-def vision_flops(clip: dict, llm_width: int, frames: int) -> float:
-    """Matmul FLOPs of the tower (all but the last layer) and the projector, per the shapes."""
+def vision_flops(clip: dict, llm_width: int, frames: int, layers: int) -> float:
+    """Matmul FLOPs of the tower (the `layers` it runs) and the projector, per the shapes."""
     d, inter = clip["hidden_size"], clip["intermediate_size"]
     tokens = (clip["image_size"] // clip["patch_size"]) ** 2 + 1
     layer = tokens * (2 * 4 * d * d + 2 * 2 * d * inter) + 2 * 2 * tokens * tokens * d
     patch = tokens * 2 * 3 * clip["patch_size"] ** 2 * d
     projector = (tokens - 1) * 2 * (d * llm_width + llm_width * llm_width)
-    return frames * ((clip["num_hidden_layers"] - 1) * layer + patch + projector)
+    return frames * (layers * layer + patch + projector)
 
 
 def prefill_flops(model: VideoXL, clip: dict, frames: int, ratio: int, sink: int, question: int) -> float:
@@ -93,11 +94,26 @@ def prefill_flops(model: VideoXL, clip: dict, frames: int, ratio: int, sink: int
         memory += math.ceil(n / ratio)
     total += question * count_flops_per_token(dims, memory + (question + 1) / 2)
     total += question * 2 * dims.hidden_size * dims.vocab_size  # lm_head on the question
-    return total + vision_flops(clip, dims.hidden_size, frames)
+    return total + vision_flops(clip, dims.hidden_size, frames, len(encoder_of(model.vision.tower).layers))
 
 
 @torch.no_grad()
-def prefill(model: VideoXL, frames: int, ratio: int, device, dtype, sink=32, question=64) -> dict:
+def answer_seconds(model: VideoXL, memory, device, question: int, answers: int) -> float:
+    """Mean seconds of one more answer (a new question of the same length) read from the memory."""
+    times = []
+    for _ in range(answers):
+        post = torch.randint(0, 100, (1, question), device=device)
+        sync(device)
+        t0 = time.perf_counter()
+        logits, _ = model.read(memory, post, extend=False)
+        logits[0, -1].argmax().item()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return sum(times) / len(times)
+
+
+@torch.no_grad()
+def prefill(model: VideoXL, frames: int, ratio: int, device, dtype, sink=32, question=64, answers=8) -> dict:
     size = model.vision.image_size
     pixels = torch.randn(frames, 3, size, size, device=device, dtype=dtype)
     pre = torch.randint(0, 100, (1, sink), device=device)
@@ -112,10 +128,12 @@ def prefill(model: VideoXL, frames: int, ratio: int, device, dtype, sink=32, que
     logits[0, -1].argmax().item()
     sync(device)
     seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
     flops = prefill_flops(model, CLIP_SHAPE[0], frames, ratio, sink, question)
+    answer = answer_seconds(model, memory, device, question, answers)  # every answer after the first
     return {"frames": frames, "ratio": ratio, "memory_tokens": memory.length, "seconds": round(seconds, 4),
-            "peak_memory_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
-            "tflops": round(flops / seconds / 1e12, 4), "flops": flops}
+            "peak_memory_bytes": peak, "tflops": round(flops / seconds / 1e12, 4), "flops": flops,
+            "answer_seconds": round(answer, 5), "answer_fraction": round(answer / seconds, 4)}
 
 
 def train_step(dims: DecoderDims, clip: dict, frames: int, ratio: int, window_tokens: int, device, steps: int) -> dict:
@@ -208,10 +226,11 @@ def markdown(r: dict) -> str:
     gib = lambda b: "n/a" if b is None else f"{b / 2**30:.1f} GiB"  # noqa: E731
     lines = [f"{r['date']}, {r['device']}, torch {r['torch']}, transformers {r['transformers']}, {r['dtype']}, {r['shapes']}; "
              f"{r['dtype']} matmul: {r['matmul_tflops']} TFLOP/s", "",
-             "| frames | ratio | memory tokens | seconds | peak memory | TFLOP/s | of matmul |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| frames | ratio | memory tokens | seconds | peak memory | TFLOP/s | of matmul | each further answer | of a prefill |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for p in r["prefill"]:
         lines.append(f"| {p['frames']} | {p['ratio']} | {p['memory_tokens']} | {p['seconds']} | {gib(p['peak_memory_bytes'])} | "
-                     f"{p['tflops']} | {p['fraction_of_matmul']:.0%} |")
+                     f"{p['tflops']} | {p['fraction_of_matmul']:.0%} | {p['answer_seconds']} s | {p['answer_fraction']:.1%} |")
     if "train_step" in r:
         t = r["train_step"]
         lines += ["", f"training step ({t['model']}, {t['frames']} frames, ratio {t['ratio']}): {t['seconds_per_step']} s/step, "

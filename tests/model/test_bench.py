@@ -19,6 +19,8 @@ def test_bench_tiny_runs_on_cpu(tmp_path):
     report = json.loads(out.read_text())
     assert [p["frames"] for p in report["prefill"]] == [4, 8, 16]
     assert all(p["seconds"] > 0 and p["flops"] > 0 and p["tflops"] >= 0 for p in report["prefill"])
+    # Every answer after the first reads the same memory: it costs a fraction of a prefill.
+    assert all(0 < p["answer_seconds"] < p["seconds"] and p["answer_fraction"] < 1 for p in report["prefill"])
     # Memory grows by window/ratio per window: 16 tokens a window at ratio 4 -> 4 VSTs.
     tokens = [p["memory_tokens"] for p in report["prefill"]]
     assert tokens[1] - tokens[0] == 4 and tokens[2] - tokens[1] == 8
