@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("export", "export question sets (LLaVA / Video-XL JSON + frames)")
     p.add_argument("version", help="a complete version folder")
-    p.add_argument("--format", default="llava", choices=["llava"])
+    p.add_argument("--format", default="llava", choices=["llava"], help="the export format (llava: LLaVA / Video-XL JSON)")
     p.add_argument("--out", required=True, help="the export folder")
 
     p = with_config("submit", "submit the run as a Ray job to a running cluster", "clips.seconds=10")
@@ -170,15 +170,17 @@ def _run(args) -> int:
 
 def require_model_extra(command: str) -> None:
     """One line with the install command when the [model] extra is missing (not a ModuleNotFoundError)."""
-    import importlib
+    import importlib.util
 
     from vico_pipeline.errors import UserError
 
     missing = []
     for name in MODEL_PACKAGES:
-        try:
-            importlib.import_module(name)
-        except ImportError:
+        try:  # found without importing it (transformers warns on import when torch is missing)
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules
+            found = False
+        if not found:
             missing.append(name)
     if missing:
         raise UserError(f"`vico {command}` needs the model extra ({', '.join(missing)} not installed); "

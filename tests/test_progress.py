@@ -1,0 +1,124 @@
+"""vico's progress display: a line per stage with done/total, clips/s, failures and ETA; in a
+pseudo-terminal redrawn in place with Ray's own bars and notices off, piped as plain lines.
+The two runs here are real `vico run`s (local Ray) on a manifest whose only input fails, which
+also shows the exit status 3 and the last line of a run that produced no question."""
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import subprocess
+import sys
+
+from vico_pipeline.progress import Display, Tally, stage_lines
+
+STAGES = ["download", "frames", "filter", "caption", "clues", "questions"]
+RAY_NOISE = ("Token authentication", "progress UI", "Truncating long operator name", "execution finished",
+             "Progress bars disabled", "Tasks:")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tally() -> Tally:
+    tally = Tally()
+    tally.reset(STAGES, sources=3)
+    tally.report("download", found=1)
+    tally.report("download", found=2, failed=0)
+    tally.report("frames", rows=30)
+    tally.report("frames", failed=1)
+    return tally
+
+
+def test_stage_lines_count_done_total_rate_failed_eta():
+    lines = dict(zip(STAGES, stage_lines(_tally().snapshot(), elapsed=10.0)))
+    assert re.search(r"download\s+2/3\s+sources", lines["download"]) and "ETA 0:05" in lines["download"]
+    assert re.search(r"frames\s+2/3\s+videos\s+3\.0 clips/s\s+1 failed", lines["frames"])
+    assert "ETA 0:05" in lines["frames"]
+    assert "clips/s" not in lines["clues"] and "ETA ?" in lines["clues"]
+
+
+def test_a_video_failed_upstream_leaves_the_later_totals():
+    tally = _tally()
+    tally.report("filter", done=0, dropped=1)
+    lines = dict(zip(STAGES, stage_lines(tally.snapshot(), elapsed=10.0)))
+    assert re.search(r"filter\s+0/2\s+videos", lines["filter"])
+
+
+def test_piped_display_logs_the_stages_that_moved_and_every_stage_at_the_end():
+    logged = []
+    tally = _tally()
+    display = Display(tally, logged.append, every_s=5.0, stream=open(os.devnull, "w"))
+    assert not display.tty
+    display.show()
+    assert len(logged) == len(STAGES)  # the first time, every stage
+    logged.clear()
+    display.show()
+    assert logged == []  # nothing moved
+    tally.report("caption", rows=4)
+    display.show()
+    assert len(logged) == 1 and "caption" in logged[0] and "1/3" in logged[0]
+    logged.clear()
+    display.show(final=True)
+    assert len(logged) == len(STAGES) and all(line.rstrip().endswith("done") for line in logged)
+
+
+def _manifest(tmp_path) -> str:
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text(f"{tmp_path}/no-such-video.mp4\n")
+    return str(manifest)
+
+
+def _run_args(tmp_path, root: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "vico_pipeline.cli", "run", "configs/demo.yaml",
+            "--set", f"sources.manifest={_manifest(tmp_path)}", "--set", f"output.root={root}", *extra]
+
+
+def test_piped_progress_exit_3_and_the_last_lines(tmp_path):
+    root = str(tmp_path / "out")
+    proc = subprocess.run(_run_args(tmp_path, root, "--set", "ray.status_every_s=1"), cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 3, proc.stderr
+    version = os.path.join(root, "demo", "v1")
+    assert proc.stdout.strip().splitlines()[-1] == version  # scripts still find the version
+    err = proc.stderr.strip().splitlines()
+    assert err[-1].startswith("vico: no video produced a question") and version in err[-1]
+    assert "1 video: 0 with questions, 1 failed (download 1)" in err[-2]  # the summary says where it failed
+    stage_of = [(re.match(r"\[\s*[\d:]+\] (\w+) ", line), line) for line in err]
+    finals = {m.group(1): line for m, line in stage_of if m}  # the last line of each stage
+    assert set(STAGES) <= set(finals), proc.stderr
+    assert re.search(r"download\s+1/1\s+sources\s+1 failed", finals["download"])
+    assert re.search(r"frames\s+0/0\s+videos\s+0\.0 clips/s", finals["frames"])
+    assert not any(noise in proc.stderr for noise in RAY_NOISE), proc.stderr
+    # Found complete the second time, in JSON: the same facts, and still exit 3.
+    proc = subprocess.run(_run_args(tmp_path, root, "--json"), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 3
+    summary = json.loads(proc.stdout)
+    assert summary["version_dir"] == version and summary["questions"]["total"] == 0
+    assert summary["videos"] == {"total": 1, "with_questions": 0, "without_questions": 0, "failed": 1,
+                                 "failed_by_stage": {"download": 1}}
+
+
+def test_progress_in_a_terminal(tmp_path):
+    """The same run in a pseudo-terminal: the block redrawn in place, none of Ray's own output."""
+    main, child = pty.openpty()
+    proc = subprocess.Popen(_run_args(tmp_path, str(tmp_path / "out")), cwd=REPO, stdin=child, stdout=child,
+                            stderr=child, close_fds=True)
+    os.close(child)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=600) == 3
+    os.close(main)
+    out = b"".join(chunks).decode(errors="replace")
+    last_block = out[out.rindex("\x1b[2Kdownload"):]  # the display's lines clear themselves as they redraw
+    assert re.search(r"download\s+1/1\s+sources\s+1 failed", last_block)
+    assert all(f"\x1b[2K{stage}" in last_block for stage in STAGES)
+    assert not any(noise in out for noise in RAY_NOISE), out
+    lines = [ln for ln in re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", out).splitlines() if ln.strip()]
+    assert "no video produced a question" in lines[-1]
