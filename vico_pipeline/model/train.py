@@ -262,12 +262,12 @@ def run_training(mcfg: ModelConfig, tcfg: TrainConfig, stop_at: int | None = Non
     tcfg = tcfg.model_copy(update={"data": str(Path(tcfg.data).resolve()), "output": str(Path(tcfg.output).resolve())})
     out = Path(tcfg.output)
     check_provenance(tcfg)
+    resume = resume_from(out, mcfg, tcfg)  # refusals first: a refused run prints nothing else
     samples = QuestionSamples(tcfg.data, "train", tcfg.max_frames, tcfg.pack_questions, tcfg.seed)
-    say(samples.summary())
     if not len(samples):
         raise ModelUserError(f"no training sample in {tcfg.data}: no question's evidence fits in "
                              f"train.max_frames={tcfg.max_frames} frames (raise it)")
-    resume = resume_from(out, mcfg, tcfg)
+    say(samples.summary())
     out.mkdir(parents=True, exist_ok=True)
     import yaml
 
