@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+import uuid
 
 import pyarrow as pa
 
@@ -30,11 +31,26 @@ from vico_pipeline.fingerprint import version_fingerprint
 from vico_pipeline.errors import RunError
 from vico_pipeline.redact import redact, redact_text
 from vico_pipeline.registry import stage_specs
-from vico_pipeline.versions import CLAIM, is_complete, list_versions, next_version_name
+from vico_pipeline.claim import Heartbeat, claim_version, new_owner
+from vico_pipeline.versions import CLAIM, is_complete, list_versions
 CARD = "README.md"
 
 
 def run(config, log=lambda msg: print(msg, file=sys.stderr), retry_failed: bool = False) -> str:
+    """Run the pipeline for `config` (see `_run`); the version's claim is refreshed while it runs,
+    and released at once when the run fails."""
+    heartbeats: list = []
+    failed = True
+    try:
+        version_root = _run(config, log, retry_failed, heartbeats)
+        failed = False
+        return version_root
+    finally:
+        for heartbeat in heartbeats:
+            heartbeat.stop(failed=failed)
+
+
+def _run(config, log, retry_failed: bool, heartbeats: list) -> str:
     """Run the pipeline for `config`; returns the version folder (new, or found complete).
 
     With `retry_failed`, a complete version of the same config whose downloads failed for
@@ -66,16 +82,18 @@ def run(config, log=lambda msg: print(msg, file=sys.stderr), retry_failed: bool 
             raise RunError(f"--retry-failed writes a new version; dataset.version={config.dataset.version} "
                            "names one: leave it out or choose another name")
         log(f"version {latest['version']} has {transient} transient download failures: retrying them in a new version")
-    name = config.dataset.version or _resumable(versions, fingerprint) or next_version_name(dataset_root)
-    version_root = layout.version_dir(config.output.root, config.dataset.name, name)
-    if is_complete(version_root):
-        raise RunError(f"version {name} exists with another config; choose another dataset.version")
-    resumed = storage.exists(storage.join(version_root, CLAIM))
-    # Claim the folder first, so a killed run, started again, finds its version.
+    # Claim the folder first, exclusively, so no other run writes it and a killed run, started again, finds it.
+    owner = new_owner()
     try:
-        storage.write_json(storage.join(version_root, CLAIM), {"fingerprint": fingerprint, "version": name})
+        name, resumed = claim_version(config, dataset_root, fingerprint, owner, log)
     except OSError as exc:
         raise RunError(f"output.root is not writable: {config.output.root} ({exc.strerror or exc})") from None
+    version_root = layout.version_dir(config.output.root, config.dataset.name, name)
+    if resumed is None:
+        log(f"version {name} was completed meanwhile by a run of this config and manifest; nothing to do")
+        return version_root
+    heartbeat = Heartbeat(version_root, owner, fingerprint, name)
+    heartbeats.append(heartbeat.start())
 
     roots, stage_fps = stage_roots_for(config)
     light = None if _ray_ready() else light_work(manifest_rows, config, roots)
@@ -91,6 +109,7 @@ def run(config, log=lambda msg: print(msg, file=sys.stderr), retry_failed: bool 
     refs = run_stages(manifest_rows, config, roots, log=log) if light is None \
         else run_inline(manifest_rows, config, roots)
     t_assemble = time.time()
+    _still_ours(version_root, heartbeat)
     counts, part_rows, errors = assemble(version_root, refs, roots)
     log_failures(errors, log)
     t_shards = time.time()
@@ -134,6 +153,7 @@ def run(config, log=lambda msg: print(msg, file=sys.stderr), retry_failed: bool 
     from vico_pipeline.card import write_card
     write_card(version_root, manifest)
     manifest["status"] = "complete"
+    _still_ours(version_root, heartbeat)
     storage.write_json(storage.join(version_root, layout.MANIFEST), manifest)  # last: the version is complete
     from vico_pipeline.summary import run_summary, summary_line
     log(summary_line(run_summary(version_root, manifest)))
@@ -144,6 +164,13 @@ def transient_failures(errors: pa.Table) -> int:
     """Download error rows of kinds that may pass on another try (the next run retries them)."""
     return sum(1 for stage, kind in zip(errors["stage"].to_pylist(), errors["error_type"].to_pylist())
                if stage == "download" and kind in TRANSIENT)
+
+
+def _still_ours(version_root: str, heartbeat) -> None:
+    """Never (re)write a complete version, nor one another run took over."""
+    heartbeat.check()
+    if is_complete(version_root):
+        raise RunError(f"{version_root} is complete already (written by another run); nothing is rewritten")
 
 
 def _resumable(versions: list[dict], fingerprint: str) -> str | None:
@@ -213,7 +240,7 @@ def log_failures(errors: pa.Table, log, limit: int = 20) -> None:
     """One line a failed item, naming the stage and the video (its id and source)."""
     rows = errors.to_pylist()
     for e in rows[:limit]:
-        log(f"failed: {e['stage']}: video {e['item_id']} ({e['source']}): {e['error_type']}: {e['message']}")
+        log(redact_text(f"failed: {e['stage']}: video {e['item_id']} ({e['source']}): {e['error_type']}: {e['message']}"))
     if len(rows) > limit:
         log(f"failed: ... and {len(rows) - limit} more in the errors table")
 
@@ -291,7 +318,8 @@ def assemble(version_root: str, refs: list[dict], roots: dict[str, str] | None =
     for the tables a stage writes beside its own).
 
     Returns ({table: rows, bytes, files}, {part uri: rows}, the errors table).
-    Each table folder is emptied first, so a resumed assembly leaves nothing stale.
+    Each table is built whole in a staging folder, then renamed into place (`storage.rename_dir`),
+    so a reader sees a table's old folder or its new one, never a half-filled one.
     """
     from stages.clues import CLUE_CANDIDATES_SCHEMA
 
@@ -299,9 +327,12 @@ def assemble(version_root: str, refs: list[dict], roots: dict[str, str] | None =
     schemas = {spec.table: spec.schema for spec in stage_specs()}
     schemas["clue_candidates"] = CLUE_CANDIDATES_SCHEMA
     tables = {**table_parts(refs), **side_table_parts(refs, roots or {})}
+    for name in storage.listdir(version_root):  # a killed assembly's leftovers (this run owns the folder)
+        if name.startswith(".staging-"):
+            storage.remove(storage.join(version_root, name))
+    staging = storage.join(version_root, f".staging-{uuid.uuid4().hex[:8]}")
     for table, parts in tables.items():
-        table_root = layout.table_dir(version_root, table)
-        storage.remove(table_root)
+        table_root = storage.join(staging, table)
         nbytes = rows = 0
         for part in parts:
             target = storage.join(table_root, part.rsplit("/", 1)[-1])
@@ -316,15 +347,16 @@ def assemble(version_root: str, refs: list[dict], roots: dict[str, str] | None =
     for part in {p for r in refs for p in json.loads(r["refs"]).values()} - set(part_rows):
         part_rows[part] = storage.parquet_rows(part)
     errors = assemble_errors(refs)
-    storage.remove(layout.table_dir(version_root, "errors"))
     counts["errors"] = {"rows": errors.num_rows,
-                        "bytes": storage.write_parquet(errors, storage.join(version_root, "errors", "part-00000.parquet")),
+                        "bytes": storage.write_parquet(errors, storage.join(staging, "errors", "part-00000.parquet")),
                         "files": 1}
     videos = assemble_videos(refs, errors)
-    storage.remove(layout.table_dir(version_root, "videos"))
     counts["videos"] = {"rows": videos.num_rows,
-                        "bytes": storage.write_parquet(videos, storage.join(version_root, "videos", "part-00000.parquet")),
+                        "bytes": storage.write_parquet(videos, storage.join(staging, "videos", "part-00000.parquet")),
                         "files": 1}
+    for table in counts:  # every table whole, then into place
+        storage.rename_dir(storage.join(staging, table), layout.table_dir(version_root, table))
+    storage.remove(staging)
     order = {t: i for i, t in enumerate(layout.TABLES)}
     return dict(sorted(counts.items(), key=lambda kv: order.get(kv[0], 99))), part_rows, errors
 

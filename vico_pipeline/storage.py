@@ -112,13 +112,52 @@ def write_bytes(uri: str, data: bytes) -> None:
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
         tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            _discard(tmp)  # a full disk or a kill mid-write leaves no temp file behind
+            raise
     else:
         fs.pipe_file(path, data)  # one PUT
+
+
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Create `uri` holding `data` only if nothing is there yet; False when it exists.
+
+    O_CREAT|O_EXCL on a local disk; on S3 a conditional PUT (If-None-Match: *), which the
+    store refuses (412) when the key exists. Exactly one of several racing callers gets True."""
+    fs, path = fs_and_path(uri)
+    if is_local(uri):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            _discard(path)
+            raise
+        return True
+    try:
+        fs.pipe_file(path, data, mode="create")
+    except FileExistsError:
+        return False
+    return True
+
+
+def _discard(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def read_bytes(uri: str) -> bytes:
@@ -127,8 +166,12 @@ def read_bytes(uri: str) -> bytes:
         return handle.read()
 
 
+def json_bytes(obj) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=False, default=str).encode()
+
+
 def write_json(uri: str, obj) -> None:
-    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=False, default=str).encode())
+    write_bytes(uri, json_bytes(obj))
 
 
 def read_json(uri: str):
@@ -172,10 +215,34 @@ def upload_file(local: str, uri: str) -> None:
     if is_local(uri):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}")
-        shutil.copyfile(local, tmp)
-        os.replace(tmp, path)
+        try:
+            shutil.copyfile(local, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            _discard(tmp)
+            raise
     else:
         fs.put_file(local, path)
+
+
+def rename_dir(src: str, dst: str) -> None:
+    """Put folder `src` in the place of folder `dst`: on a local disk, renames, so a reader of `dst`
+    sees the old folder or the new one whole; on an object store (no renames), a copy."""
+    if is_local(src):
+        src_path, dst_path = (u[len("file://"):] if u.startswith("file://") else u for u in (src, dst))
+        old = None
+        if os.path.exists(dst_path):
+            old = f"{os.path.dirname(dst_path)}/.old-{uuid.uuid4().hex[:8]}-{os.path.basename(dst_path)}"
+            os.rename(dst_path, old)
+        os.rename(src_path, dst_path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+        return
+    fs, src_path = fs_and_path(src)
+    _, dst_path = fs_and_path(dst)
+    remove(dst)
+    fs.copy(src_path, dst_path, recursive=True)
+    fs.rm(src_path, recursive=True)
 
 
 @contextlib.contextmanager

@@ -2,13 +2,52 @@
 
 A version folder is complete when its manifest.json says `"status": "complete"`;
 every reader here refuses anything else. The run that writes a version is `run.py`.
+
+Claims: a run owns a version folder through a claim file it created exclusively
+(O_CREAT|O_EXCL on a local disk, a conditional PUT `If-None-Match: *` on S3), so two
+runs never write one version. The claim names its owner and carries a heartbeat the
+owner refreshes; a claim whose heartbeat is older than STALE_S is a killed run's, and
+another run may take the folder over by exclusively creating the next generation of
+the claim (`.claim.json`, `.claim.2.json`, ...): the highest generation owns it.
 """
 from __future__ import annotations
+
+import re
+import time
 
 from vico_pipeline import layout, storage
 from vico_pipeline.errors import RunError
 
 CLAIM = ".claim.json"
+_CLAIM_NAME = re.compile(r"^\.claim(?:\.(\d+))?\.json$")
+HEARTBEAT_S = 5.0  # how often a run refreshes its claim
+STALE_S = 60.0  # a claim not refreshed for this long is a killed run's
+
+
+def claim_name(generation: int) -> str:
+    return CLAIM if generation <= 1 else f".claim.{generation}.json"
+
+
+def read_claim(version_root: str) -> tuple[int, dict | None]:
+    """(generation, claim) of the folder's current claim; (0, None) when unclaimed.
+
+    A claim being written (not yet valid JSON) reads as {} and counts as live."""
+    generations = [int(m.group(1) or 1) for m in map(_CLAIM_NAME.match, storage.listdir(version_root)) if m]
+    if not generations:
+        return 0, None
+    generation = max(generations)
+    try:
+        claim = storage.read_json(storage.join(version_root, claim_name(generation)))
+    except (ValueError, OSError):
+        claim = {"heartbeat": time.time()}
+    return generation, claim if isinstance(claim, dict) else {}
+
+
+def claim_is_stale(claim: dict, now: float | None = None) -> bool:
+    """A killed run's claim: no heartbeat (written by an older vico), released, or not refreshed for STALE_S."""
+    beat = claim.get("heartbeat")
+    return not isinstance(beat, (int, float)) or claim.get("released") or \
+        (now if now is not None else time.time()) - beat > STALE_S
 
 
 def list_versions(dataset_root: str) -> list[dict]:
@@ -38,6 +77,9 @@ def _read_manifest(version_root: str) -> dict:
     except (FileNotFoundError, ValueError, OSError):
         return {}  # missing, or not ours: the version is not complete
     return manifest if isinstance(manifest, dict) else {}
+
+
+read_manifest = _read_manifest
 
 
 def next_version_name(dataset_root: str) -> str:
