@@ -74,12 +74,19 @@ def test_report_renders(chromium, tmp_path_factory, tmp_path):
     assert ImageStat.Stat(top).mean[0] < 100  # the dark header was drawn
 
 
-def test_report_default_path_is_outside_the_version(tmp_path_factory):
+def test_report_default_path_is_outside_the_version(tmp_path_factory, tmp_path, monkeypatch):
     version = demo_version(tmp_path_factory)
     from vico_pipeline.report import write_report
+    from vico_pipeline.versions import list_versions
 
+    monkeypatch.chdir(tmp_path)
+    before = sorted(os.listdir(os.path.dirname(version)))
     path = write_report(version)
-    try:
-        assert path == version + "-report.html" and os.path.getsize(path) > 10000
-    finally:
-        os.remove(path)
+    assert path == str(tmp_path / "demo-v1-report.html") and os.path.getsize(path) > 10000
+    assert sorted(os.listdir(os.path.dirname(version))) == before  # nothing beside the versions
+    assert "report.html" not in os.listdir(version)  # nor inside one: versions are immutable
+    assert [v["version"] for v in list_versions(os.path.dirname(version))] == ["v1"]
+    # The frame strip wraps onto more rows instead of running off the right edge.
+    text = open(path).read()
+    strip = text[text.index(".strip{"):].split("}", 1)[0]
+    assert "flex-wrap:wrap" in strip and "overflow-x" not in strip

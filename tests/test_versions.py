@@ -201,3 +201,47 @@ def test_incomplete_version_is_never_taken_for_complete(v1, tmp_path):
         with pytest.raises(RunError):
             export_llava(str(folder), str(tmp_path / "export"))
     assert version_cli.main(["show", str(half)]) == 2
+
+
+# --------------------------------------------------------------------------- split and summary
+def test_val_split_holds_the_fraction_to_one_video():
+    from stages.shards import assign_splits
+
+    ids = [f"video-{i:03d}" for i in range(6)]
+    splits = assign_splits(ids, 0.34)
+    assert sorted(splits.values()).count("val") == 2  # round(0.34 * 6), never 0 or 3
+    for n in (1, 3, 10, 97):
+        assert list(assign_splits(ids[:0] + [f"v{i}" for i in range(n)], 0.25).values()).count("val") == int(n * 0.25 + 0.5)
+    assert assign_splits(reversed(ids), 0.34) == splits  # by video_id, whatever the order
+
+
+def test_val_split_moves_only_at_the_boundary_when_videos_are_added():
+    from stages.shards import assign_splits
+
+    ids = [f"video-{i:03d}" for i in range(40)]
+    before = assign_splits(ids, 0.2)
+    after = assign_splits(ids + [f"new-{i}" for i in range(5)], 0.2)
+    moved = [v for v in ids if before[v] != after[v]]
+    assert len(moved) <= 5  # at most one video a change of val's size or a new video ranked before it
+    assert list(after.values()).count("val") == 9
+
+
+def test_summary_counts_add_up_and_splits_agree(v1):
+    import pyarrow.dataset as pads
+
+    from vico_pipeline.summary import run_summary, summary_line
+
+    s = run_summary(v1)
+    v = s["videos"]
+    assert v["with_questions"] + v["without_questions"] + v["failed"] == v["total"]
+    assert s["clips"]["kept"] + s["clips"]["dropped"] == s["clips"]["total"]
+    assert s["questions"]["train"] + s["questions"]["val"] == s["questions"]["total"]
+    line = summary_line(s)
+    assert f"{v['total']} videos" in line or f"{v['total']} video:" in line
+    assert "kept" in line and "dropped" in line and "failed" in line
+    questions = pads.dataset(os.path.join(v1, "questions"), format="parquet").to_table(["video_id", "split"])
+    shards = pads.dataset(os.path.join(v1, "shards"), format="parquet").to_table(["video_id", "split"])
+    by_video = dict(zip(questions["video_id"].to_pylist(), questions["split"].to_pylist()))
+    assert dict(zip(shards["video_id"].to_pylist(), shards["split"].to_pylist())) == by_video
+    fraction = open_version(v1)["config"]["shards"]["val_fraction"]
+    assert list(by_video.values()).count("val") == int(len(by_video) * fraction + 0.5)
