@@ -1,7 +1,7 @@
 """The run's progress display: a line per stage, fed by the stages as each video finishes.
 
-    download   2/3 sources               0 failed                  ETA 0:04
-    frames     1/2 videos   3.1 clips/s  0 failed                  ETA 0:07
+    download       2/3     sources                         0 failed              ETA 0:04
+    frames         1/2     videos       3.1 clips/s        0 failed              ETA 0:07
 
 Stage workers report each video they finish (`report`), to one small named Ray
 actor (a plain object when the run is inline, without Ray); the driver polls it
