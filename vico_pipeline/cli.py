@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="Ray dashboard / job server address (default: $RAY_ADDRESS)")
     p.add_argument("--wait", action="store_true", help="stream the job's logs and exit with its result")
     p.add_argument("--retry-failed", action="store_true", help="as for `vico run`")
+    p.add_argument("--insecure", action="store_true",
+                   help="send the Ray token over plain http to a non-loopback address (default: refused)")
 
     p = with_config("train", "train a Video-XL model on a version's shards", "train.max_steps=30")
     p.add_argument("--resume", action="store_true",
@@ -128,7 +130,7 @@ def _dispatch(args) -> int:
         from vico_pipeline.submit import submit
         config = load_config(args.config, args.overrides)
         return submit(args.config, config, args.overrides, address=args.address, wait=args.wait,
-                      retry_failed=args.retry_failed)
+                      retry_failed=args.retry_failed, insecure=args.insecure)
     if args.command in ("train", "eval"):
         return _model(args)
     raise AssertionError(args.command)

@@ -30,6 +30,7 @@ import yaml
 
 from vico_pipeline.config import ConfigError, to_plain
 from vico_pipeline.errors import RunError
+from vico_pipeline.redact import redact
 
 JOB_CONFIG = "vico-job.yaml"
 # Local paths in a config: relative ones mean "from where I typed the command".
@@ -77,12 +78,35 @@ def resolve_paths(plain: dict, cwd: str | None = None) -> list[str]:
 
 
 def job_config(config) -> tuple[dict, list[str]]:
-    """The config the job runs: --set applied, paths absolute, Ray left to the job's cluster."""
+    """The config the job runs: --set applied, paths absolute, Ray left to the job's cluster.
+
+    It is shown on the dashboard and kept with the job, so it holds no secret: a config with a
+    credential in it (a signed manifest URL, a key in engine_args) is refused, naming the keys."""
     plain = to_plain(config)
     local = resolve_paths(plain)
     plain["ray"]["address"] = None  # the job joins the cluster it runs on (RAY_ADDRESS)
     plain["ray"]["progress"] = False  # a job's log is not a terminal
+    secrets = _secret_keys(plain, redact(plain))
+    if secrets:
+        raise RunError(f"vico submit uploads no secrets, and {', '.join(secrets)} hold credentials; give the job "
+                       "its secrets through the cluster's environment (*_env keys, an instance role, a Secret)")
     return plain, local
+
+
+def _secret_keys(plain, redacted, prefix: str = "") -> list[str]:
+    """Dotted keys whose value redaction changed."""
+    if isinstance(plain, dict):
+        return [k for key in plain for k in _secret_keys(plain[key], redacted[key], f"{prefix}{key}.")]
+    if isinstance(plain, list):
+        return [k for i, v in enumerate(plain) for k in _secret_keys(v, redacted[i], f"{prefix}{i}.")]
+    return [prefix.rstrip(".")] if plain != redacted else []
+
+
+def check_transport(address: str, headers: dict, insecure: bool) -> None:
+    """A token goes over plain http only to this machine, or with --insecure."""
+    if headers and urlsplit(address).scheme == "http" and not is_loopback(address) and not insecure:
+        raise RunError(f"refusing to send the Ray token over plain http to {address}: use https://, an SSH "
+                       "tunnel to localhost, or pass --insecure on a network you trust")
 
 
 def auth_headers(env=None) -> dict:
@@ -127,9 +151,10 @@ def _first_line(exc: Exception) -> str:
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
-def submit(config_path, config, overrides, address, wait, retry_failed: bool = False) -> int:
+def submit(config_path, config, overrides, address, wait, retry_failed: bool = False, insecure: bool = False) -> int:
     """Submit `vico run` for `config` as a Ray job; returns the exit code for the CLI."""
     address = job_address(address)
+    check_transport(address, auth_headers(), insecure)
     plain, local_keys = job_config(config)
     run_keys = [k for k in local_keys if k in RUN_PATH_KEYS]
     if run_keys and not is_loopback(address):
