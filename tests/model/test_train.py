@@ -256,3 +256,27 @@ def test_ray_train_two_workers(tmp_path, tiny_model_config, monkeypatch):
     assert [m["step"] for m in lines] == [1, 2, 3]
     assert all(m["workers"] == 2 for m in lines)
     assert (run / "checkpoints" / "step-0000003" / "done").exists()
+
+
+def test_prepare_sample_feeds_exactly_the_frames_its_header_names(tmp_path, tiny_model_config):
+    import random
+
+    from vico_pipeline.model.checkpoint import build_model
+    from vico_pipeline.model.data import ShardRows
+    from vico_pipeline.model.train import prepare_sample
+    from vico_pipeline.model.vision import frames_to_pixels
+
+    version = write_shards(tmp_path / "v1", n_train=1, n_frames=12, questions_per_video=3)
+    samples = QuestionSamples(version, "train", max_frames=5)
+    tok = train_tokenizer(ShardRows(version, "train").texts(), 384)
+    mcfg = tiny_model_config()
+    model = build_model(mcfg, tok.eos_token_id)
+    for i in range(len(samples)):
+        row, sample = samples[i]
+        s = prepare_sample(row, sample, tok, model, mcfg, 1024, [2, 4], random.Random(0), torch.device("cpu"))
+        assert s["pixels"].shape[0] == len(sample["frame_indices"]) == 5
+        expected = frames_to_pixels([row["frames"][k] for k in sample["frame_indices"]], model.vision.image_size)
+        assert torch.equal(s["pixels"], expected)
+        text = tok.decode(s["post_ids"][0].tolist())
+        times = ", ".join(format_time(t) for t in sample["frame_times_s"])
+        assert text.startswith(f"\nThe video lasts 00:12. Its 5 frames shown here were taken at {times}.\n")
