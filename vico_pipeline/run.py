@@ -82,6 +82,7 @@ def _run(config, log, retry_failed: bool, heartbeats: list) -> str:
             raise RunError(f"--retry-failed writes a new version; dataset.version={config.dataset.version} "
                            "names one: leave it out or choose another name")
         log(f"version {latest['version']} has {transient} transient download failures: retrying them in a new version")
+    _validate_engines(config)  # before any claim or Ray: a mistake in an engine section is one line
     # Claim the folder first, exclusively, so no other run writes it and a killed run, started again, finds it.
     owner = new_owner()
     try:
@@ -164,6 +165,20 @@ def transient_failures(errors: pa.Table) -> int:
     """Download error rows of kinds that may pass on another try (the next run retries them)."""
     return sum(1 for stage, kind in zip(errors["stage"].to_pylist(), errors["error_type"].to_pylist())
                if stage == "download" and kind in TRANSIENT)
+
+
+def _validate_engines(config) -> None:
+    from vico_pipeline.engines.base import EngineError
+    from vico_pipeline.engines.registry import validate_engine
+
+    for role in ("caption", "clues", "blind"):
+        section = getattr(config, role, None)
+        if section is None or (role == "blind" and not getattr(section, "enabled", True)):
+            continue
+        try:
+            validate_engine(section, role)
+        except EngineError as exc:
+            raise RunError(str(exc)) from None
 
 
 def _still_ours(version_root: str, heartbeat) -> None:

@@ -4,6 +4,8 @@ Kept apart from `base.py` so the interface module imports no engine.
 """
 from __future__ import annotations
 
+import os
+
 from vico_pipeline.engines.base import Engine, EngineError
 
 
@@ -62,3 +64,20 @@ def engine_resources(section) -> dict:
         concurrency = (replicas, grow_to) if grow_to and grow_to > replicas else replicas
         return {"num_cpus": engine_cpus(section), "num_gpus": gpus, "concurrency": concurrency, "actor": True}
     return {"num_cpus": engine_cpus(section), "num_gpus": 0, "concurrency": None, "actor": False}
+
+
+def validate_engine(section, role: str) -> None:
+    """What can be checked in the driver, before Ray starts, so a user's mistake is one line (exit 2)
+    and not a worker's traceback: the engine fits the role, a model or endpoint is named, and the
+    API key's environment variable is set."""
+    kind = section.engine
+    fits = {"describe": ("caption",), "template": ("clues",), "rules": ("blind",)}
+    if kind in fits and role not in fits[kind]:
+        raise EngineError(f"{role}.engine: the {kind} engine is for {' and '.join(fits[kind])} only")
+    if kind in ("openai", "transformers", "vllm") and not section.model:
+        raise EngineError(f"{role}.model: the {kind} engine needs a model name")
+    if kind == "openai":
+        if not section.base_url and not section.api_key_env:
+            raise EngineError(f"{role}: the openai engine needs base_url (a server) or api_key_env (a hosted API)")
+        if section.api_key_env and not os.environ.get(section.api_key_env):
+            raise EngineError(f"{role}.api_key_env: environment variable {section.api_key_env} is not set")
