@@ -39,8 +39,12 @@ def test_train_then_eval_end_to_end(tmp_path, tiny_model_config, version_dir):
     assert methods == {"vst-r2", "vst-r4", "intp", "uniform"}
     assert len(results["needle"]) == 4 * 3 * 5
     for cell in results["needle"]:
-        assert {"method", "frames", "depth", "accuracy", "peak_memory_bytes", "seconds"} <= set(cell)
+        assert {"method", "frames", "depth", "accuracy", "peak_memory_bytes", "seconds", "prefill_seconds",
+                "answer_seconds", "chance", "rope_base", "status"} <= set(cell)
         assert (cell["task"], cell["style"], cell["scoring"]) == ("retrieval", "frame", "letter")  # the defaults
+        # 8 tiny frames fit the default trained context (32768): INTP reads them with the model's own base.
+        assert cell["status"] == "ok" and cell["chance"] == 1 / 256 and cell["rope_base"] == 10000.0
+    assert results["vico_qa_chance"] == {"temporal_order": 0.25, "counting": 0.25}
     mem = {(c["method"], c["frames"]): c["peak_memory_bytes"] for c in results["needle"]}
     assert mem[("vst-r4", 8)] < mem[("vst-r2", 8)] < mem[("intp", 8)]  # compression keeps less
     assert mem[("uniform", 8)] == mem[("uniform", 4)]  # subsampled to the 4 training frames
@@ -144,8 +148,13 @@ def test_needle_grid_survives_oom_writes_each_cell_and_resumes(tmp_path, tiny_mo
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.50 GiB (GPU 0; 79.1 GiB total)")
         return real_memory(ev, spec, frames, *a)
 
+    import matplotlib.figure
+
+    titles = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle", lambda fig, text, **kw: titles.append(text))
     monkeypatch.setattr(evaluate, "method_memory", fake_oom_at_8_intp_frames)
     evaluate.run_eval(ecfg)
+    assert titles == ["needle retrieval: vst-r2; chance 0.39% (1/256)", "needle retrieval: intp; chance 0.39% (1/256)"]
     results = json.loads((out / "results.json").read_text())
     cells = results["needle"]
     assert len(cells) == 2 * 2 * 2 and len(calls) == 8  # the grid went on after the out-of-memory cells
