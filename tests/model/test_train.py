@@ -280,3 +280,22 @@ def test_prepare_sample_feeds_exactly_the_frames_its_header_names(tmp_path, tiny
         text = tok.decode(s["post_ids"][0].tolist())
         times = ", ".join(format_time(t) for t in sample["frame_times_s"])
         assert text.startswith(f"\nThe video lasts 00:12. Its 5 frames shown here were taken at {times}.\n")
+
+
+def test_shard_rows_read_by_row_group_across_files(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vico_pipeline.model.data import ShardRows
+
+    folder = tmp_path / "shards" / "train"
+    folder.mkdir(parents=True)
+    ids = [f"v{i}" for i in range(7)]
+    table = lambda names: pa.Table.from_pylist([{"video_id": v, "frames": [b"x"], "questions": []} for v in names])  # noqa: E731
+    pq.write_table(table(ids[:5]), folder / "part-00000.parquet", row_group_size=2)  # groups of 2, 2, 1
+    pq.write_table(table(ids[5:]), folder / "part-00001.parquet")
+    rows = ShardRows(tmp_path, "train")
+    assert len(rows) == 7 and len(rows.groups) == 4
+    assert [rows[i]["video_id"] for i in (6, 0, 3, 4, 1, 5, 2)] == ["v6", "v0", "v3", "v4", "v1", "v5", "v2"]
+    with pytest.raises(IndexError):
+        rows[7]

@@ -24,28 +24,38 @@ def shard_files(version_dir: str | Path, split: str) -> list[Path]:
 
 
 class ShardRows:
-    """Rows of shards/{split} by index; one Parquet file is held in memory at a time."""
+    """Rows of shards/{split} by index; one Parquet row group (a few videos) is held in memory at a time."""
 
     def __init__(self, version_dir: str | Path, split: str):
         import pyarrow.parquet as pq
 
         self.files = shard_files(version_dir, split)
         self.counts = [pq.ParquetFile(f).metadata.num_rows for f in self.files]
+        # (first row, file, row group) for every row group, to read one group rather than a whole file.
+        self.groups: list[tuple[int, int, int]] = []
+        first = 0
+        for f, path in enumerate(self.files):
+            meta = pq.ParquetFile(path).metadata
+            for g in range(meta.num_row_groups):
+                self.groups.append((first, f, g))
+                first += meta.row_group(g).num_rows
         self._cached: tuple[int, object] | None = None
 
     def __len__(self) -> int:
         return sum(self.counts)
 
     def __getitem__(self, i: int) -> dict:
+        import bisect
+
         import pyarrow.parquet as pq
 
-        for f, n in enumerate(self.counts):
-            if i < n:
-                if self._cached is None or self._cached[0] != f:
-                    self._cached = (f, pq.read_table(self.files[f]))
-                return self._cached[1].slice(i, 1).to_pylist()[0]
-            i -= n
-        raise IndexError(i)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = bisect.bisect_right([g[0] for g in self.groups], i) - 1
+        first, f, g = self.groups[k]
+        if self._cached is None or self._cached[0] != k:
+            self._cached = (k, pq.ParquetFile(self.files[f]).read_row_group(g))
+        return self._cached[1].slice(i - first, 1).to_pylist()[0]
 
     def meta(self) -> list[dict]:
         """Every row without its frames: video_id, duration_s, frame_times_s, questions (and provenance)."""
