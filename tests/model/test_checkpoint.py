@@ -138,3 +138,23 @@ def test_model_config_overrides_the_checkpoint_and_bad_values_are_refused(tmp_pa
         vision_select(cfg.model_copy(update={"llm_path": qwen2_folder(tmp_path, cfg, mm_vision_select_feature="cls")}))
     with pytest.raises(ValueError):
         tiny_model_config(vision_select_feature="full")
+
+
+def test_checkpoints_from_before_the_setting_load_with_the_second_to_last_layer(tmp_path, tiny_model_config):
+    """Our checkpoints written before vision_select_layer existed hold a tower without its last layer."""
+    import json
+
+    from vico_pipeline.model.checkpoint import load_for_eval, save_checkpoint
+    from vico_pipeline.model.data import train_tokenizer
+
+    cfg = tiny_model_config(vision_select_layer=-2)
+    tok = train_tokenizer(["a few words"], cfg.vocab_size)
+    model = build_model(cfg, tok.eos_token_id)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    ckpt = save_checkpoint(tmp_path, 1, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), {"step": 1}, cfg, tok)
+    saved = json.loads((ckpt / "model_config.json").read_text())
+    del saved["vision_select_layer"]
+    (ckpt / "model_config.json").write_text(json.dumps(saved))
+    loaded, _, mcfg, _ = load_for_eval(tmp_path)
+    assert mcfg.vision_select_layer == -2
+    assert torch.equal(loaded.vision.projector[0].weight, model.vision.projector[0].weight)
