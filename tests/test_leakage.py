@@ -73,6 +73,10 @@ def test_a_real_version_has_no_cross_turn_leakage(tmp_path_factory):
     # What the trainer reads: shard rows, one question a sample, or packed by the trainer's packing.
     rows = pq.read_table(os.path.join(version, "shards")).to_pylist()
     assert sum(len(r["questions"]) for r in rows) == len(questions)
+    by_video = {q["video_id"]: q for q in questions}
+    for row in rows:  # each shard row says which engines made it, as its questions do
+        assert (row["caption_engine"], row["clue_engine"]) == ("describe", "template")
+        assert all(row[k] == by_video[row["video_id"]][k] for k in ("caption_model", "clue_model"))
     rng = random.Random(0)
     packs = []
     for row in rows:
