@@ -139,9 +139,13 @@ def _last_line(text: str) -> str:
 
 
 def run(args: list[str], timeout: Optional[float] = None) -> subprocess.CompletedProcess:
-    """Run ffmpeg with `args`; raise MediaError with ffmpeg's last line on failure."""
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", *args],
-                          capture_output=True, timeout=timeout)
+    """Run ffmpeg with `args` (global options already in them are harmless); raise MediaError with
+    ffmpeg's last line on failure, or a timeout after `timeout` seconds (ffmpeg is killed)."""
+    try:
+        proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", *args],
+                              capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise MediaError("timeout", f"ffmpeg ran past its deadline of {timeout:g} s") from None
     if proc.returncode != 0:
         raise MediaError("ffmpeg_failed", _last_line(proc.stderr.decode(errors="replace")))
     return proc

@@ -3,9 +3,14 @@
 One ffmpeg process decodes the video once and splits the picture stream in
 two: training frames (`frames.fps`, short side `frames.size`) and caption frames
 (`caption.frames_per_clip` spread over each window, short side
-`caption.frame_size`), both JPEG-encoded by ffmpeg into two pipes. We read the
-pipes as they fill and yield each clip as soon as both streams have passed its
-end, so memory holds a few clips, never the decoded video.
+`caption.frame_size`), both JPEG-encoded by ffmpeg into one NUT stream on a pipe.
+We demux the pipe as it fills (PyAV) and yield each clip as soon as both streams
+have passed its end, so memory holds a few clips, never the decoded video.
+
+Frame times are the decoded frames' own presentation times: each stream keeps
+the first frame at or after each sampling instant (a `select` filter, not `fps`,
+which would re-time the frames it keeps), and the NUT packets carry their pts.
+The command line comes from one builder, ffmpeg-python.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import queue
 import subprocess
 import tempfile
 import threading
+from fractions import Fraction
 from typing import Iterator
 
 import numpy as np
@@ -57,30 +63,64 @@ def windows(duration_s: float, seconds: float, min_last_s: float) -> list[tuple[
     return out
 
 
-def _scale(size: int) -> str:
-    """Short side to `size`, aspect kept, even dimensions (ffmpeg rotates first)."""
-    return f"scale='if(gt(iw,ih),-2,{size})':'if(gt(iw,ih),{size},-2)':flags=bilinear"
+def _scale(stream, size: int):
+    """Short side to `size`, aspect kept, even dimensions (ffmpeg applies the rotation first)."""
+    return stream.filter("scale", f"if(gt(iw,ih),-2,{size})", f"if(gt(iw,ih),{size},-2)", flags="bilinear")
 
 
-def _split_jpegs(stream, out: queue.Queue, tag: str, chunk: int = 1 << 16) -> None:
-    """Cut an MJPEG byte stream into JPEG files (each ends with the EOI marker)."""
-    buf = bytearray()
-    index = 0
+def _every(stream, rate: Fraction):
+    """Keep the first frame at or after each instant k/rate: its own timestamp is kept, unlike `fps`."""
+    slot = lambda t: f"floor({t}*{rate.numerator}/{rate.denominator}+1e-6)"  # noqa: E731 (1e-6: 14*8/14 is 7.99..)
+    return stream.filter("select", f"isnan(prev_selected_t)+gte({slot('t')}-{slot('prev_selected_t')},1)")
+
+
+GLOBAL_ARGS = ["-hide_banner", "-nostdin", "-loglevel", "error"]
+
+
+def segment_command(path: str, pattern: str, listing: str, seconds: float, mode: str) -> list[str]:
+    """Clip files of `seconds` each: 'copy' cuts on keyframes, 'exact' re-encodes with a keyframe at every window."""
+    import ffmpeg as ffmpeg_python
+
+    source = ffmpeg_python.input(path)
+    codec = {"c": "copy"} if mode == "copy" else {
+        "c:v": "libx264", "preset": "veryfast", "pix_fmt": "yuv420p", "c:a": "aac", "bf": 0,
+        "force_key_frames": f"expr:gte(t,n_forced*{seconds})"}
+    return ffmpeg_command(ffmpeg_python.output(source["v:0"], source["a?"], pattern, format="segment",
+                                               segment_time=seconds, segment_list=listing, segment_list_type="csv",
+                                               reset_timestamps=1, **codec))
+
+
+def ffmpeg_command(stream_spec) -> list[str]:
+    """An ffmpeg-python output as an argument list for our ffmpeg, global options first."""
+    args = stream_spec.compile(cmd=ffmpeg_exe())
+    return [args[0], *GLOBAL_ARGS, *args[1:]]
+
+
+def decode_command(path: str, train_fps: float, train_size: int, caption_rate: Fraction, caption_size: int,
+                   jpeg_quality: int, threads: int) -> list[str]:
+    """One decode, split in two: training frames (stream 0) and caption frames (stream 1), JPEGs in NUT on stdout."""
+    import ffmpeg as ffmpeg_python
+
+    video = ffmpeg_python.input(path, threads=threads).video.split()
+    train = _scale(_every(video[0], Fraction(train_fps).limit_denominator(1000)), train_size)
+    caption = _scale(_every(video[1], caption_rate), caption_size)
+    return ffmpeg_command(ffmpeg_python.output(train, caption, "pipe:1", format="nut", vcodec="mjpeg",
+                                               fps_mode="passthrough", **{"q:v": jpeg_quality}))
+
+
+def _demux_jpegs(pipe, out: queue.Queue) -> None:
+    """(stream index, presentation time, JPEG bytes) for each packet of the NUT pipe; (None, ...) at the end."""
+    import av
+
     try:
-        while True:
-            data = stream.read(chunk)
-            if not data:
-                break
-            buf += data
-            while True:
-                end = buf.find(b"\xff\xd9")
-                if end < 0:
-                    break
-                out.put((tag, index, bytes(buf[: end + 2])))
-                index += 1
-                del buf[: end + 2]
+        with av.open(pipe, mode="r", format="nut") as container:
+            for packet in container.demux():
+                if packet.size and packet.pts is not None:
+                    out.put((packet.stream.index, float(packet.pts * packet.time_base), bytes(packet)))
+    except (av.error.FFmpegError, OSError):
+        pass  # ffmpeg died or was stopped: its stderr says why
     finally:
-        out.put((tag, None, None))
+        out.put((None, None, None))
 
 
 def clip_signals(caption_jpegs: list[bytes]) -> tuple[float, float, np.ndarray]:
@@ -110,7 +150,13 @@ class FramesStage(Stage):
         self.clip_root = clip_root
 
     def process(self, item: dict) -> Iterator[dict | ErrorRow]:
-        """`item["video"]` is a videos row; yields one row per window."""
+        """`item["video"]` is a videos row; yields one row per window, or an error row naming why not."""
+        try:
+            yield from self._clips(item)
+        except MediaError as exc:  # decode_failed, timeout, ffmpeg_failed: the video's error row
+            yield ErrorRow(item["video"]["video_id"], item["video"]["source"], exc.error_type, str(exc))
+
+    def _clips(self, item: dict) -> Iterator[dict | ErrorRow]:
         video = item["video"]
         vid, source = video["video_id"], video["source"]
         cfg = self.config
@@ -142,49 +188,43 @@ class FramesStage(Stage):
     def _decode(self, path: str, wins: list[tuple[int, float, float]]):
         """Yield (index, start, end, [(t, jpeg)] training, [(t, jpeg)] caption) per window."""
         cfg = self.config
-        per_clip = cfg.caption.frames_per_clip
-        caption_step = self.seconds / per_clip
-        train_step = 1.0 / cfg.frames.fps
-        graph = (f"[0:v]split=2[a][b];"
-                 f"[a]fps={cfg.frames.fps},{_scale(cfg.frames.size)}[train];"
-                 f"[b]fps={per_clip}/{self.seconds},{_scale(cfg.caption.frame_size)}[cap]")
-        read_fd, write_fd = os.pipe()
-        args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
-                "-threads", str(cfg.frames.ffmpeg_threads), "-i", path, "-filter_complex", graph,
-                "-map", "[train]", "-f", "image2pipe", "-c:v", "mjpeg", "-q:v", str(cfg.frames.jpeg_quality), "pipe:1",
-                "-map", "[cap]", "-f", "image2pipe", "-c:v", "mjpeg", "-q:v", str(cfg.frames.jpeg_quality), f"pipe:{write_fd}"]
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(write_fd,))
-        os.close(write_fd)
+        args = decode_command(path, cfg.frames.fps, cfg.frames.size,
+                              Fraction(cfg.caption.frames_per_clip) / Fraction(self.seconds).limit_denominator(1000),
+                              cfg.caption.frame_size, cfg.frames.jpeg_quality, cfg.frames.ffmpeg_threads)
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         frames: queue.Queue = queue.Queue(maxsize=256)  # bounds memory: ffmpeg waits when we fall behind
         stderr_lines: list[bytes] = []
         readers = [
-            threading.Thread(target=_split_jpegs, args=(proc.stdout, frames, "train"), daemon=True),
-            threading.Thread(target=_split_jpegs, args=(os.fdopen(read_fd, "rb"), frames, "cap"), daemon=True),
+            threading.Thread(target=_demux_jpegs, args=(proc.stdout, frames), daemon=True),
             threading.Thread(target=lambda: stderr_lines.extend(proc.stderr.readlines()[-20:]), daemon=True),
         ]
         for thread in readers:
             thread.start()
+        # A total deadline: a decode that runs past frames.deadline_s is killed.
+        timed_out = threading.Event()
+        watchdog = threading.Timer(cfg.frames.deadline_s, lambda: (timed_out.set(), proc.kill()))
+        watchdog.daemon = True
+        watchdog.start()
         train: dict[int, list] = {}
         caption: dict[int, list] = {}
-        done = {"train": False, "cap": False}
-        seen = {"train": -1.0, "cap": -1.0}  # time of the latest frame of each stream
+        done = False
+        seen = {0: -1.0, 1: -1.0}  # time of the latest frame of each stream
         next_window = 0
         emitted = 0
         self.decode_warning = None
         try:
             while next_window < len(wins):
-                tag, index, jpeg = frames.get()
+                index, t, jpeg = frames.get()
                 if index is None:
-                    done[tag] = True
+                    done = True
                 else:
-                    t = index * (train_step if tag == "train" else caption_step)
-                    seen[tag] = t
+                    seen[index] = t
                     clip_index = int(t // self.seconds)
-                    (train if tag == "train" else caption).setdefault(clip_index, []).append((round(t, 3), jpeg))
+                    (train if index == 0 else caption).setdefault(clip_index, []).append((round(t, 3), jpeg))
                 # Emit every window both streams have passed.
                 while next_window < len(wins):
                     k, start, end = wins[next_window]
-                    if not ((done["train"] or seen["train"] >= end) and (done["cap"] or seen["cap"] >= end)):
+                    if not (done or (seen[0] >= end and seen[1] >= end)):
                         break
                     clip_train, clip_caption = train.pop(k, []), caption.pop(k, [])
                     next_window += 1
@@ -192,11 +232,14 @@ class FramesStage(Stage):
                         emitted += 1
                         yield k, start, end, clip_train, clip_caption
         finally:
+            watchdog.cancel()
             if proc.poll() is None and next_window < len(wins):
                 proc.kill()  # the consumer stopped early
             proc.wait()
             for thread in readers:
                 thread.join(timeout=5)
+        if timed_out.is_set():
+            raise MediaError("timeout", f"decoding took over frames.deadline_s={cfg.frames.deadline_s:g} s")
         if proc.returncode != 0 or emitted < len(wins):
             lines = b"".join(stderr_lines).decode(errors="replace").strip().splitlines()
             reason = lines[-1] if lines else f"ffmpeg exited with {proc.returncode}"
@@ -210,12 +253,7 @@ class FramesStage(Stage):
         with tempfile.TemporaryDirectory(prefix="vico-clips-") as tmp:
             pattern = os.path.join(tmp, "%05d.mp4")
             listing = os.path.join(tmp, "segments.csv")
-            codec = (["-c", "copy"] if mode == "copy" else
-                     ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-c:a", "aac",
-                      "-bf", "0", "-force_key_frames", f"expr:gte(t,n_forced*{self.seconds})"])
-            run(["-i", path, "-map", "0:v:0", "-map", "0:a?", *codec, "-f", "segment",
-                 "-segment_time", str(self.seconds), "-segment_list", listing, "-segment_list_type", "csv",
-                 "-reset_timestamps", "1", pattern])
+            run(segment_command(path, pattern, listing, self.seconds, mode)[1:], timeout=self.config.frames.deadline_s)
             out = {}
             for line in open(listing).read().splitlines():
                 name, start, end = line.rsplit(",", 2)

@@ -9,7 +9,10 @@ from PIL import Image
 
 from stages.ffmpeg import probe
 from stages.frames import FramesStage, windows
+from tests.media import ffmpeg
 from vico_pipeline.config import load_config
+
+BITS = 16  # a frame's index, drawn as 16 black or white blocks side by side (survives JPEG and scaling)
 
 
 def _video_row(path: str, vid: str = "vid") -> dict:
@@ -40,7 +43,8 @@ def test_one_decode_pass_yields_training_and_caption_frames(media, monkeypatch):
     assert [c["clip_index"] for c in clips] == [0, 1, 2]
     assert [len(c["train_frames"]) for c in clips] == [14, 14, 12]  # 1 fps over 14, 14 and 12 s
     assert [len(c["caption_frames"]) for c in clips][:2] == [8, 8]
-    assert clips[1]["caption_frame_times_s"] == [14 + i * 1.75 for i in range(8)]
+    # The first frame at or after each 1.75 s instant (a 10 fps source: within 0.1 s), at its own time.
+    assert all(0 <= t - (14 + i * 1.75) < 0.1 for i, t in enumerate(clips[1]["caption_frame_times_s"]))
     train = Image.open(io.BytesIO(clips[0]["train_frames"][0]))
     caption = Image.open(io.BytesIO(clips[0]["caption_frames"][0]))
     assert train.format == "JPEG" and min(train.size) == 336
@@ -67,3 +71,70 @@ def test_clip_files(media, tmp_path, mode):
     else:  # stream copy cuts on keyframes (every 2 s here): lengths recorded, not promised
         assert abs(sum(lengths) - 40.0) < 1.0 and all(x > 0 for x in lengths)
         assert all(abs(x - 14) <= 2 for x in lengths[:-1])
+
+
+def _numbered_video(path: str, rate: str, vfr: bool) -> str:
+    """Every frame shows its own index n (in the source's frame grid) in its pixels; its true time is n/rate."""
+    bits = f"255*mod(floor(N/pow(2,floor(X*{BITS}/W))),2)"
+    chain = f"geq=lum='{bits}':cb=128:cr=128"
+    if vfr:  # every frame for 8 s, then one in three: the gaps vary
+        chain += ",select='lt(n,240)+not(mod(n,3))'"
+    ffmpeg("-f", "lavfi", "-i", f"color=c=black:s=256x64:r={rate}:d=30", "-vf", chain,
+           *(["-fps_mode", "vfr"] if vfr else []), "-c:v", "libx264", "-preset", "ultrafast", "-crf", "8",
+           "-pix_fmt", "yuv420p", path)
+    return path
+
+
+def _index_in(jpeg: bytes) -> int:
+    image = Image.open(io.BytesIO(jpeg)).convert("L")
+    w, h = image.size
+    return sum((image.getpixel((int((i + 0.5) * w / BITS), h // 2)) > 128) << i for i in range(BITS))
+
+
+@pytest.mark.parametrize("rate, vfr", [("30000/1001", False), ("30", True)])
+def test_recorded_frame_times_are_the_frames_presentation_times(tmp_path, rate, vfr):
+    from fractions import Fraction
+
+    path = _numbered_video(str(tmp_path / "numbered.mp4"), rate, vfr)
+    fps = float(Fraction(rate))
+    clips = list(FramesStage(load_config("configs/demo.yaml")).process({"video": _video_row(path)}))
+    assert len(clips) == 2
+    for branch in ("train", "caption"):
+        checked = 0
+        for clip in clips:
+            for jpeg, t in zip(clip[f"{branch}_frames"], clip[f"{branch}_frame_times_s"]):
+                shown = _index_in(jpeg) / fps  # when the frame in the picture is presented
+                assert abs(t - shown) <= 0.5 / fps + 1e-3, (branch, t, shown)
+                assert clip["start_s"] <= t < clip["end_s"]
+                checked += 1
+        assert checked >= 16, branch
+    # Sampling follows the clock: one training frame per second, the first at or after each second.
+    times = [t for c in clips for t in c["train_frame_times_s"]]
+    assert [int(t) for t in times] == list(range(28)) and all(t - int(t) < 3 / fps for t in times)
+
+
+def test_a_decode_that_stalls_is_killed_at_its_deadline(tmp_path, media):
+    """The video is a pipe that delivers half a file and then nothing, never closing: only the
+    total deadline ends the decode (before, it waited for ever)."""
+    import os
+    import threading
+
+    ffmpeg("-i", media["good"], "-c", "copy", "-f", "matroska", str(tmp_path / "good.mkv"))
+    data = (tmp_path / "good.mkv").read_bytes()
+    fifo = str(tmp_path / "stalled.mkv")
+    os.mkfifo(fifo)
+    release = threading.Event()
+
+    def writer():
+        with open(fifo, "wb") as pipe:
+            pipe.write(data[: len(data) // 2])
+            pipe.flush()
+            release.wait(120)
+
+    threading.Thread(target=writer, daemon=True).start()
+    row = {"video_id": "vid", "source": fifo, "duration_s": 40.0, "media_path": fifo}
+    try:
+        rows = list(FramesStage(load_config("configs/demo.yaml", ["frames.deadline_s=3"])).process({"video": row}))
+    finally:
+        release.set()
+    assert rows[-1].error_type == "timeout" and "frames.deadline_s=3" in rows[-1].message, rows[-1]
