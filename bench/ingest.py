@@ -27,7 +27,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from stages.ffmpeg import ffmpeg_exe, probe  # noqa: E402
-from stages.frames import FramesStage, _scale  # noqa: E402
+from stages.frames import FramesStage, decode_graph, ffmpeg_command  # noqa: E402
 from vico_pipeline.config import load_config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,13 +56,16 @@ def frames_stage(path: str, config) -> tuple[float, int]:
 
 
 def bare_decode(path: str, config) -> float:
-    per_clip, seconds = config.caption.frames_per_clip, config.clips.seconds
-    graph = (f"[0:v]split=2[a][b];[a]fps={config.frames.fps},{_scale(config.frames.size)}[t];"
-             f"[b]fps={per_clip}/{seconds},{_scale(config.caption.frame_size)}[c]")
+    """The same decode graph as the frames stage (stages.frames.decode_graph), into the null muxer."""
+    import ffmpeg as ffmpeg_python
+    from fractions import Fraction
+
+    rate = Fraction(config.caption.frames_per_clip) / Fraction(config.clips.seconds).limit_denominator(1000)
+    train, caption = decode_graph(path, config.frames.fps, config.frames.size, rate, config.caption.frame_size)
+    args = ffmpeg_command(ffmpeg_python.merge_outputs(ffmpeg_python.output(train, "-", format="null"),
+                                                      ffmpeg_python.output(caption, "-", format="null")))
     start = time.perf_counter()
-    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-i", path,
-                    "-filter_complex", graph, "-map", "[t]", "-f", "null", "-", "-map", "[c]", "-f", "null", "-"],
-                   check=True)
+    subprocess.run(args, check=True)
     return time.perf_counter() - start
 
 

@@ -96,14 +96,23 @@ def ffmpeg_command(stream_spec) -> list[str]:
     return [args[0], *GLOBAL_ARGS, *args[1:]]
 
 
-def decode_command(path: str, train_fps: float, train_size: int, caption_rate: Fraction, caption_size: int,
-                   jpeg_quality: int, threads: int) -> list[str]:
-    """One decode, split in two: training frames (stream 0) and caption frames (stream 1), JPEGs in NUT on stdout."""
+def decode_graph(path: str, train_fps: float, train_size: int, caption_rate: Fraction, caption_size: int,
+                 threads: int = 0):
+    """The decode's two branches (ffmpeg-python streams): training frames and caption frames."""
     import ffmpeg as ffmpeg_python
 
     video = ffmpeg_python.input(path, threads=threads).video.split()
     train = _scale(_every(video[0], Fraction(train_fps).limit_denominator(1000)), train_size)
     caption = _scale(_every(video[1], caption_rate), caption_size)
+    return train, caption
+
+
+def decode_command(path: str, train_fps: float, train_size: int, caption_rate: Fraction, caption_size: int,
+                   jpeg_quality: int, threads: int) -> list[str]:
+    """One decode, split in two: training frames (stream 0) and caption frames (stream 1), JPEGs in NUT on stdout."""
+    import ffmpeg as ffmpeg_python
+
+    train, caption = decode_graph(path, train_fps, train_size, caption_rate, caption_size, threads)
     return ffmpeg_command(ffmpeg_python.output(train, caption, "pipe:1", format="nut", vcodec="mjpeg",
                                                fps_mode="passthrough", **{"q:v": jpeg_quality}))
 

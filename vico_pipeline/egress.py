@@ -81,7 +81,8 @@ def _checked(sock: socket.socket, address) -> None:
         return
     if guard.expired:
         raise DeadlinePassed(f"deadline of {guard.deadline_s:g} s passed")
-    guard.policy.check_ip(address[0])
+    if guard.policy is not None:  # None: a deadline only (engine requests)
+        guard.policy.check_ip(address[0])
     guard.track(sock)
 
 
@@ -99,11 +100,15 @@ socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
 socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
 
 
-class EgressGuard:
-    """`with EgressGuard(policy, deadline_s):` every connection this thread makes is checked, and all
-    of them are cut when the deadline passes (`expired` then says so)."""
+def current_guard() -> "EgressGuard | None":
+    return getattr(_active, "guard", None)
 
-    def __init__(self, policy: EgressPolicy, deadline_s: float):
+
+class EgressGuard:
+    """`with EgressGuard(policy, deadline_s):` every connection this thread makes is checked (policy None:
+    none is), and all of them are cut when the deadline passes (`expired` then says so)."""
+
+    def __init__(self, policy: EgressPolicy | None, deadline_s: float):
         self.policy = policy
         self.deadline_s = deadline_s
         self.expired = False

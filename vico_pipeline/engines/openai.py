@@ -1,9 +1,12 @@
 """The `openai` engine: any OpenAI-compatible chat endpoint (vLLM or SGLang servers, hosted APIs).
 
 Requests of a batch go out concurrently, at most `concurrency` at once; each
-has a timeout (`timeout_s`) and is retried with backoff (`retries`,
+has a timeout (`timeout_s`, per read) and is retried with backoff (`retries`,
 `backoff_s`) on 429, 5xx, timeouts and dropped connections; other errors
-(400, 401, 404) fail that request at once. The API key is read from the
+(400, 401, 404) fail that request at once. A request, its retries and waits
+included, has a total deadline (`deadline_s`): when it passes, the request's
+connections are cut (vico_pipeline.egress), so a server dripping its answer
+byte by byte cannot hold a worker. The API key is read from the
 environment variable `api_key_env` names; it is never logged or written.
 """
 from __future__ import annotations
@@ -16,10 +19,31 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 
+try:  # the HTTP client the installed openai package is built on
+    import httpx2 as httpx
+    _HttpClient = openai.DefaultHttpx2Client
+except ImportError:
+    import httpx
+    _HttpClient = openai.DefaultHttpxClient
+
+from vico_pipeline.egress import EgressGuard, current_guard
 from vico_pipeline.engines.base import Engine, EngineError, Request, Result
 from vico_pipeline.engines.retry import RetriesExhausted, call_with_retries
 
 log = logging.getLogger(__name__)
+
+
+class _DeadlineTransport(httpx.HTTPTransport):
+    """Hands a reused keep-alive connection's socket to the request's deadline guard too
+    (a new connection is registered when it connects)."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        guard, stream = current_guard(), response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if guard is not None and sock is not None:
+            guard.track(sock)
+        return response
 
 
 def image_url(jpeg: bytes) -> str:
@@ -78,7 +102,8 @@ class OpenAIEngine(Engine):
         # Our own retry helper does the retrying, so the client's is off.
         self._secret = api_key if section.api_key_env else None
         self.client = openai.OpenAI(base_url=section.base_url, api_key=api_key, max_retries=0,
-                                    timeout=section.timeout_s)
+                                    timeout=section.timeout_s,
+                                    http_client=_HttpClient(transport=_DeadlineTransport()))
         self.pool = ThreadPoolExecutor(max_workers=max(1, section.concurrency), thread_name_prefix="vico-openai")
         self.sleep = time.sleep  # tests may count the waits
         self.retried = 0  # retries made, for stats and tests
@@ -94,18 +119,34 @@ class OpenAIEngine(Engine):
     def _one(self, request: Request) -> Result:
         kwargs = self._kwargs(request)
         started = time.perf_counter()
+        deadline_s = self.section.deadline_s
 
         def on_retry(attempt, exc, delay):
             self.retried += 1
             log.warning("openai engine: %s, retry %d in %.1f s", error_type(exc), attempt, delay)
 
-        try:
-            response = call_with_retries(lambda: self.client.chat.completions.create(**kwargs),
-                                         self.section.retries, self.section.backoff_s, is_retryable,
-                                         sleep=self.sleep, on_retry=on_retry)
-        except Exception as exc:
-            return Result(error_type=error_type(exc), error=_one_line(exc, self._secret),
-                          latency_s=time.perf_counter() - started)
+        with EgressGuard(None, deadline_s) as guard:  # one total deadline: every attempt and wait
+            def attempt():
+                # No read may outlast the deadline either.
+                return self.client.chat.completions.create(**{**kwargs, "timeout": max(0.001, min(
+                    self.section.timeout_s, guard.remaining()))})
+
+            def sleep(delay):
+                if delay >= guard.remaining():
+                    guard.expired = True
+                    raise TimeoutError("no time left for another try")
+                self.sleep(delay)
+
+            try:
+                response = call_with_retries(attempt, self.section.retries, self.section.backoff_s,
+                                             lambda exc: is_retryable(exc) and not guard.expired,
+                                             sleep=sleep, on_retry=on_retry)
+            except Exception as exc:
+                if guard.expired or guard.remaining() <= 0:
+                    return Result(error_type="timeout", error=f"the request took over deadline_s={deadline_s:g} s",
+                                  latency_s=time.perf_counter() - started)
+                return Result(error_type=error_type(exc), error=_one_line(exc, self._secret),
+                              latency_s=time.perf_counter() - started)
         latency = time.perf_counter() - started
         if not response.choices:
             return Result(error_type="empty_response", error="the server returned no choices", latency_s=latency)
