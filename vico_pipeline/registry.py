@@ -112,10 +112,13 @@ def stage_specs() -> list[StageSpec]:
     specs = [
         StageSpec("download", "videos", VIDEOS_SCHEMA, (), _download,
                   ("sources.allow_local", "download.max_height", "download.max_bytes",
-                   "download.max_duration_s", "download.cookies_file"), _download_resources),
+                   "download.max_duration_s", "download.cookies_file", "download.allowed_networks",
+                   "download.allowed_buckets", "download.max_playlist_entries"), _download_resources,
+                  code_version="2"),  # 2: redacted sources, egress policy, PyAV probe
         StageSpec("frames", "clips", CLIPS_SCHEMA, ("download",), _frames,
                   ("clips", "frames.fps", "frames.size", "frames.jpeg_quality",
-                   "caption.frames_per_clip", "caption.frame_size"), _frames_resources),
+                   "caption.frames_per_clip", "caption.frame_size"), _frames_resources,
+                  code_version="2"),  # 2: frame times are the frames' presentation times
         StageSpec("filter", "filtered", FILTERED_SCHEMA, ("download", "frames"), _filter,
                   ("filter",), _light_resources),
         StageSpec("caption", "captions", CAPTIONS_SCHEMA, ("download", "frames", "filter"), _caption,
