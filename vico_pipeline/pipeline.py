@@ -164,7 +164,9 @@ class DownloadRunner(StageRunner):
                 "stats": json.dumps({"download": stats if i == 0 else {"cached": True, "rows": 0}})}
                for i, v in enumerate(videos)]
         if not out:  # every video of the line failed: a row still carries its errors
-            out = [{"video_id": unit, "source": line["url"], "refs": "{}",
+            from vico_pipeline.redact import redact_text  # the real URL stays in the manifest line
+
+            out = [{"video_id": unit, "source": redact_text(line["url"]), "refs": "{}",
                     "error_parts": json.dumps(error_parts), "stats": json.dumps({"download": stats})}]
         stage_progress.report("download", failed=int(stats.get("errors") or 0), cached=int(bool(stats.get("cached"))),
                         found=len(out))
