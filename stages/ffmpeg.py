@@ -59,7 +59,8 @@ def probe(path: str, deadline_s: float = 120.0) -> Probe:
     """Duration, fps, size, codec, rotation and streams of a file, read from the container's
     structures through PyAV (never from ffmpeg's log, which container metadata can forge).
 
-    `deadline_s` bounds the whole probe: PyAV's interrupt callback stops a read that runs past it."""
+    `deadline_s` bounds each step (the open, each read of the first frame): PyAV's interrupt callback
+    stops one that runs past it. Only regular files reach the probe (downloads, copies, checked paths)."""
     import av
 
     if not os.path.exists(path):

@@ -107,6 +107,17 @@ def test_a_live_claim_is_refused_with_its_owner_and_a_stale_one_taken_over(tmp_p
         beat.check()
 
 
+def test_a_claim_of_a_dead_process_on_this_host_is_stale_at_once(tmp_path):
+    import socket
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    owner = f"{socket.gethostname()}:{dead.stdout.strip()}:abc"
+    fresh = {"owner": owner, "heartbeat": time.time()}
+    assert versions.claim_is_stale(fresh)  # killed here (SIGKILL): the rerun need not wait STALE_S
+    assert not versions.claim_is_stale({**fresh, "owner": claim.new_owner()})  # this process: alive
+    assert not versions.claim_is_stale({**fresh, "owner": "another-host:1:abc"})  # elsewhere: the heartbeat says
+
+
 def test_the_same_config_waits_for_the_live_run_and_takes_its_result(tmp_path, monkeypatch):
     root = str(tmp_path / "out" / "demo")
     config = _config(tmp_path)

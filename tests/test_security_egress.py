@@ -182,3 +182,11 @@ def test_forged_container_metadata_does_not_fool_the_probe(tmp_path, servers):
     # Served over HTTP: the 60 s video is refused by max_duration_s, not read as 1 s.
     [row] = _rows(tmp_path, f"{servers['public']}/forged.mp4", PUBLIC_ONLY, "download.max_duration_s=30")
     assert isinstance(row, ErrorRow) and row.error_type == "too_long", row
+
+
+def test_the_probe_has_a_deadline(servers):
+    from stages.ffmpeg import MediaError
+
+    with pytest.raises(MediaError) as caught:
+        probe(os.path.join(servers["dir"], "good.mp4"), deadline_s=1e-6)  # any real open takes longer
+    assert caught.value.error_type == "timeout"

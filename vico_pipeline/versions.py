@@ -44,10 +44,29 @@ def read_claim(version_root: str) -> tuple[int, dict | None]:
 
 
 def claim_is_stale(claim: dict, now: float | None = None) -> bool:
-    """A killed run's claim: no heartbeat (written by an older vico), released, or not refreshed for STALE_S."""
+    """A killed run's claim: no heartbeat (written by an older vico), released, not refreshed for
+    STALE_S, or owned by a process of this machine that no longer exists (a run killed here)."""
     beat = claim.get("heartbeat")
-    return not isinstance(beat, (int, float)) or claim.get("released") or \
-        (now if now is not None else time.time()) - beat > STALE_S
+    if not isinstance(beat, (int, float)) or claim.get("released") or _owner_gone(claim.get("owner")):
+        return True
+    return (now if now is not None else time.time()) - beat > STALE_S
+
+
+def _owner_gone(owner) -> bool:
+    """True when `owner` (host:pid:id) names this host and a pid that is not running."""
+    import os
+    import socket
+
+    parts = str(owner or "").split(":")
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def list_versions(dataset_root: str) -> list[dict]:
