@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -126,22 +127,38 @@ def test_failed_engine_keeps_questions_with_null_and_an_error_row(engine):
     assert stats["next_event"] == {"questions": 1, "dropped": 0, "unanswered": 1, "before": None, "after": None}
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed when the socket is: nothing listens there
+class _Broken(BaseHTTPRequestHandler):
+    """An endpoint that fails every request (HTTP 500)."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_error(500)
 
 
-def test_openai_engine_with_no_server_keeps_every_question():
+@pytest.fixture
+def broken_endpoint():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Broken)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_openai_engine_whose_endpoint_fails_keeps_every_question(broken_endpoint):
     config = Config()
     blind = config.blind
-    blind.engine, blind.model, blind.base_url = "openai", "m", f"http://127.0.0.1:{_closed_port()}/v1"
-    blind.retries, blind.backoff_s, blind.timeout_s = 0, 0.01, 2.0
+    blind.engine, blind.model, blind.base_url = "openai", "m", broken_endpoint
+    blind.retries, blind.backoff_s, blind.timeout_s = 0, 0.01, 10.0
     stage = BlindStage(config)
     stage.setup()
     kept, errors = run_stage(stage, [LONG, TIED, OPEN])
     assert len(kept) == 3 and all(q["blind_correct"] is None for q in kept)
     assert len(errors) == 2 and all(e.error_type == "blind_unanswered" for e in errors)
+    assert all("500" in e.message for e in errors), [e.message for e in errors]
 
 
 # --------------------------------------------------------------------------- in a run
