@@ -1,27 +1,42 @@
 """Questions: a video's clues in, VICO question sets out, every answer key from timestamps.
 
-Five tasks (vico.md): `event_order`, `clue_time`, `next_event`,
-`before_after`, `timeline`, chosen by `questions.tasks`, `questions.per_task`
-of each per video. Options and distractors come from the same video. The
-correct option's letter is dealt from shuffled decks of A-D (a seeded RNG per
-video), so letters are spread evenly within every video and over the
-dataset. The wording says exactly what the key computes (`next_event` asks
-for the listed event that comes next, not what happens "right after"), and
-no option stands out by its form: the chronological order is shown as often
-as chance shows it, and `event_order` distractors include a near miss (one
+Nine tasks (vico.md), chosen by `questions.tasks`, `questions.per_task` of each per video:
+
+- `event_order`, `clue_time`, `next_event`, `before_after`, `timeline`: from the clues;
+- `at_time`: what happens at mm:ss? The options are clues; the key is the clue whose clip
+  window holds that time (a whole second at least one second inside it);
+- `gap`: about how much time passes between two clues? Minute buckets (`gap_bucket`);
+- `summary`: an open question answered by the video summary (the `summaries` table's
+  `level == "video"` row), the one answer a model wrote: `answer_source` says
+  `model`, or `stand-in` when a stand-in engine (template) wrote it;
+- `said_when`: what is on screen when "..." is said? A subtitle cue inside one captioned
+  clip; the options are key events of captioned clips, the key is that clip's.
+
+A task whose input a video lacks (no video summary, no subtitle cue inside a captioned
+clip) is not made for that video; `tasks_without_input` counts those videos, it is not an
+error. Options and distractors come from the same video. The correct option's letter
+is dealt from shuffled decks of A-D (a seeded RNG per video), so letters are spread
+evenly within every video and over the dataset. The wording says exactly what the key
+computes (`next_event` asks for the listed event that comes next, not what happens
+"right after"), and no option stands out by its form: the chronological order is shown
+as often as chance shows it, and `event_order` distractors include a near miss (one
 swap from the truth) without making the truth the hub of the options.
 
 Each question comes with its conversation (the `<video>` placeholder, then the
 question; consumers add the time header, vico_pipeline/samples.py), its
 evidence clips and their windows, its split (train or val, by a hash of the
-video id, so a video is never split), and the engines that made its captions
-and clues.
+video id, so a video is never split), the engines that made its captions
+and clues, and where its answer comes from (`answer_source`: `timestamps`,
+`model` or `stand-in`, with `answer_engine` / `answer_model` for written answers).
 """
 from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import pyarrow as pa
@@ -30,6 +45,10 @@ from stages.base import ErrorRow, Stage
 from stages.caption import clock
 
 LETTERS = "ABCD"
+TASKS = ("event_order", "clue_time", "next_event", "before_after", "timeline",
+         "at_time", "gap", "summary", "said_when")
+# Engines with no model behind them (vico_pipeline/card.py): what they write is stand-in data.
+STAND_IN_ENGINES = frozenset({"describe", "template", "rules"})
 
 QUESTIONS_SCHEMA = pa.schema([
     ("question_id", pa.string()),
@@ -52,6 +71,11 @@ QUESTIONS_SCHEMA = pa.schema([
     ("caption_model", pa.string()),
     ("clue_engine", pa.string()),
     ("clue_model", pa.string()),
+    # Where the answer comes from: "timestamps" (computed from the clips' times), "model" (a model
+    # wrote it: the summary), "stand-in" (a stand-in engine wrote it); the writer's engine and model.
+    ("answer_source", pa.string()),
+    ("answer_engine", pa.string()),
+    ("answer_model", pa.string()),
 ])
 
 
@@ -175,6 +199,142 @@ def timeline(clues):
     return "List the main events of the video in chronological order, with their times.", answer
 
 
+def at_time(clues, rng, target, seconds, duration):
+    """What happens at mm:ss? The time is a whole second at least one second inside the clue's
+    window and inside no other clue's, so the shown mm:ss names that clip and no other."""
+    if len(clues) < 4:
+        return None
+    i = rng.randrange(len(clues))
+    clue = clues[i]
+    inside = [t for t in range(math.floor(clue["start_s"]) + 1, math.ceil(clue["end_s"]))
+              if not any(c["start_s"] <= t <= c["end_s"] for j, c in enumerate(clues) if j != i)]
+    others = list(dict.fromkeys(c["text"] for j, c in enumerate(clues) if j != i and c["text"] != clue["text"]))
+    if not inside or len(others) < 3:
+        return None
+    question = f"What happens at {clock(rng.choice(inside))} in the video?"
+    return question, _place(clue["text"], rng.sample(others, 3), target), [clue["clip_id"]]
+
+
+# Minute buckets of `gap`: fine where a minute matters, coarser where it does not.
+GAP_MINUTES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 75, 90, 105, 120, 150, 180, 210, 240)
+# The truth is nearer its bucket than any other bucket by at least this many minutes (15 s).
+GAP_MARGIN_MIN = 0.25
+
+
+def minutes_text(minutes: int) -> str:
+    return "about 1 minute" if minutes == 1 else f"about {minutes} minutes"
+
+
+def gap_bucket(gap_s: float) -> int | None:
+    """The index in GAP_MINUTES of the bucket nearest to a gap (in minutes, not rounded), or None
+    when the gap is under 30 s or no bucket is nearest by GAP_MARGIN_MIN (a gap of 2.5 minutes is
+    as near "about 2" as "about 3": no question is asked about it)."""
+    minutes = gap_s / 60
+    if minutes < 0.5:
+        return None
+    near = sorted((abs(m - minutes), k) for k, m in enumerate(GAP_MINUTES))
+    return near[0][1] if near[1][0] - near[0][0] >= GAP_MARGIN_MIN else None
+
+
+def gap(clues, rng, target, seconds, duration):
+    """About how much time passes between two clues (start to start)?
+
+    Options: 4 consecutive buckets of GAP_MINUTES, in increasing order, no longer than the video;
+    the key is the bucket nearest to the true gap (the two clips' start times), by at least
+    GAP_MARGIN_MIN, so exactly one option is closest to the truth. The truth sits at the dealt
+    letter: the bucket is drawn evenly from those that fit there, then a pair of clues in it,
+    so the options alone do not say where the truth is."""
+    usable = sum(1 for m in GAP_MINUTES if m * 60 <= duration)
+    if usable < 4:
+        return None
+    pairs: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for i, j in itertools.combinations(range(len(clues)), 2):
+        k = gap_bucket(abs(clues[j]["start_s"] - clues[i]["start_s"]))
+        if k is not None and clues[i]["text"] != clues[j]["text"]:
+            pairs[k].append((i, j))
+    fitting = [k for k in sorted(pairs) if target <= k <= usable - 4 + target]
+    if not fitting:
+        return None
+    k = rng.choice(fitting)
+    i, j = rng.choice(pairs[k])
+    a, b = (clues[i], clues[j]) if rng.random() < 0.5 else (clues[j], clues[i])  # either order: no order given away
+    question = (f'About how much time passes between "{a["text"]}" and "{b["text"]}" '
+                "(from the start of one to the start of the other)?")
+    options = [minutes_text(m) for m in GAP_MINUTES[k - target:k - target + 4]]
+    return question, options, [clues[i]["clip_id"], clues[j]["clip_id"]]
+
+
+SUMMARY_QUESTION = "What happens in the video? Summarize it from beginning to end."
+
+
+def video_summary(summaries: list[dict]) -> dict | None:
+    """The video's `level == "video"` summaries row with text, or None."""
+    return next((s for s in summaries if s.get("level") == "video" and (s.get("text") or "").strip()), None)
+
+
+# The subtitle track `said_when` quotes: the most trusted source first.
+SUBTITLE_SOURCES = ("uploader", "sidecar", "embedded", "asr", "auto")
+# A quoted line names one moment: at least 3 words (not "Yeah."), at most 30.
+LINE_WORDS = (3, 30)
+
+
+def subtitle_track(subtitles: list[dict]) -> list[dict]:
+    """The track `said_when` quotes, in time order: the most trusted source, and of its languages
+    the one with the most cues."""
+    if not subtitles:
+        return []
+    rank = {s: i for i, s in enumerate(SUBTITLE_SOURCES)}
+    tracks = Counter((s.get("source"), s.get("language")) for s in subtitles)
+    best = min(tracks, key=lambda t: (rank.get(t[0], len(rank)), -tracks[t], str(t[1])))
+    return sorted((s for s in subtitles if (s.get("source"), s.get("language")) == best),
+                  key=lambda s: (s["start_s"], s["end_s"]))
+
+
+def spoken(text: str) -> str:
+    """A cue's text as quoted: one line, double quotes made single."""
+    return " ".join((text or "").replace('"', "'").split())
+
+
+def spoken_lines(cues: list[dict], scenes: list[dict], subtitles: list[dict]) -> list[tuple[str, dict]]:
+    """(line, clip) for each cue of the track of LINE_WORDS words lying inside one captioned clip,
+    whose words are said in no other clip (in any track: a line said twice names no one moment)."""
+    def holder(start: float, end: float) -> dict | None:
+        return next((c for c in scenes if c["start_s"] <= start and end <= c["end_s"]), None)
+
+    places: dict[str, set] = defaultdict(set)
+    for cue in subtitles:
+        middle = (cue["start_s"] + cue["end_s"]) / 2
+        clip = holder(middle, middle)
+        places[spoken(cue["text"]).lower()].add(clip["clip_id"] if clip else None)
+    out = []
+    for cue in cues:
+        line = spoken(cue["text"])
+        clip = holder(cue["start_s"], cue["end_s"]) if cue["end_s"] > cue["start_s"] else None
+        if clip is not None and LINE_WORDS[0] <= len(line.split()) <= LINE_WORDS[1] \
+                and places[line.lower()] == {clip["clip_id"]}:
+            out.append((line, clip))
+    return out
+
+
+def said_when(facts: "VideoFacts", rng, target):
+    """What is on screen when a line is said? The options are key events of captioned clips; the
+    key is the key event of the clip holding the cue. Distractors are clips further than a clip
+    away (a neighbour often shows the same scene), each with a different key event."""
+    scenes = [c for c in facts.captions if (c.get("key_event") or "").strip()]
+    lines = spoken_lines(facts.cues, scenes, facts.subtitles)
+    if not lines:
+        return None
+    line, clip = rng.choice(lines)
+    key = clip["key_event"].strip()
+    others = list(dict.fromkeys(c["key_event"].strip() for c in scenes
+                                if abs(c["start_s"] - clip["start_s"]) > 1.5 * facts.seconds
+                                and c["key_event"].strip() != key))
+    if len(others) < 3:
+        return None
+    question = f'What is on screen when someone says "{line}"?'
+    return question, _place(key, rng.sample(others, 3), target), [clip["clip_id"]]
+
+
 def conversation(question: str, options: list[str], answer: str, lettered: bool) -> list[dict]:
     if lettered:
         human = "<video>\n" + question + "\n" + "\n".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(options)) + \
@@ -188,32 +348,98 @@ def conversation(question: str, options: list[str], answer: str, lettered: bool)
     return [{"from": "human", "value": human}, {"from": "gpt", "value": reply}]
 
 
-LETTERED = {"event_order": event_order, "clue_time": clue_time, "next_event": next_event}
+@dataclass
+class VideoFacts:
+    """What one video's questions are built from; clues sorted by time."""
+    clues: list[dict]
+    seconds: float
+    duration: float
+    captions: list[dict] = field(default_factory=list)  # clip_id, start_s, end_s, key_event
+    cues: list[dict] = field(default_factory=list)  # one subtitle track (subtitle_track)
+    subtitles: list[dict] = field(default_factory=list)  # every cue of every track
+    summary: dict | None = None  # the level == "video" summaries row
+
+
+def _on_clues(build):
+    """A task built from the clues alone, called like the others."""
+    return lambda facts, rng, target: build(facts.clues, rng, target, facts.seconds, facts.duration)
+
+
+LETTERED = {"event_order": _on_clues(event_order), "clue_time": _on_clues(clue_time),
+            "next_event": _on_clues(next_event), "at_time": _on_clues(at_time), "gap": _on_clues(gap),
+            "said_when": said_when}
+OPEN = ("timeline", "summary")
+# Tasks whose key fits only some letters (a short video has no long gap): they try each letter left in the deck.
+LETTER_BOUND = frozenset({"gap"})
+
+
+def tasks_without_input(tasks: list[str], summaries: list[dict], subtitles: list[dict]) -> list[str]:
+    """The configured tasks a video lacks the input of: `summary` without a video summary,
+    `said_when` without a subtitle cue. They are not made for it, which is no error."""
+    missing = {"summary": video_summary(summaries) is None, "said_when": not subtitles}
+    return [t for t in tasks if missing.get(t)]
+
+
+def _lettered(task: str, facts: VideoFacts, rng: random.Random, letters: Deck):
+    """(question, options, evidence, index) with the key at a dealt letter, or None (the letter
+    goes back on the deck, so the spread stays even)."""
+    target = letters.deal()
+    built = LETTERED[task](facts, rng, target)
+    if built is None and task in LETTER_BOUND:
+        for other in reversed(list(letters.cards)):  # the letters left in this deck, in dealing order
+            built = LETTERED[task](facts, rng, other)
+            if built is not None:
+                letters.cards.remove(other)
+                letters.cards.append(target)
+                target = other
+                break
+    if built is None:
+        letters.cards.append(target)
+        return None
+    return (*built, target)
+
+
+def _answer_source(task: str, summary: dict | None) -> dict:
+    if task != "summary":
+        return {"answer_source": "timestamps", "answer_engine": None, "answer_model": None}
+    engine = summary.get("engine")
+    return {"answer_source": "stand-in" if engine in STAND_IN_ENGINES else "model",
+            "answer_engine": engine, "answer_model": summary.get("model")}
 
 
 def build_questions(video_id: str, clues: list[dict], tasks: list[str], per_task: int, seed: int,
                     clip_seconds: float, duration_s: float, val_fraction: float,
-                    provenance: dict | None = None) -> list[dict]:
+                    provenance: dict | None = None, *, captions: list[dict] | None = None,
+                    summaries: list[dict] | None = None, subtitles: list[dict] | None = None) -> list[dict]:
     """Every question for one video; `clues` need clip_id, start_s, end_s, text; `provenance`
-    holds caption_engine, caption_model, clue_engine, clue_model."""
+    holds caption_engine, caption_model, clue_engine, clue_model. `captions` (clip_id, start_s,
+    end_s, key_event), `summaries` and `subtitles` are the video's rows of those tables."""
     clues = sorted(clues, key=lambda c: (c["start_s"], c["clip_id"]))
-    window = {c["clip_id"]: [float(c["start_s"]), float(c["end_s"])] for c in clues}
+    captions = sorted(captions or [], key=lambda c: (c["start_s"], c["clip_id"]))
+    facts = VideoFacts(clues, clip_seconds, duration_s, captions, subtitle_track(subtitles or []),
+                       list(subtitles or []), video_summary(summaries or []))
+    window = {c["clip_id"]: [float(c["start_s"]), float(c["end_s"])] for c in captions + clues}
     if len(clues) < 2:
         return []  # no task can be built on one event
     rng = random.Random(f"{seed}:{video_id}")
     letters, sides = Deck(rng, 4), Deck(rng, 2)
     split = split_for(video_id, val_fraction)
+    skipped = set(tasks_without_input(tasks, summaries or [], subtitles or []))
     rows = []
     for task in tasks:
+        if task in skipped:
+            continue
         made: set[str] = set()
-        count = 1 if task == "timeline" else per_task
+        count = 1 if task in OPEN else per_task
         for _ in range(count * 6):
             if len(made) >= count:
                 break
             if task == "timeline":
-                if len(clues) < 2:
-                    break
                 question, answer = timeline(clues)
+                options, index, evidence = [], -1, [c["clip_id"] for c in clues]
+            elif task == "summary":
+                # The evidence of a summary is the whole video; its clues stand for it.
+                question, answer = SUMMARY_QUESTION, facts.summary["text"].strip()
                 options, index, evidence = [], -1, [c["clip_id"] for c in clues]
             elif task == "before_after":
                 target = sides.deal()
@@ -223,13 +449,11 @@ def build_questions(video_id: str, clues: list[dict], tasks: list[str], per_task
                 question, options, evidence = built
                 index, answer = target, options[target]
             else:
-                target = letters.deal()
-                built = LETTERED[task](clues, rng, target, clip_seconds, duration_s)
+                built = _lettered(task, facts, rng, letters)
                 if built is None:
-                    letters.cards.append(target)  # the letter is dealt again, the spread stays even
                     break
-                question, options, evidence = built
-                index, answer = target, LETTERS[target]
+                question, options, evidence, index = built
+                answer = LETTERS[index]
             if question in made:
                 if task in LETTERED:
                     letters.cards.append(index)
@@ -242,7 +466,7 @@ def build_questions(video_id: str, clues: list[dict], tasks: list[str], per_task
                 "question": question, "options": options, "answer": answer, "answer_index": index,
                 "evidence_clip_ids": evidence, "evidence_windows_s": [window[c] for c in evidence], "split": split,
                 "conversations": conversation(question, options, answer, task in LETTERED),
-                "blind_correct": None, **(provenance or {}),
+                "blind_correct": None, **(provenance or {}), **_answer_source(task, facts.summary),
             })
     return rows
 
@@ -263,7 +487,9 @@ class QuestionsStage(Stage):
         clues = item["clues"]
         rows = build_questions(item["video_id"], clues, list(cfg.questions.tasks), cfg.questions.per_task,
                                cfg.questions.seed, cfg.clips.seconds, float(item["video"]["duration_s"] or 0.0),
-                               cfg.shards.val_fraction, provenance(item.get("caption") or [], clues))
+                               cfg.shards.val_fraction, provenance(item.get("caption") or [], clues),
+                               captions=item.get("caption") or [], summaries=item.get("summaries") or [],
+                               subtitles=item.get("subtitles") or [])
         if not rows:
             yield ErrorRow(item["video_id"], item["source"], "no_questions",
                            f"{len(clues)} clues make none of the tasks {', '.join(cfg.questions.tasks)}")

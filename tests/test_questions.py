@@ -10,7 +10,8 @@ from stages.base import ErrorRow
 from stages.questions import LETTERS, QuestionsStage, build_questions, split_for, time_range
 from vico_pipeline.config import Config
 
-TASKS = ["event_order", "clue_time", "next_event", "before_after", "timeline"]
+TASKS = ["event_order", "clue_time", "next_event", "before_after", "timeline", "at_time", "gap", "summary",
+         "said_when"]
 
 
 @st.composite
@@ -25,16 +26,39 @@ def timelines(draw):
     return clues, 14.0 * (max(windows) + 1) + draw(st.floats(0, 30))
 
 
-def check_question(q: dict, clues: list[dict]) -> None:
-    """Recompute the answer from the timestamps alone and compare."""
+STAND_IN = {"describe", "template", "rules"}
+
+
+def seconds_of(clock: str) -> int:
+    """mm:ss or h:mm:ss in seconds."""
+    value = 0
+    for part in clock.split(":"):
+        value = 60 * value + int(part)
+    return value
+
+
+def quoted(question: str) -> list[str]:
+    return re.findall(r'"([^"]+)"', question)
+
+
+def check_question(q: dict, clues: list[dict], captions=(), summaries=(), subtitles=(),
+                   duration: float = float("inf")) -> None:
+    """Recompute the answer from the tables alone (clues, captions, summaries, subtitles) and compare."""
     start = {c["text"]: c["start_s"] for c in clues}
     ordered = sorted(clues, key=lambda c: c["start_s"])
     options, index = q["options"], q["answer_index"]
     human, gpt = q["conversations"][0]["value"], q["conversations"][1]["value"]
     assert [t["from"] for t in q["conversations"]] == ["human", "gpt"] and human.startswith("<video>\n")
     assert "The video lasts" not in human  # no time header: consumers add it (samples.py)
-    window = {c["clip_id"]: [c["start_s"], c["end_s"]] for c in clues}
+    window = {c["clip_id"]: [c["start_s"], c["end_s"]] for c in [*captions, *clues]}
     assert q["evidence_windows_s"] == [window[c] for c in q["evidence_clip_ids"]]
+    assert q["answer_source"] == ("timestamps" if q["task"] != "summary" else q["answer_source"])
+    if q["task"] == "summary":  # the video summary's text, marked as written by a model (or a stand-in)
+        (summary,) = [s for s in summaries if s["level"] == "video"]
+        assert options == [] and index == -1 and q["answer"] == gpt == summary["text"].strip()
+        assert q["answer_source"] == ("stand-in" if summary["engine"] in STAND_IN else "model")
+        assert (q["answer_engine"], q["answer_model"]) == (summary["engine"], summary["model"])
+        return
     if q["task"] == "timeline":
         assert options == [] and index == -1
         assert q["answer"] == "\n".join(f"{time_range(c['start_s'], c['end_s'])}: {c['text']}" for c in ordered)
@@ -65,21 +89,78 @@ def check_question(q: dict, clues: list[dict]) -> None:
         # True to the wording: of the listed events, the key is the first one after the clue.
         assert options[index] == min((o for o in options if start[o] > start[text]), key=start.get)
         assert "right after" not in q["question"] and "comes next" in q["question"]
+    elif q["task"] == "at_time":
+        (shown,) = re.findall(r"at ((?:\d+:)?\d+:\d\d) in the video", q["question"])
+        t = seconds_of(shown)
+        holding = [c for c in clues if c["start_s"] <= t <= c["end_s"]]
+        assert len(holding) == 1 and options[index] == holding[0]["text"]
+        assert q["evidence_clip_ids"] == [holding[0]["clip_id"]] and set(options) <= set(start)
+    elif q["task"] == "gap":
+        a, b = quoted(q["question"])
+        truth = abs(start[a] - start[b]) / 60
+        minutes = [int(re.fullmatch(r"about (\d+) minutes?", o).group(1)) for o in options]
+        assert minutes == sorted(set(minutes)) and max(minutes) * 60 <= duration
+        distance = sorted(abs(m - truth) for m in minutes)
+        assert abs(minutes[index] - truth) == distance[0] and distance[1] - distance[0] >= 0.25
+        assert abs(minutes[index] - truth) <= max(0.5, minutes[index] / 6)  # the nearest bucket, not just the nearest option
+        assert sorted(q["evidence_clip_ids"], key=lambda c: window[c]) == q["evidence_clip_ids"]
+        assert {window[c][0] for c in q["evidence_clip_ids"]} == {start[a], start[b]}
+    elif q["task"] == "said_when":
+        (line,) = quoted(q["question"])
+        said = [c for c in subtitles if " ".join(c["text"].replace('"', "'").split()).lower() == line.lower()]
+        (clip,) = [c for c in captions if c["clip_id"] == q["evidence_clip_ids"][0]]
+        # Every cue of these words has its midpoint in the key clip, and one lies wholly inside it.
+        assert said and all(clip["start_s"] <= (c["start_s"] + c["end_s"]) / 2 <= clip["end_s"] for c in said)
+        assert any(clip["start_s"] <= c["start_s"] < c["end_s"] <= clip["end_s"] for c in said)
+        assert options[index] == clip["key_event"].strip() and len(q["evidence_clip_ids"]) == 1
+        events = {c["key_event"].strip() for c in captions if c["clip_id"] != clip["clip_id"]}
+        assert all(o in events for i, o in enumerate(options) if i != index)
+    else:
+        raise AssertionError(f"no key check for task {q['task']}")
+
+
+@st.composite
+def videos(draw):
+    """A timeline of clues plus the video's other tables: captions of most clips (key events that
+    repeat), subtitle cues of two tracks (lines said twice, cues across clip borders, short ones)
+    and sometimes a video summary by a stand-in or a model."""
+    clues, duration = draw(timelines())
+    clue_clips = {c["clip_id"] for c in clues}
+    captions = [{"clip_id": f"v-{k:05d}", "start_s": 14.0 * k, "end_s": 14.0 * (k + 1),
+                 "key_event": f"scene {draw(st.integers(0, 40))} on screen"}
+                for k in range(int(duration // 14)) if f"v-{k:05d}" in clue_clips or draw(st.integers(0, 9)) > 0]
+    lines = [f"we say line {k} now" for k in range(draw(st.integers(1, 30)))] + ["yes", "ok then"]
+    subtitles = []
+    for _ in range(draw(st.integers(0, 40))):
+        begin = draw(st.floats(0, duration))
+        subtitles.append({"start_s": begin, "end_s": begin + draw(st.floats(0.0, 20.0)),
+                          "text": draw(st.sampled_from(lines)), "source": draw(st.sampled_from(["uploader", "auto"])),
+                          "language": "en"})
+    summaries = [{"level": "segment", "start_s": 0.0, "end_s": 140.0, "text": "a segment", "engine": "template",
+                  "model": "template-v1"}]
+    if draw(st.booleans()):
+        engine = draw(st.sampled_from(["template", "openai"]))
+        summaries.append({"level": "video", "start_s": 0.0, "end_s": duration, "text": " the whole video ",
+                          "engine": engine, "model": f"{engine}-model"})
+    return clues, duration, captions, subtitles, summaries
 
 
 @settings(max_examples=150, deadline=None)
-@given(timelines(), st.integers(1, 4), st.integers(0, 1000))
-def test_every_answer_is_the_true_chronological_fact(timeline, per_task, seed):
-    clues, duration = timeline
-    rows = build_questions("vid", clues, TASKS, per_task, seed, 14.0, duration, 0.2)
+@given(videos(), st.integers(1, 4), st.integers(0, 1000))
+def test_every_answer_is_the_true_chronological_fact(video, per_task, seed):
+    clues, duration, captions, subtitles, summaries = video
+    rows = build_questions("vid", clues, TASKS, per_task, seed, 14.0, duration, 0.2,
+                           captions=captions, summaries=summaries, subtitles=subtitles)
     assert {r["task"] for r in rows} >= {"before_after", "timeline"}  # two clues suffice
     if len(clues) >= 3:
         assert "event_order" in {r["task"] for r in rows}
+    # The summary question exactly when there is a video summary.
+    assert ("summary" in {r["task"] for r in rows}) == any(s["level"] == "video" for s in summaries)
     for q in rows:
-        check_question(q, clues)
+        check_question(q, clues, captions, summaries, subtitles, duration)
     assert len({r["question_id"] for r in rows}) == len(rows)
     # Letters within one video: dealt from shuffled decks, so no letter leads by more than one.
-    letters = Counter(r["answer_index"] for r in rows if r["task"] in ("event_order", "clue_time", "next_event"))
+    letters = Counter(r["answer_index"] for r in rows if r["task"] not in ("before_after", "timeline", "summary"))
     if letters:
         assert max(letters[i] for i in range(4)) - min(letters[i] for i in range(4)) <= 1
     sides = Counter(r["answer_index"] for r in rows if r["task"] == "before_after")
@@ -173,7 +254,8 @@ def test_event_order_distractors_include_a_near_miss_and_the_truth_is_no_hub():
 def test_questions_carry_their_provenance_and_an_empty_blind_count():
     clues = [{"clip_id": f"c{i}", "start_s": 14.0 * i, "end_s": 14.0 * i + 14, "text": f"event {i}",
               "engine": "template", "model": "template-v1"} for i in range(6)]
-    captions = [{"clip_id": f"c{i}", "engine": "describe", "model": "describe-v1"} for i in range(6)]
+    captions = [{"clip_id": f"c{i}", "start_s": 14.0 * i, "end_s": 14.0 * i + 14, "engine": "describe",
+                 "model": "describe-v1"} for i in range(6)]
     rows = list(QuestionsStage(Config()).process({"video_id": "v", "source": "s", "video": {"duration_s": 84.0},
                                                   "clues": clues, "caption": captions}))
     assert rows and all((r["caption_engine"], r["caption_model"], r["clue_engine"], r["clue_model"])
