@@ -69,11 +69,27 @@ def clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
+# Added to a clip's prompt when subtitle cues fall in it (`caption.use_subtitles`); a clip without
+# cues gets the prompt of its version unchanged.
+SUBTITLES_NOTE = ("\n\nWhat is said during this clip (subtitles, in order; they may be imperfect):\n{lines}\n"
+                  "Use them for names and for what people say; describe what is seen as above.")
+
+
 def caption_prompt(version: str, clip: dict) -> str:
     if version not in PROMPTS:
         raise ValueError(f"unknown caption prompt version {version!r}; known: {', '.join(PROMPTS)}")
-    return PROMPTS[version].format(n=len(clip["caption_frames"]), seconds=clip["end_s"] - clip["start_s"],
-                                   start=clock(clip["start_s"]), end=clock(clip["end_s"]))
+    prompt = PROMPTS[version].format(n=len(clip["caption_frames"]), seconds=clip["end_s"] - clip["start_s"],
+                                     start=clock(clip["start_s"]), end=clock(clip["end_s"]))
+    if clip.get("subtitles"):
+        prompt += SUBTITLES_NOTE.format(lines=clip["subtitles"])
+    return prompt
+
+
+def clip_subtitles(cues: list[dict], start_s: float, end_s: float) -> str:
+    """The prompt lines of the cues shown during [start_s, end_s), from one track; "" when none."""
+    from stages.subtitles import cues_in, preferred_track, subtitle_lines
+
+    return subtitle_lines(cues_in(preferred_track(cues), start_s, end_s)) if cues else ""
 
 
 def parse_caption(text: str) -> tuple[str, str] | None:
@@ -116,22 +132,27 @@ def gate(result) -> tuple[tuple[str, str] | None, str, str]:
     """((caption, key_event), "", "") for an answer that passes every gate, else (None, error type, why).
 
     Never raises: a parser failure is a `caption_unparsed` verdict for this clip alone."""
+    return check_answer(result, parse_caption, "caption")
+
+
+def check_answer(result, parse, kind: str) -> tuple[tuple | None, str, str]:
+    """The gates for any written text (captions, summaries): `parse(text)` gives a tuple of texts
+    (the first the main one) or None; error types are `{kind}_truncated|_refusal|_unparsed|_repetitive`."""
     text = result.text or ""
     if result.finish_reason == "length":
-        return None, "caption_truncated", f"cut at the token limit after {result.completion_tokens} tokens: {text[:120]!r}"
+        return None, f"{kind}_truncated", f"cut at the token limit after {result.completion_tokens} tokens: {text[:120]!r}"
     try:
-        parsed = parse_caption(text)
-    except Exception as exc:  # a parser bug must not lose the batch's other clips
-        return None, "caption_unparsed", f"the parser failed ({type(exc).__name__}): {text[:120]!r}"
+        parsed = parse(text)
+    except Exception as exc:  # a parser bug must not lose the batch's other items
+        return None, f"{kind}_unparsed", f"the parser failed ({type(exc).__name__}): {text[:120]!r}"
     if refusal(text) or (parsed and refusal(parsed[0])):
-        return None, "caption_refusal", f"the model declined: {text[:120]!r}"
+        return None, f"{kind}_refusal", f"the model declined: {text[:120]!r}"
     if parsed is None:
-        return None, "caption_unparsed", f"not JSON with a non-empty caption: {text[:120]!r}"
-    caption, key_event = parsed
-    if not readable(caption, min_words=3):
-        return None, "caption_unparsed", f"the caption is not text: {caption[:120]!r}"
-    if repetitive(caption) or repetitive(key_event):
-        return None, "caption_repetitive", f"degenerate repetition: {caption[:120]!r}"
+        return None, f"{kind}_unparsed", f"not JSON with a non-empty {kind}: {text[:120]!r}"
+    if not readable(parsed[0], min_words=3):
+        return None, f"{kind}_unparsed", f"the {kind} is not text: {parsed[0][:120]!r}"
+    if any(repetitive(part) for part in parsed):
+        return None, f"{kind}_repetitive", f"degenerate repetition: {parsed[0][:120]!r}"
     return parsed, "", ""
 
 
@@ -199,6 +220,8 @@ class CaptionStage(Stage):
             yield no_clips_kept(vid, source, verdicts)
             return
         section = self.config.caption
+        cues = (item.get("subtitles") or []) if section.use_subtitles else []
+        clips = [{**c, "subtitles": clip_subtitles(cues, c["start_s"], c["end_s"])} for c in clips]
         results = self.answer([caption_request(section.prompt_version, c) for c in clips])
         for _ in range(section.answer_retries):  # answers the gates rejected are asked again, bounded
             again = [i for i, r in enumerate(results) if r.ok and gate(r)[0] is None]

@@ -22,6 +22,7 @@ clue rows. Every candidate of every attempt, kept or not, is a row of the
 """
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from typing import Iterator
@@ -29,7 +30,8 @@ from typing import Iterator
 import pyarrow as pa
 
 from stages.base import ErrorRow, Stage, rows_to_table
-from stages.caption import clock
+from stages.caption import clip_subtitles, clock
+from stages.context import Budget, TooLong
 from vico_pipeline.engines import Request, build_engine
 from vico_pipeline.engines.parse import extract_json, readable
 from vico_pipeline.engines.template import features, similarity
@@ -56,12 +58,16 @@ CLUE_CANDIDATES_SCHEMA = pa.schema([
     ("reject_reason", pa.string()),
     # 1 for the first answer, 2 for the answer to the first re-ask, ...
     ("attempt", pa.int32()),
+    # "all": one prompt held every caption; else "segment" (candidates of one part), "narrow"
+    # (candidates of many parts thinned to fit) and "final" (the pick over every candidate).
+    # A candidate that passed a segment or narrow round has reject_reason "to_final_pick".
+    ("round", pa.string()),
     ("engine", pa.string()),
     ("model", pa.string()),
     ("prompt_version", pa.string()),
 ])
 REJECT_REASONS = ("unknown_clip", "unreadable", "gives_time", "ungrounded", "not_unique", "same_clip",
-                  "over_max_clues", "answer_too_few")
+                  "over_max_clues", "answer_too_few", "to_final_pick")
 
 CLUES_SCHEMA_JSON = {
     "type": "object",
@@ -92,7 +98,30 @@ PROMPTS = {
         "the end, ...).\n"
         'Answer with JSON only: {{"events": [{{"clip_id": "<a clip id from the list>", "clue": "<the clue>"}}]}}'
     ),
+    # v3: asks for *up to* N (the number scales with the video's length), one part of a longer video
+    # at a time when the captions do not fit one prompt, and lines may quote what is said.
+    "v3": (
+        "Below are the captions of consecutive clips of {scope}, in time order. Each line starts with "
+        "the clip id and its time range{speech_note}.\n\n{captions}\n\n"
+        "Pick up to {max_clues} of the most salient events {where}, each clearly different from the others, "
+        "and at most one per clip. Write each as a clue: one short sentence a viewer of the video would "
+        "recognise, that fits its own clip's caption better than any other clip's, with no timestamp, no "
+        "clip id, no number and no word that tells when it happens (first, then, later, finally, again, at "
+        "the end, ...).\n"
+        'Answer with JSON only: {{"events": [{{"clip_id": "<a clip id from the list>", "clue": "<the clue>"}}]}}'
+    ),
 }
+SPEECH_NOTE = '; "Said:" quotes what is said during the clip (subtitles)'
+# The last round for a video whose captions did not fit one prompt: candidates of every part,
+# under the summary of their part (stages/summaries.py), in time order.
+FINAL_PROMPT = (
+    "Below is one video ({start} to {end}) in time order: the summary of each part, and under it candidate "
+    "events from that part, each after its clip id and time range.\n\n{lines}\n\n"
+    "Pick up to {max_clues} of the candidates: the most salient events of the whole video, each clearly "
+    "different from the others, spread over the video, at most one per clip. Keep a clue's wording or "
+    "shorten it; never add a timestamp, a clip id, a number or a word that tells when it happens.\n"
+    'Answer with JSON only: {{"events": [{{"clip_id": "<a clip id from the list>", "clue": "<the clue>"}}]}}'
+)
 RETRY_NOTE = "\n\nYour previous answer could not be used ({why}). Answer again, with JSON only."
 
 # Words that place an event relative to others or in the video: a clue holding one gives the
@@ -105,16 +134,56 @@ TIME_WORDS = (
 )
 _GIVES_TIME = re.compile(r"\d|\b(" + "|".join(re.escape(w).replace("\\ ", r"\s+") for w in TIME_WORDS) + r")\b",
                          re.I)
-def clue_prompt(version: str, captions: list[dict], max_clues: int, max_chars: int) -> str:
+def caption_line(caption: dict, max_chars: int, speech: str = "") -> str:
+    """A clip's line in a clue prompt: id, time range, caption (at most `max_chars`), key event, speech."""
+    text = caption["caption"][:max_chars]
+    if caption.get("key_event") and caption["key_event"] not in text:
+        text += f" Key event: {caption['key_event']}"
+    if speech:
+        text += " Said: " + " ".join(speech.splitlines())
+    return f"[{caption['clip_id']}] {clock(caption['start_s'])}-{clock(caption['end_s'])}: {text}"
+
+
+def clue_prompt(version: str, captions: list[dict], max_clues: int, max_chars: int,
+                speech: dict[str, str] | None = None, part: bool = False) -> str:
+    """The clue prompt over `captions`; `speech` {clip_id: subtitle lines}; `part`: the captions are one
+    part of a longer video (a candidate round)."""
     if version not in PROMPTS:
         raise ValueError(f"unknown clue prompt version {version!r}; known: {', '.join(PROMPTS)}")
+    speech = speech or {}
+    lines = [caption_line(c, max_chars, speech.get(c["clip_id"], "")) for c in captions]
+    scope = (f"one part ({clock(captions[0]['start_s'])} to {clock(captions[-1]['end_s'])}) of a longer video"
+             if part and captions else "one video")
+    return PROMPTS[version].format(captions="\n".join(lines), max_clues=max_clues, scope=scope,
+                                   where="of this part" if part else "of the video",
+                                   speech_note=SPEECH_NOTE if any(speech.get(c["clip_id"]) for c in captions) else "")
+
+
+def clue_target(captions: list[dict], cfg) -> int:
+    """Clues asked for: one per `seconds_per_clue` seconds of captioned video, within
+    [min_clues, max_clues] and never more than the clips."""
+    seconds = sum(c["end_s"] - c["start_s"] for c in captions)
+    wanted = max(cfg.min_clues, min(cfg.max_clues, math.ceil(seconds / cfg.seconds_per_clue)))
+    return min(wanted, len(captions))
+
+
+def final_prompt(pool: list[dict], summaries: list[dict], max_clues: int) -> str:
+    """The final pick's prompt: segment summaries and the candidates under them, in time order."""
     lines = []
-    for c in captions:
-        text = c["caption"][:max_chars]
-        if c.get("key_event") and c["key_event"] not in text:
-            text += f" Key event: {c['key_event']}"
-        lines.append(f"[{c['clip_id']}] {clock(c['start_s'])}-{clock(c['end_s'])}: {text}")
-    return PROMPTS[version].format(captions="\n".join(lines), max_clues=max_clues)
+    for entry in timeline(pool, summaries):
+        if "clip_id" in entry:
+            lines.append(f"  [{entry['clip_id']}] {clock(entry['start_s'])}-{clock(entry['end_s'])}: {entry['text']}")
+        else:
+            lines.append(f"Part {clock(entry['start_s'])}-{clock(entry['end_s'])}: {entry['text']}")
+    starts = [e["start_s"] for e in pool + summaries]
+    ends = [e["end_s"] for e in pool + summaries]
+    return FINAL_PROMPT.format(start=clock(min(starts)) if starts else "", end=clock(max(ends)) if ends else "",
+                               lines="\n".join(lines), max_clues=max_clues)
+
+
+def timeline(pool: list[dict], summaries: list[dict]) -> list[dict]:
+    """Summaries and candidates in time order, a part's summary before its candidates."""
+    return sorted(summaries + pool, key=lambda e: (e["start_s"], "clip_id" in e, e.get("clip_id", "")))
 
 
 def gives_time(text: str) -> bool:
@@ -123,7 +192,8 @@ def gives_time(text: str) -> bool:
 
 
 def clip_text(caption: dict) -> str:
-    return f"{caption.get('caption') or ''} {caption.get('key_event') or ''}"
+    """What a clue is checked against: the clip's caption, key event and (when used) what is said."""
+    return f"{caption.get('caption') or ''} {caption.get('key_event') or ''} {caption.get('speech') or ''}"
 
 
 def support(clue: str, text: str) -> float:
@@ -169,10 +239,13 @@ def cheap_verdict(event, captions: dict[str, dict]) -> tuple[str, str, str]:
     return clip_id, clue, ""
 
 
-def validate(text: str, captions: dict[str, dict], cfg, judge=None) -> tuple[list[dict], list[dict]]:
+def validate(text: str, captions: dict[str, dict], cfg, judge=None, limit: int | None = None
+             ) -> tuple[list[dict], list[dict]]:
     """(kept clues in time order, every candidate with `kept` and `reject_reason`) from an engine's answer.
 
-    `judge(pairs) -> [bool]`, when given, decides grounding for (clip_id, clue) pairs instead of word overlap."""
+    `judge(pairs) -> [bool]`, when given, decides grounding for (clip_id, clue) pairs instead of word overlap;
+    at most `limit` (default `cfg.max_clues`) are kept."""
+    limit = cfg.max_clues if limit is None else limit
     events = proposals(text)
     if events is None:
         return [], []
@@ -191,7 +264,7 @@ def validate(text: str, captions: dict[str, dict], cfg, judge=None) -> tuple[lis
             reason = "ungrounded"
         if not reason and any(v["clip_id"] == clip_id for v in valid):
             reason = "same_clip"
-        if not reason and len(valid) >= cfg.max_clues:
+        if not reason and len(valid) >= limit:
             reason = "over_max_clues"
         candidates.append({"clip_id": clip_id, "text": clue, "kept": not reason, "reject_reason": reason})
         if not reason:
@@ -226,6 +299,10 @@ def judge_answer(text: str, clip_ids: list[str]) -> str | None:
     return min(found)[1] if found else None
 
 
+class ContextExceeded(Exception):
+    """The server refused a prompt as longer than its context (our count said it fit)."""
+
+
 class CluesStage(Stage):
     name = "clues"
     schema = CLUES_SCHEMA
@@ -239,22 +316,34 @@ class CluesStage(Stage):
 
     def setup(self) -> None:
         self.engine = build_engine(self.config.clues, "clues")
+        self.budget = Budget(self.engine, self.config.clues)
 
     def judge(self, captions: list[dict]):
         """`clues.grounding: llm`: the clues engine names the clip each clue comes from; a clue is
-        grounded when that is its own clip. A request that fails falls back to word overlap."""
+        grounded when that is its own clip. The judge sees every caption when they fit one prompt,
+        else the clips nearest the clue's own that fit. A request that fails falls back to word overlap."""
         if self.config.clues.grounding != "llm":
             return None
         by_clip = {c["clip_id"]: c for c in captions}
-        listing = "\n".join(f"[{c['clip_id']}] {clip_text(c)[:self.config.clues.max_caption_chars]}" for c in captions)
+        index = {c["clip_id"]: i for i, c in enumerate(captions)}
+        width = self.config.clues.max_caption_chars
+        lines = [f"[{c['clip_id']}] {clip_text(c)[:width]}" for c in captions]
+
+        def request(clip_id: str, clue: str) -> tuple[Request, list[str]]:
+            i = index[clip_id]
+            for radius in (len(captions), 64, 32, 16, 8, 4, 2, 1, 0):
+                lo, hi = max(0, i - radius), i + radius + 1
+                asked = Request(prompt=JUDGE_PROMPT.format(captions="\n".join(lines[lo:hi]), clue=clue),
+                                json_schema=JUDGE_SCHEMA_JSON)
+                if self.budget.fits(asked):
+                    return asked, [c["clip_id"] for c in captions[lo:hi]]
+            raise TooLong(f"clip {clip_id}'s caption does not fit a grounding prompt of {self.budget.describe()}")
 
         def decide(pairs: list[tuple[str, str]]) -> list[bool]:
-            requests = [Request(prompt=JUDGE_PROMPT.format(captions=listing, clue=clue), json_schema=JUDGE_SCHEMA_JSON)
-                        for _, clue in pairs]
-            results = self.engine(requests)
-            return [judge_answer(r.text, list(by_clip)) == clip_id if r.ok
-                    else lexically_grounded(clue, clip_id, by_clip)
-                    for (clip_id, clue), r in zip(pairs, results)]
+            asked = [request(clip_id, clue) for clip_id, clue in pairs]
+            results = self.budget.send([r for r, _ in asked])
+            return [judge_answer(r.text, ids) == clip_id if r.ok else lexically_grounded(clue, clip_id, by_clip)
+                    for (clip_id, clue), r, (_, ids) in zip(pairs, results, asked)]
         return decide
 
     def process(self, item: dict) -> Iterator[dict | ErrorRow]:
@@ -265,51 +354,163 @@ class CluesStage(Stage):
             self.write_candidates(item["video_id"])
 
     def select(self, item: dict) -> Iterator[dict | ErrorRow]:
+        """One prompt with every caption when it fits the budget; else rounds: candidates per
+        part, (narrowed while they do not fit), then the final pick with the segment summaries."""
         vid, source = item["video_id"], item["source"]
         cfg = self.config.clues
-        captions = sorted(item["caption"], key=lambda c: c["start_s"])
+        captions = self.with_speech(sorted(item["caption"], key=lambda c: c["start_s"]), item)
         by_clip = {c["clip_id"]: c for c in captions}
         if len(captions) < cfg.min_clues:
             yield ErrorRow(vid, source, "too_few_captions",
                            f"{len(captions)} captioned clips, {cfg.min_clues} clues needed (clues.min_clues)")
             return
-        prompt = clue_prompt(cfg.prompt_version, captions, cfg.max_clues, cfg.max_caption_chars)
-        data = [{"clip_id": c["clip_id"], "start_s": c["start_s"], "end_s": c["end_s"],
-                 "caption": c["caption"], "key_event": c.get("key_event")} for c in captions]
+        target = clue_target(captions, cfg)
         judge = self.judge(captions)
-        attempts, reasons = 0, []
-        request = Request(prompt=prompt, json_schema=CLUES_SCHEMA_JSON, data=data)
-        while True:
-            attempts += 1
-            result = self.engine([request])[0]
-            if not result.ok:
-                reasons.append(f"engine error {result.error_type}: {result.error}")
-                valid = []
+        try:
+            whole = self.clue_request(captions, target)
+            if self.budget.fits(whole):
+                valid, reasons = self.pick(vid, whole, by_clip, judge, target, "all")
             else:
-                valid, candidates = validate(result.text, by_clip, cfg, judge)
-                enough = len(valid) >= cfg.min_clues
-                self.record(vid, attempts, candidates, enough)
-                if enough:
-                    break
-                reasons.append(f"{len(valid)} valid ({why(candidates, result.text)})")
-            if attempts > cfg.validation_retries:
-                yield ErrorRow(vid, source, "too_few_clues",
-                               f"{cfg.min_clues} valid clues needed; after {attempts} attempt(s): " + " | ".join(reasons))
-                return
-            request = Request(prompt=prompt + RETRY_NOTE.format(why=reasons[-1][:300]),
-                              json_schema=CLUES_SCHEMA_JSON, data=data)
+                pool = self.candidate_round(vid, self.parts(captions), by_clip, judge, target)
+                summaries = [s for s in item.get("summaries") or [] if s["level"] == "segment"]
+                valid, reasons = self.final_pick(vid, pool, summaries, by_clip, judge, target)
+        except TooLong as exc:
+            yield ErrorRow(vid, source, "context_too_small", str(exc))
+            return
+        except ContextExceeded as exc:
+            yield ErrorRow(vid, source, "context_exceeded",
+                           f"the server refused a prompt as longer than its context although it was counted within "
+                           f"{self.budget.describe()}: lower clues.context_tokens to the server's context (or "
+                           f"below, when the engine estimates tokens). Server said: {exc}")
+            return
+        if valid is None:
+            yield ErrorRow(vid, source, "too_few_clues", f"{cfg.min_clues} valid clues needed; " + reasons)
+            return
         for index, clue in enumerate(valid):
             yield {"video_id": vid, "clue_index": index, **clue, "engine": self.engine.kind,
                    "model": self.engine.model, "prompt_version": cfg.prompt_version}
 
-    def record(self, video_id: str, attempt: int, candidates: list[dict], used: bool) -> None:
-        """Candidates of one answer; those that passed every gate in an answer with too few are not kept."""
+    def with_speech(self, captions: list[dict], item: dict) -> list[dict]:
+        """Captions with `speech`: their clip's subtitle lines when `clues.use_subtitles`."""
+        cues = (item.get("subtitles") or []) if self.config.clues.use_subtitles else []
+        return [{**c, "speech": clip_subtitles(cues, c["start_s"], c["end_s"])} for c in captions]
+
+    def clue_request(self, captions: list[dict], up_to: int, part: bool = False) -> Request:
+        cfg = self.config.clues
+        speech = {c["clip_id"]: c.get("speech") or "" for c in captions}
+        data = {"task": "clues", "up_to": up_to,
+                "clips": [{"clip_id": c["clip_id"], "start_s": c["start_s"], "end_s": c["end_s"],
+                           "caption": c["caption"], "key_event": c.get("key_event")} for c in captions]}
+        return Request(prompt=clue_prompt(cfg.prompt_version, captions, up_to, cfg.max_caption_chars, speech, part),
+                       json_schema=CLUES_SCHEMA_JSON, data=data)
+
+    def parts(self, captions: list[dict]) -> list[list[dict]]:
+        """The segments of stages/summaries.py, each split further where its captions do not fit."""
+        from stages.summaries import segments
+
+        out = []
+        for segment in segments(captions, self.config.summaries.segment_clips):
+            out += self.budget.pack(segment, lambda run: self.clue_request(run, len(run), part=True),
+                                    lambda c: f"clip {c['clip_id']}'s caption")
+        return out
+
+    # ----------------------------------------------------------------------- asking
+    def pick(self, vid: str, request: Request, by_clip: dict, judge, limit: int, round_: str
+             ) -> tuple[list[dict] | None, str]:
+        """Ask until an answer yields `min_clues` valid clues (at most `validation_retries` re-asks):
+        (clues, "") or (None, why not)."""
+        cfg = self.config.clues
+        reasons, current = [], request
+        for attempt in range(1, cfg.validation_retries + 2):
+            result = self.budget.send([current])[0]
+            if result.error_type == "context_exceeded":
+                raise ContextExceeded(result.error)
+            if not result.ok:
+                reasons.append(f"engine error {result.error_type}: {result.error}")
+            else:
+                valid, candidates = validate(result.text, by_clip, cfg, judge, limit)
+                enough = len(valid) >= cfg.min_clues
+                self.record(vid, attempt, candidates, enough, round_)
+                if enough:
+                    return valid, ""
+                reasons.append(f"{len(valid)} valid ({why(candidates, result.text)})")
+            current = self.budget.retry(request, RETRY_NOTE, reasons[-1])
+        return None, f"after {len(reasons)} attempt(s) ({round_} round): " + " | ".join(reasons)
+
+    def ask_each(self, vid: str, requests: list[Request], limits: list[int], by_clip: dict, judge, round_: str
+                 ) -> list[dict]:
+        """Candidate rounds: every request in one batch; one with no valid candidate is asked again
+        (`validation_retries`). Returns the valid candidates of all of them, in time order."""
+        cfg = self.config.clues
+        pool: list[dict] = []
+        todo = [(i, requests[i]) for i in range(len(requests))]
+        for attempt in range(1, cfg.validation_retries + 2):
+            results = self.budget.send([r for _, r in todo])
+            again = []
+            for (i, _), result in zip(todo, results):
+                if result.error_type == "context_exceeded":
+                    raise ContextExceeded(result.error)
+                valid, candidates = validate(result.text, by_clip, cfg, judge, limits[i]) if result.ok else ([], [])
+                self.record(vid, attempt, candidates, False, round_)
+                pool += valid
+                if not valid:
+                    reason = why(candidates, result.text) if result.ok else f"engine error {result.error_type}"
+                    again.append((i, self.budget.retry(requests[i], RETRY_NOTE, reason)))
+            if not again:
+                break
+            todo = again
+        return sorted(pool, key=lambda v: (v["start_s"], v["clip_id"]))
+
+    def candidate_round(self, vid: str, parts: list[list[dict]], by_clip: dict, judge, target: int) -> list[dict]:
+        """Candidate events of each part: about twice its share of `target`, at least one."""
+        total = sum(len(p) for p in parts)
+        limits = [max(1, math.ceil(2 * target * len(p) / total)) for p in parts]
+        requests = [self.clue_request(p, k, part=True) for p, k in zip(parts, limits)]
+        return self.ask_each(vid, requests, limits, by_clip, judge, "segment")
+
+    def final_pick(self, vid: str, pool: list[dict], summaries: list[dict], by_clip: dict, judge, target: int
+                   ) -> tuple[list[dict] | None, str]:
+        """The pick over every candidate, beside the segment summaries; while that does not fit one
+        prompt, the candidates are first thinned part by part (the `narrow` round)."""
+        cfg = self.config.clues
+        while True:
+            if len(pool) < cfg.min_clues:
+                return None, f"only {len(pool)} candidate(s) passed the gates in the rounds before the final pick"
+            request = self.final_request(pool, summaries, target)
+            if self.budget.fits(request):
+                return self.pick(vid, request, by_clip, judge, target, "final")
+            groups = self.budget.pack(timeline(pool, summaries),
+                                      lambda run: self.final_request([e for e in run if "clip_id" in e],
+                                                                     [e for e in run if "clip_id" not in e], target),
+                                      lambda e: f"the {'candidate of clip ' + e['clip_id'] if 'clip_id' in e else 'summary'}"
+                                                f" at {clock(e['start_s'])}")
+            groups = [g for g in groups if any("clip_id" in e for e in g)]
+            limits = [max(1, math.ceil(target * sum("clip_id" in e for e in g) / len(pool))) for g in groups]
+            requests = [self.final_request([e for e in g if "clip_id" in e], [e for e in g if "clip_id" not in e], k)
+                        for g, k in zip(groups, limits)]
+            narrowed = self.ask_each(vid, requests, limits, by_clip, judge, "narrow")
+            if len(narrowed) >= len(pool):
+                raise TooLong(f"{len(pool)} candidates could not be narrowed to fit one prompt of "
+                              f"{self.budget.describe()}")
+            pool = narrowed
+
+    def final_request(self, pool: list[dict], summaries: list[dict], up_to: int) -> Request:
+        data = {"task": "clues", "up_to": up_to,
+                "clips": [{"clip_id": c["clip_id"], "start_s": c["start_s"], "end_s": c["end_s"],
+                           "caption": c["text"], "key_event": c["text"]} for c in pool]}
+        return Request(prompt=final_prompt(pool, summaries, up_to), json_schema=CLUES_SCHEMA_JSON, data=data)
+
+    def record(self, video_id: str, attempt: int, candidates: list[dict], used: bool, round_: str = "all") -> None:
+        """Candidates of one answer. In the `all` and `final` rounds those that passed every gate in an
+        answer with too few are not kept (`answer_too_few`); in a candidate round they go on to the final
+        pick (`to_final_pick`), whose rows say which were kept."""
+        final = round_ in ("all", "final")
         for c in candidates:
-            kept = c["kept"] and used
-            reason = c["reject_reason"] or ("" if used else "answer_too_few")
+            kept = c["kept"] and used and final
+            reason = c["reject_reason"] or ("" if kept else "answer_too_few" if final else "to_final_pick")
             self.candidates.append({"video_id": video_id, **c, "kept": kept, "reject_reason": reason,
-                                    "attempt": attempt, "engine": self.engine.kind, "model": self.engine.model,
-                                    "prompt_version": self.config.clues.prompt_version})
+                                    "attempt": attempt, "round": round_, "engine": self.engine.kind,
+                                    "model": self.engine.model, "prompt_version": self.config.clues.prompt_version})
 
     def write_candidates(self, video_id: str) -> None:
         """The video's clue_candidates part, written before the clue part (whose existence marks it done)."""

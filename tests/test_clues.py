@@ -6,7 +6,8 @@ import pytest
 from stages.base import ErrorRow
 from stages.clues import TIME_WORDS, CluesStage, clue_prompt, gives_time, validate
 from vico_pipeline.config import Config
-from vico_pipeline.engines import Result
+from stages.context import Budget
+from vico_pipeline.engines import Engine, Result
 
 
 KEY_EVENTS = ["a man opens the door", "a dog runs across the yard", "the kettle boils over",
@@ -88,7 +89,7 @@ def test_gives_time_on_ordinary_clues(clue, gives):
 
 
 def test_template_clues_for_a_video():
-    stage = CluesStage(Config())
+    stage = CluesStage(Config.model_validate({"clues": {"seconds_per_clue": 14}}))  # one clue a clip
     stage.setup()
     rows = list(stage.process({"video_id": "v", "source": "s", "video": {}, "caption": _captions()[::-1]}))
     assert [r["clue_index"] for r in rows] == list(range(6))
@@ -97,21 +98,26 @@ def test_template_clues_for_a_video():
     assert [c["kept"] for c in stage.candidates] == [True] * 6 and stage.candidates[0]["attempt"] == 1
 
 
-class _Scripted:
+class _Scripted(Engine):
     """Stands in for an LLM: answers from a script, records the prompts it got."""
-    kind, model = "scripted", "script"
+    kind = "scripted"
 
     def __init__(self, answers):
-        self.answers, self.prompts = list(answers), []
+        self.model, self.answers, self.prompts = "script", list(answers), []
 
     def __call__(self, requests):
         self.prompts.append(requests[0].prompt)
         return [Result(text=self.answers.pop(0))]
 
 
+def _with(engine, config=None) -> CluesStage:
+    stage = CluesStage(config or Config())
+    stage.engine, stage.budget = engine, Budget(engine, stage.config.clues)
+    return stage
+
+
 def test_too_few_valid_clues_asks_again_then_writes_an_error_row():
-    stage = CluesStage(Config())
-    stage.engine = _Scripted(["not json", _answer([("v-00000", "a man opens the door")])])
+    stage = _with(_Scripted(["not json", _answer([("v-00000", "a man opens the door")])]))
     rows = list(stage.process({"video_id": "v", "source": "s", "video": {}, "caption": _captions()}))
     assert len(rows) == 1 and isinstance(rows[0], ErrorRow) and rows[0].error_type == "too_few_clues"
     assert "after 2 attempt(s)" in rows[0].message and "not JSON" in rows[0].message
@@ -120,17 +126,15 @@ def test_too_few_valid_clues_asks_again_then_writes_an_error_row():
 
 
 def test_a_second_answer_that_validates_is_used():
-    stage = CluesStage(Config())
     good = _answer([("v-00005", "the lights go out"), ("v-00001", "a dog runs across the yard"),
                     ("v-00003", "a car parks outside the house")])
-    stage.engine = _Scripted(["garbage", good])
+    stage = _with(_Scripted(["garbage", good]))
     rows = list(stage.process({"video_id": "v", "source": "s", "video": {}, "caption": _captions()}))
     assert [r["clip_id"] for r in rows] == ["v-00001", "v-00003", "v-00005"]
 
 
 def test_too_few_captions_is_an_error_row_without_asking():
-    stage = CluesStage(Config())
-    stage.engine = _Scripted([])
+    stage = _with(_Scripted([]))
     rows = list(stage.process({"video_id": "v", "source": "s", "video": {}, "caption": _captions(2)}))
     assert isinstance(rows[0], ErrorRow) and rows[0].error_type == "too_few_captions"
     assert stage.engine.prompts == []

@@ -69,8 +69,6 @@ class DownloadConfig(Section):
     backoff_s: float = 1.0
     timeout_s: float = 30.0
     cookies_file: Optional[str] = None
-    concurrency: int = 4
-    # Per-domain politeness: at most this many downloads at once from one host.
     # Egress policy: URL sources resolving to loopback, link-local (cloud metadata), private or
     # unspecified addresses are refused unless inside one of these networks (e.g. "127.0.0.0/8").
     allowed_networks: list[str] = []
@@ -78,17 +76,19 @@ class DownloadConfig(Section):
     allowed_buckets: list[str] = []
     # Entries kept from one playlist or feed.
     max_playlist_entries: int = Field(default=500, ge=1)
+    # Languages of the uploader's subtitles (else automatic captions) yt-dlp fetches, e.g. [en]; [] none.
+    subtitles: list[str] = []
     # Total seconds one download (every request and redirect, all retries) may take.
     deadline_s: float = Field(default=3600.0, gt=0)
     # Total seconds one probe of a downloaded file may take.
     probe_deadline_s: float = Field(default=120.0, gt=0)
+    concurrency: int = 4
+    # Per-domain politeness: at most this many downloads at once from one host.
     per_domain_concurrency: int = 2
     # Seconds between the starts of two downloads from the same host.
     per_domain_interval_s: float = 0.0
     num_cpus: float = 1.0
 
-
-class ClipsConfig(Section):
     @field_validator("allowed_networks")
     @classmethod
     def _networks(cls, networks: list[str]) -> list[str]:
@@ -101,6 +101,8 @@ class ClipsConfig(Section):
                 raise ValueError(f"{network!r} is not a network (expected e.g. 10.0.0.0/8 or 127.0.0.1/32)") from None
         return networks
 
+
+class ClipsConfig(Section):
     seconds: float = 14.0
     # A last partial window is kept when at least this long.
     min_last_s: float = 4.0
@@ -115,10 +117,10 @@ class FramesConfig(Section):
     concurrency: Optional[int] = None
     # Threads ffmpeg may use for one decode.
     ffmpeg_threads: int = 0
-
-
     # Total seconds one ffmpeg decode (or clip cut) of a video may take.
     deadline_s: float = Field(default=6 * 3600.0, gt=0)
+
+
 class FilterConfig(Section):
     enabled: bool = True
     # Mean luma (0-255) under which a clip counts as black.
@@ -144,10 +146,10 @@ class EngineSection(Section):
     retries: int = 3
     backoff_s: float = 1.0
     timeout_s: float = 60.0
-    num_gpus: float = 0.0
-    tensor_parallel_size: int = 1
     # Total seconds one engine request may take, retries and backoff included.
     deadline_s: float = Field(default=600.0, gt=0)
+    num_gpus: float = 0.0
+    tensor_parallel_size: int = 1
     replicas: int = 1
     # Autoscaling: the engine's actor pool grows from `replicas` up to this many (None: a fixed pool).
     max_replicas: Optional[int] = None
@@ -183,15 +185,20 @@ class CaptionConfig(EngineSection):
     frame_size: int = 448
     # Times a clip is asked again when the caption gates reject its answer (then it is an error row).
     answer_retries: int = Field(default=1, ge=0)
+    # The subtitle cues that fall in a clip go into its caption prompt (a clip without cues gets
+    # the same prompt as before; with download.subtitles off there are none).
+    use_subtitles: bool = True
 
 
 class CluesConfig(EngineSection):
     engine: Literal["template", "transformers", "openai", "vllm"] = "template"
-    # v2 names what the clue gates reject (digits, relative-time words, clues that fit another clip).
-    prompt_version: str = "v2"
+    # v2 names what the clue gates reject (digits, relative-time words, clues that fit another clip);
+    # v3 asks for up to the number for the video's length, part by part when needed, with speech.
+    prompt_version: str = "v3"
     # A JSON list of up to max_clues events needs more room than one caption.
     max_tokens: int = 1024
-    max_clues: int = 12
+    # At most this many clues a video (an hour at seconds_per_clue 120 asks for 24).
+    max_clues: int = 24
     min_clues: int = 3
     # Two clues whose text similarity is above this are near-duplicates.
     duplicate_similarity: float = 0.85
@@ -202,6 +209,21 @@ class CluesConfig(EngineSection):
     # How a clue is checked against the captions: lexical (its own clip's caption shares more of its
     # words than any other clip's) or llm (the clues engine names the clip the clue comes from).
     grounding: Literal["lexical", "llm"] = "lexical"
+    # No prompt the clue and summary steps send is longer than this, answer (max_tokens) included
+    # (docs/engines.md "Context budget"); long videos are selected in rounds to fit it.
+    context_tokens: int = Field(default=8192, ge=256)
+    # Clues asked for: one per this many seconds of captioned video, between min_clues and max_clues.
+    seconds_per_clue: float = Field(default=120.0, gt=0)
+    # The subtitle cues of each clip go into the clue prompt beside its caption.
+    use_subtitles: bool = True
+
+    @field_validator("context_tokens")
+    @classmethod
+    def _room_for_the_answer(cls, tokens: int, info: ValidationInfo) -> int:
+        if tokens <= info.data.get("max_tokens", 0):
+            raise ValueError(f"context_tokens must be larger than max_tokens ({info.data.get('max_tokens')}): "
+                             "the answer is part of the context")
+        return tokens
 
     @field_validator("grounding")
     @classmethod
@@ -219,9 +241,19 @@ class CluesConfig(EngineSection):
         return runner
 
 
+class SummariesConfig(Section):
+    """Segment and video summaries, written by the clues engine (stages/summaries.py)."""
+    # Clips per segment summary (10 x 14 s = 140 s).
+    segment_clips: int = Field(default=10, ge=1)
+    prompt_version: str = "v1"
+
+
 class QuestionsConfig(Section):
-    tasks: list[Literal["event_order", "clue_time", "next_event", "before_after", "timeline"]] = [
-        "event_order", "clue_time", "next_event", "before_after", "timeline"]
+    # All nine by default; `summary` and `said_when` are made only for videos with a video summary /
+    # subtitle cues (the others are counted in the manifest, stages.questions.tasks_without_input).
+    tasks: list[Literal["event_order", "clue_time", "next_event", "before_after", "timeline",
+                        "at_time", "gap", "summary", "said_when"]] = [
+        "event_order", "clue_time", "next_event", "before_after", "timeline", "at_time", "gap", "summary", "said_when"]
     seed: int = 0
     per_task: int = 2
 
@@ -234,6 +266,51 @@ class BlindConfig(EngineSection):
     max_tokens: int = 8
     # Off: every question kept, blind_correct null (a version to compare the filter with).
     enabled: bool = True
+
+
+class SubtitlesConfig(Section):
+    """Cues from embedded text subtitle streams and sidecar .srt/.vtt files next to local videos
+    (yt-dlp's subtitles: download.subtitles); the `subtitles` table is empty when off."""
+    enabled: bool = True
+    # Total seconds one subtitle stream's extraction with ffmpeg may take.
+    deadline_s: float = Field(default=600.0, gt=0)
+
+
+class AsrConfig(Section):
+    """Speech recognition for videos without subtitles: an OpenAI-compatible
+    /v1/audio/transcriptions endpoint (Whisper on vLLM, or any compatible server)."""
+    enabled: bool = False
+    base_url: Optional[str] = None
+    # Name of the environment variable holding the API key (never the key itself).
+    api_key_env: Optional[str] = None
+    model: Optional[str] = Field(default=None, validate_default=True)
+    # Spoken language hint (ISO 639-1, e.g. en); None: the server detects it.
+    language: Optional[str] = None
+    temperature: float = 0.0
+    # Audio is sent in pieces this long: 600 s of 16 kHz 16-bit mono is 19.2 MB, under the 25 MB
+    # upload limit of OpenAI's API and of vLLM's default.
+    chunk_s: float = Field(default=600.0, gt=0)
+    # Send timestamp_granularities=["segment"] (OpenAI, vLLM); transformers serve refuses the field (422),
+    # so false there: verbose_json still brings segments from servers that give them.
+    segment_timestamps: bool = True
+    # Segments the server marks as likely silence (no_speech_prob above this) are left out.
+    no_speech_threshold: float = Field(default=0.6, ge=0, le=1)
+    timeout_s: float = Field(default=300.0, gt=0)
+    retries: int = Field(default=2, ge=0)
+    backoff_s: float = 1.0
+    # Total seconds one video's transcription (every piece, retries and backoff) may take.
+    deadline_s: float = Field(default=3600.0, gt=0)
+    # Videos transcribed at once (each holds one request open at a time).
+    concurrency: int = Field(default=4, ge=1)
+
+    @field_validator("model")
+    @classmethod
+    def _model_when_enabled(cls, model: Optional[str], info: ValidationInfo) -> Optional[str]:
+        if info.data.get("enabled") and not model:
+            raise ValueError("asr.enabled needs asr.model (the speech model the server serves)")
+        if info.data.get("enabled") and not (info.data.get("base_url") or info.data.get("api_key_env")):
+            raise ValueError("asr.enabled needs asr.base_url (a server) or asr.api_key_env (a hosted API)")
+        return model
 
 
 class ExportConfig(Section):
@@ -260,8 +337,11 @@ class Config(Section):
     filter: FilterConfig = FilterConfig()
     caption: CaptionConfig = CaptionConfig()
     clues: CluesConfig = CluesConfig()
+    summaries: SummariesConfig = SummariesConfig()
     questions: QuestionsConfig = QuestionsConfig()
     blind: BlindConfig = BlindConfig()
+    subtitles: SubtitlesConfig = SubtitlesConfig()
+    asr: AsrConfig = AsrConfig()
     shards: ShardsConfig = ShardsConfig()
     export: ExportConfig = ExportConfig()
     model: ModelConfig = ModelConfig()

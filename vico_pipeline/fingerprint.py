@@ -27,11 +27,12 @@ def stage_fingerprints(config, specs) -> dict[str, str]:
     plain = to_plain(config)
     out: dict[str, str] = {}
     for spec in specs:
+        inputs = spec.inputs + spec.used_optional(config, out)
         out[spec.name] = digest({
             "stage": spec.name,
             "code": spec.code_version,
             "config": {key: config_value(plain, key) for key in spec.config_keys},
-            "inputs": {name: out[name] for name in spec.inputs},
+            "inputs": {name: out[name] for name in inputs},
         })
     return out
 

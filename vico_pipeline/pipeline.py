@@ -115,7 +115,13 @@ class StageRunner:
                 item[name] = _read_rows(refs[name])
         if any(name != "download" and not item[name] for name in self.spec.inputs):
             return None
+        for name in self.optional:  # a video may have none (no subtitles): the stage gets []
+            item[name] = _read_rows(refs[name]) if refs.get(name) else []
         return item
+
+    @property
+    def optional(self) -> tuple[str, ...]:
+        return self.spec.used_optional(self.config, {spec.name for spec in stage_specs()})
 
     def write(self, row: dict, item: dict) -> tuple[int, int]:
         """Run the stage on a video's item; write its part (atomically) and its error rows."""
@@ -236,13 +242,16 @@ def _settled(row: dict, spec: StageSpec, stage_root: str) -> bool:
     return not _needs_requests(row, spec, stage_root)
 
 
-def _caption_requests(row: dict) -> list[dict]:
-    """One request row per clip the filter kept, carrying its video's reference row."""
-    from stages.caption import kept_clips
+def _caption_requests(row: dict, use_subtitles: bool = False) -> list[dict]:
+    """One request row per clip the filter kept, carrying its video's reference row (and the
+    subtitle lines of the clip for its prompt, `caption.use_subtitles`)."""
+    from stages.caption import clip_subtitles, kept_clips
 
     refs = json.loads(row["refs"])
     video = {name: row[name] for name in REFERENCE_COLUMNS}
-    return [{**video, **{name: clip[name] for name in CLIP_COLUMNS}, "caption_frames": clip["caption_frames"]}
+    cues = _read_rows(refs["subtitles"]) if use_subtitles and refs.get("subtitles") else []
+    return [{**video, **{name: clip[name] for name in CLIP_COLUMNS}, "caption_frames": clip["caption_frames"],
+             "subtitles": clip_subtitles(cues, clip["start_s"], clip["end_s"])}
             for clip in kept_clips(_read_rows(refs["frames"]), _read_rows(refs["filter"]))]
 
 
@@ -285,7 +294,9 @@ def caption_with_processor(ds, spec: StageSpec, config, stage_root: str, make_pr
     count = pending.count()
     if count == 0:
         return settled  # every caption cached: no processor, no GPU
-    answers = make_processor(config)(pending.flat_map(_caption_requests)).map(partial(answer, carry=ANSWER_CARRY))
+    use_subtitles = "subtitles" in _runner(spec, config, stage_root).optional
+    requests = pending.flat_map(_caption_requests, fn_kwargs={"use_subtitles": use_subtitles})
+    answers = make_processor(config)(requests).map(partial(answer, carry=ANSWER_CARRY))
     captioned = answers.groupby("video_id", num_partitions=min(count, MAX_GROUP_PARTITIONS)).map_groups(
         _write_captions, batch_format="pyarrow", fn_kwargs=args)
     return settled.union(captioned)

@@ -31,6 +31,18 @@ class StageSpec:
     resources: Callable = field(default=lambda config: {"num_cpus": 1, "num_gpus": 0, "concurrency": None, "actor": False})
     # Bumped when the stage's code changes what it writes.
     code_version: str = "1"
+    # (stage, switch) pairs: inputs a video may lack (no rows: the item gets []), read only while
+    # the dotted boolean config key `switch` is on (None: always), and only when that stage exists.
+    optional_inputs: tuple[tuple[str, str | None], ...] = ()
+
+    def used_optional(self, config, names) -> tuple[str, ...]:
+        """The optional inputs this run reads (their fingerprints enter this stage's)."""
+        from vico_pipeline.fingerprint import config_value
+        from vico_pipeline.config import to_plain
+
+        plain = to_plain(config) if any(switch for _, switch in self.optional_inputs) else {}
+        return tuple(name for name, switch in self.optional_inputs
+                     if name in names and (switch is None or config_value(plain, switch)))
 
 
 def _download(config, root):
@@ -62,6 +74,11 @@ def _filter(config, root):
 def _caption(config, root):
     from stages.caption import CaptionStage
     return CaptionStage(config)
+
+
+def _summaries(config, root):
+    from stages.summaries import SummariesStage
+    return SummariesStage(config)
 
 
 def _clues(config, root):
@@ -106,6 +123,7 @@ def stage_specs() -> list[StageSpec]:
     from stages.caption import CAPTIONS_SCHEMA
     from stages.clip_filter import FILTERED_SCHEMA
     from stages.clues import CLUES_SCHEMA
+    from stages.summaries import SUMMARIES_SCHEMA
     from stages.blind import BLIND_SCHEMA
     from stages.questions import QUESTIONS_SCHEMA
 
@@ -122,13 +140,19 @@ def stage_specs() -> list[StageSpec]:
         StageSpec("filter", "filtered", FILTERED_SCHEMA, ("download", "frames"), _filter,
                   ("filter",), _light_resources),
         StageSpec("caption", "captions", CAPTIONS_SCHEMA, ("download", "frames", "filter"), _caption,
-                  tuple(f"caption.{k}" for k in _ENGINE_KEYS) + ("caption.answer_retries",), _caption_resources,
-                  code_version="2"),
+                  tuple(f"caption.{k}" for k in _ENGINE_KEYS) + ("caption.answer_retries", "caption.use_subtitles"),
+                  _caption_resources, code_version="3", optional_inputs=(("subtitles", "caption.use_subtitles"),)),
+        # Segment and video summaries, written by the clues engine from the captions.
+        StageSpec("summaries", "summaries", SUMMARIES_SCHEMA, ("download", "caption"), _summaries,
+                  tuple(f"clues.{k}" for k in _ENGINE_KEYS) + ("clues.context_tokens", "clues.validation_retries",
+                                                               "summaries"), _clues_resources),
         StageSpec("clues", "clues", CLUES_SCHEMA, ("download", "caption"), _clues,
                   tuple(f"clues.{k}" for k in _ENGINE_KEYS) + (
                       "clues.max_clues", "clues.min_clues", "clues.duplicate_similarity",
-                      "clues.validation_retries", "clues.max_caption_chars", "clues.grounding"), _clues_resources,
-                  code_version="2"),
+                      "clues.validation_retries", "clues.max_caption_chars", "clues.grounding",
+                      "clues.context_tokens", "clues.seconds_per_clue", "clues.use_subtitles",
+                      "summaries.segment_clips"), _clues_resources,
+                  code_version="3", optional_inputs=(("summaries", None), ("subtitles", "clues.use_subtitles"))),
         StageSpec("questions", "questions", QUESTIONS_SCHEMA, ("download", "clues", "caption"), _questions,
                   ("questions", "clips.seconds", "shards.val_fraction"), _light_resources, code_version="2"),
         # Its output replaces the questions stage's in the version's `questions` table (last one wins).

@@ -42,6 +42,24 @@ class Result:
         return self.error_type is None
 
 
+# The estimate for engines without a tokenizer: above what byte-level BPE tokenizers (GPT-2,
+# Llama 3, Qwen2) count for English captions with clip ids and times, which average 4+ bytes a
+# token. Digits are often one token each, hence one more per digit; a chat template adds a few
+# tokens a message.
+BYTES_PER_TOKEN = 3
+MESSAGE_OVERHEAD_TOKENS = 16
+
+
+def estimate_tokens(request: Request) -> int:
+    """ceil(UTF-8 bytes / 3) + 1 per digit + 16 per message, for the prompt and system text."""
+    texts = [request.prompt] + ([request.system] if request.system else [])
+    total = 0
+    for text in texts:
+        total += -(-len(text.encode("utf-8")) // BYTES_PER_TOKEN) + sum(ch.isdigit() for ch in text)
+        total += MESSAGE_OVERHEAD_TOKENS
+    return total
+
+
 class EngineError(Exception):
     """An engine cannot be built (bad config, missing key or model)."""
 
@@ -54,6 +72,17 @@ class Engine:
     def __init__(self, section):
         self.section = section
         self.model = section.model or ""
+
+    def count_tokens(self, request: Request) -> int:
+        """Prompt tokens of a text request as the model will see them (chat template included).
+
+        Engines with a tokenizer count with it; the others (`openai`, the offline engines) use
+        `estimate_tokens`, a stated upper estimate (docs/engines.md "Context budget")."""
+        return estimate_tokens(request)
+
+    def context_limit(self) -> int | None:
+        """The model's own context length where the engine knows it (prompt + answer); else None."""
+        return None
 
     def prepare(self, requests: list[Request]) -> Any:
         """CPU-side work for a batch (image decoding, tokenising); run ahead of `generate`."""

@@ -81,6 +81,8 @@ def error_type(exc: BaseException) -> str:
     if isinstance(exc, openai.APIConnectionError):
         return "connection_error"
     if isinstance(exc, openai.APIStatusError):
+        if exc.status_code == 400 and "context length" in str(exc).lower():
+            return "context_exceeded"  # vLLM's "This model's maximum context length is N tokens..."
         return "rate_limited" if exc.status_code == 429 else f"http_{exc.status_code}"
     return type(exc).__name__
 

@@ -1,5 +1,9 @@
 """The `template` clue engine: distinct events picked from the captions, no model.
 
+It also writes the stand-in summaries (`Request.data` with `task: summary`): each
+says what it is ("Stand-in summary (template engine, no model) ...") and lists
+distinct key events of the level below, in time order.
+
 It reads the captions of one video (`Request.data`: clips in time order with
 their caption and key event), walks them in time order, and proposes a clip's
 key event when no other clip's key event is a near-duplicate of it (word and
@@ -70,11 +74,43 @@ class TemplateEngine(Engine):
         out = []
         for request in prepared:
             started = time.perf_counter()
-            clips = request.data or []
-            texts = [c.get("key_event") or c.get("caption") or "" for c in clips]
-            chosen = spread([i for i in pick_distinct(texts, self.threshold) if self.grounded(i, clips, texts)],
-                            self.max_clues)
-            events = [{"clip_id": clips[i]["clip_id"], "clue": texts[i][:1].upper() + texts[i][1:]} for i in chosen]
-            out.append(Result(text=json.dumps({"events": events}), latency_s=time.perf_counter() - started,
-                              finish_reason="stop"))
+            data = request.data if isinstance(request.data, dict) else {"task": "clues", "clips": request.data or []}
+            answer = self.summary(data) if data.get("task") == "summary" else self.clues(data)
+            out.append(Result(text=json.dumps(answer), latency_s=time.perf_counter() - started, finish_reason="stop"))
         return out
+
+    def clues(self, data: dict) -> dict:
+        """Up to `up_to` distinct, grounded key events, evenly spread."""
+        clips = data.get("clips") or []
+        texts = [c.get("key_event") or c.get("caption") or "" for c in clips]
+        chosen = spread([i for i in pick_distinct(texts, self.threshold) if self.grounded(i, clips, texts)],
+                        data.get("up_to") or self.max_clues)
+        return {"events": [{"clip_id": clips[i]["clip_id"], "clue": texts[i][:1].upper() + texts[i][1:]}
+                           for i in chosen]}
+
+    @staticmethod
+    def summary(data: dict) -> dict:
+        """A stand-in summary that says what it is: distinct events of the pieces, in time order."""
+        pieces = data.get("pieces") or []
+        events = [e for piece in pieces for e in piece_events(piece)]
+        kept = [events[i] for i in spread(pick_distinct(events, SUMMARY_SIMILARITY), SUMMARY_EVENTS)] or events[:1]
+        what = "clip captions" if data.get("level") == "segment" else "summaries of parts"
+        text = "; ".join(e.rstrip(". ") for e in kept)
+        return {"summary": f"{STAND_IN} of {len(pieces)} {what}: {text[:1].upper() + text[1:]}."}
+
+
+STAND_IN = "Stand-in summary (template engine, no model)"
+SUMMARY_EVENTS = 5  # events a stand-in summary lists at most
+SUMMARY_SIMILARITY = 0.6  # stricter than for clues: a summary names clearly different events
+
+
+def piece_events(piece: dict) -> list[str]:
+    """A caption's key event, or the events a stand-in summary listed, or a summary's first sentence."""
+    if piece.get("key_event"):
+        return [piece["key_event"]]
+    text = piece.get("text") or ""
+    if text.startswith(STAND_IN) and ": " in text:
+        return [e.strip().rstrip(".") for e in text.split(": ", 1)[1].split("; ") if e.strip()]
+    from vico_pipeline.engines.parse import first_sentence
+
+    return [first_sentence(text)] if text.strip() else []

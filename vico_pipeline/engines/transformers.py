@@ -65,6 +65,15 @@ class TransformersEngine(Engine):
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.tokenizer.padding_side = "left"  # generation appends on the right
 
+    def count_tokens(self, request: Request) -> int:
+        """Prompt tokens with the model's own chat template and tokenizer, as `prepare` builds them."""
+        text = self.processor.apply_chat_template(chat(request), add_generation_prompt=True, tokenize=False)
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def context_limit(self) -> int | None:
+        config = getattr(self.net.config, "text_config", None) or self.net.config
+        return getattr(config, "max_position_embeddings", None)
+
     def prepare(self, requests: list[Request]):
         """Decode frames and build padded model inputs, one chunk of `batch_size` at a time."""
         from PIL import Image

@@ -78,6 +78,18 @@ class VLLMEngine(Engine):
             max_images = getattr(section, "frames_per_clip", 0)
         self.llm = self.vllm.LLM(**llm_kwargs(section, max_images))
 
+    def count_tokens(self, request: Request) -> int:
+        """Prompt tokens with the served model's tokenizer and chat template (text requests)."""
+        tokenizer = self.llm.get_tokenizer()
+        ids = tokenizer.apply_chat_template(chat_messages(request), add_generation_prompt=True, tokenize=True)
+        return len(ids["input_ids"] if isinstance(ids, dict) else ids)
+
+    def context_limit(self) -> int | None:
+        try:
+            return int(self.llm.llm_engine.model_config.max_model_len)
+        except AttributeError:  # another vLLM layout: the configured length, if any
+            return self.section.max_model_len
+
     def sampling_params(self, request: Request):
         kwargs = sampling_kwargs(self.section)
         if self.section.structured_output and request.json_schema is not None:
