@@ -70,3 +70,40 @@ def make_hls(source: str, directory: str) -> str:
     ffmpeg("-i", source, "-c", "copy", "-f", "hls", "-hls_time", "4", "-hls_playlist_type", "vod",
            os.path.join(directory, "index.m3u8"))
     return os.path.join(directory, "index.m3u8")
+
+
+# Spoken lines of the subtitled test video (start_s, end_s, text): its embedded track says these.
+EMBEDDED_LINES = [(1.0, 3.5, "The kettle starts to whistle."), (5.0, 8.0, "She pours the tea into two cups."),
+                  (16.0, 19.5, "A cat jumps onto the table.")]
+# Its sidecar file (NAME.en.srt) says these, so the two sources can be told apart.
+SIDECAR_LINES = [(2.0, 4.0, "Sidecar line one."), (15.0, 17.0, "Sidecar line two.")]
+# Tone bursts (start_s, end_s) in the audio of the ASR test video: "speech" a test server can time.
+TONE_BURSTS = [(3.0, 5.0), (14.0, 15.5), (27.0, 29.0)]
+
+
+def srt_text(lines: list[tuple[float, float, str]]) -> str:
+    def stamp(t: float) -> str:
+        return f"{int(t // 3600):02d}:{int(t % 3600 // 60):02d}:{int(t % 60):02d},{round(t % 1 * 1000):03d}"
+    return "".join(f"{i}\n{stamp(s)} --> {stamp(e)}\n{text}\n\n" for i, (s, e, text) in enumerate(lines, 1))
+
+
+def make_subtitled(directory: str) -> dict[str, str]:
+    """Videos for the subtitle and speech tests: `talk` (20 s, audio, an embedded English mov_text track
+    and a sidecar talk.en.srt), `silent` (no audio stream), `tones` (30 s, tone bursts at TONE_BURSTS)."""
+    os.makedirs(directory, exist_ok=True)
+    p = lambda name: os.path.join(directory, name)  # noqa: E731
+    plain = testsrc(p("talk-plain.mp4"), 20, audio=True)
+    with open(p("talk-track.srt"), "w") as handle:
+        handle.write(srt_text(EMBEDDED_LINES))
+    ffmpeg("-i", plain, "-i", p("talk-track.srt"), "-map", "0", "-map", "1", "-c:v", "copy", "-c:a", "copy",
+           "-c:s", "mov_text", "-metadata:s:s:0", "language=eng", p("talk.mp4"))
+    os.remove(plain)
+    os.remove(p("talk-track.srt"))
+    with open(p("talk.en.srt"), "w") as handle:
+        handle.write(srt_text(SIDECAR_LINES))
+    testsrc(p("silent.mp4"), 6)
+    loud = "+".join(f"between(t,{s},{e})" for s, e in TONE_BURSTS)
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=160x90:r=5:d=30",
+           "-f", "lavfi", "-i", f"aevalsrc='if({loud},0.5*sin(2*PI*440*t),0)':s=16000:d=30",
+           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", p("tones.mp4"))
+    return {"talk": p("talk.mp4"), "sidecar": p("talk.en.srt"), "silent": p("silent.mp4"), "tones": p("tones.mp4")}

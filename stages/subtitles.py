@@ -1,0 +1,365 @@
+"""Subtitles: what is said in a video, as timed cues, from every source it has.
+
+Sources, each a `source` value of the `subtitles` table:
+- `uploader` / `auto`: the uploader's subtitles and the platform's automatic captions,
+  fetched by yt-dlp when `download.subtitles` names languages. The download stage asks
+  for them with `ytdlp_subtitle_options` and stores them beside the video with
+  `store_downloaded_subtitles` (files `{video_id}.{source}.{language}.{ext}` and an
+  index `{video_id}.subtitles.json`).
+- `embedded`: text subtitle streams inside the container (mov_text, SubRip, WebVTT,
+  ASS), extracted with ffmpeg to WebVTT. Picture subtitles (DVD, PGS) hold no text.
+- `sidecar`: `NAME.srt` / `NAME.vtt` / `NAME.en.srt` next to a local video `NAME.mp4`.
+- `asr`: speech recognition (stages/asr.py), only for a video none of the above gave a
+  cue, and only when `asr.enabled`.
+
+Files are read with maintained parsers (webvtt-py, srt). Rolling automatic captions
+show each line in two or three cues; `merge_cues` keeps each line once, at the time
+it first appears. Prompts use `preferred_track`, `cues_in` and `subtitle_lines`.
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import tempfile
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+
+from stages.base import ErrorRow, Stage
+from vico_pipeline import storage
+
+SUBTITLES_SCHEMA = pa.schema([
+    ("video_id", pa.string()),
+    ("start_s", pa.float64()),
+    ("end_s", pa.float64()),
+    ("text", pa.string()),
+    ("source", pa.string()),
+    ("language", pa.string()),
+])
+
+SOURCES = ("uploader", "embedded", "sidecar", "auto", "asr")  # also the preference order for prompts
+UNKNOWN_LANGUAGE = "und"  # ISO 639-2 "undetermined", what ffmpeg writes for an untagged stream
+TEXT_CODECS = ("mov_text", "subrip", "srt", "webvtt", "ass", "ssa", "text", "ttml")
+SIDECAR_EXTENSIONS = (".srt", ".vtt")
+_LANGUAGE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+_TAG = re.compile(r"<[^>]*>")  # WebVTT/SRT markup: <c>, <i>, <00:00:01.000> word timings
+_ASS_OVERRIDE = re.compile(r"\{\\[^}]*\}")  # {\an8} and other ASS overrides SRT files carry
+_JOIN_GAP_S = 0.05  # cues this close are one continuous display (YouTube's 10 ms transition cues)
+
+
+class SubtitleError(Exception):
+    """A subtitle file or stream we cannot read; `error_type` names the reason."""
+
+    def __init__(self, error_type: str, message: str):
+        super().__init__(message)
+        self.error_type = error_type
+
+
+# --------------------------------------------------------------------------- parsing
+def clean_line(line: str) -> str:
+    """One displayed line as plain text: markup, ASS overrides and entities gone, spaces collapsed."""
+    line = html.unescape(_TAG.sub("", _ASS_OVERRIDE.sub("", line)))
+    return " ".join(line.replace("\\N", " ").split())
+
+
+def parse_vtt(text: str) -> list[tuple[float, float, list[str]]]:
+    """WebVTT text -> (start_s, end_s, lines) per cue, through webvtt-py."""
+    import webvtt
+    from webvtt.errors import MalformedCaptionError, MalformedFileError
+
+    try:
+        captions = webvtt.from_string(text.lstrip("\ufeff"))
+    except (MalformedFileError, MalformedCaptionError) as exc:
+        raise SubtitleError("bad_subtitles", f"not a readable WebVTT file: {exc}") from None
+    return [(_seconds(c.start_time.to_tuple()), _seconds(c.end_time.to_tuple()), list(c.lines)) for c in captions]
+
+
+def parse_srt(text: str) -> list[tuple[float, float, list[str]]]:
+    """SubRip text -> (start_s, end_s, lines) per cue, through srt."""
+    import srt
+
+    try:
+        subtitles = list(srt.parse(text.lstrip("\ufeff")))
+    except (srt.SRTParseError, srt.TimestampParseError, ValueError) as exc:
+        raise SubtitleError("bad_subtitles", f"not a readable SubRip file: {exc}") from None
+    return [(s.start.total_seconds(), s.end.total_seconds(), s.content.splitlines()) for s in subtitles]
+
+
+def _seconds(parts: tuple[int, int, int, int]) -> float:
+    hours, minutes, seconds, millis = parts
+    return hours * 3600 + minutes * 60 + seconds + millis / 1000
+
+
+def parse_subtitles(text: str, fmt: str) -> list[tuple[float, float, list[str]]]:
+    fmt = fmt.lower().lstrip(".")
+    if fmt == "vtt":
+        return parse_vtt(text)
+    if fmt == "srt":
+        return parse_srt(text)
+    raise SubtitleError("subtitle_format", f"subtitles in {fmt!r} format are not read (only vtt and srt)")
+
+
+def is_rolling(raw: list[tuple[float, float, list[str]]]) -> bool:
+    """Rolling captions: a cue's first line is often the line the previous cue ended with."""
+    shown = [[clean_line(x) for x in lines if clean_line(x)] for _, _, lines in raw]
+    shown = [lines for lines in shown if lines]
+    pairs = list(zip(shown, shown[1:]))
+    carried = sum(1 for before, after in pairs if after[0] == before[-1])
+    return bool(pairs) and carried >= len(pairs) / 3
+
+
+def merge_cues(raw: list[tuple[float, float, list[str]]]) -> list[tuple[float, float, str]]:
+    """Parsed cues -> (start_s, end_s, text) with everything said kept once, in time order."""
+    raw = sorted(raw, key=lambda c: (c[0], c[1]))
+    shown = [(start, end, [x for x in (clean_line(line) for line in lines) if x]) for start, end, lines in raw]
+    merged = _merge_rolling(shown) if is_rolling(raw) else _merge_repeats(shown)
+    return [(s, e, t) for s, e, t in merged if e > s]
+
+
+def _merge_rolling(shown: list[tuple[float, float, list[str]]]) -> list[list]:
+    """Rolling captions, line by line: a line the cue before showed is not new speech (it stays
+    up while the next one is typed), so each line keeps the cue it first appeared in."""
+    out, before = [], []
+    for start, end, lines in shown:
+        out += [[start, end, text] for text in lines if text not in before]
+        before = lines
+    return out
+
+
+def _merge_repeats(shown: list[tuple[float, float, list[str]]]) -> list[list]:
+    """Whole cues: one that repeats the cue before, or grows it word by word, right after it,
+    extends it instead of adding a row."""
+    out: list[list] = []
+    for start, end, lines in shown:
+        if not lines:
+            continue
+        text = " ".join(lines)
+        last = out[-1] if out else None
+        if last and start <= last[1] + _JOIN_GAP_S and (text == last[2] or text.startswith(last[2] + " ")):
+            last[1], last[2] = max(last[1], end), text
+            continue
+        out.append([start, end, text])
+    return out
+
+
+def read_cues(text: str, fmt: str, source: str, language: str | None) -> list[dict]:
+    """A subtitle file's text -> cue rows (without video_id), de-duplicated, in time order."""
+    language = language or UNKNOWN_LANGUAGE
+    return [{"start_s": round(s, 3), "end_s": round(e, 3), "text": t, "source": source, "language": language}
+            for s, e, t in merge_cues(parse_subtitles(text, fmt))]
+
+
+# --------------------------------------------------------------------------- for prompts
+def cues_in(cues: Iterable[dict], start_s: float, end_s: float) -> list[dict]:
+    """The cues shown during [start_s, end_s) (any overlap), in time order."""
+    return sorted((c for c in cues if c["start_s"] < end_s and c["end_s"] > start_s),
+                  key=lambda c: (c["start_s"], c["end_s"]))
+
+
+def preferred_track(cues: Iterable[dict], languages: Iterable[str] = ()) -> list[dict]:
+    """The cues of one track (source, language), so a prompt never mixes two: the first of
+    `languages` that has a track (a prefix counts: 'en' takes 'en-US'), then by SOURCES order."""
+    tracks: dict[tuple[str, str], list[dict]] = {}
+    for cue in cues:
+        tracks.setdefault((cue["source"], cue["language"]), []).append(cue)
+    if not tracks:
+        return []
+
+    def rank(key: tuple[str, str]) -> tuple[int, int]:
+        source, language = key
+        wanted = [i for i, lang in enumerate(languages) if language.lower().startswith(lang.lower())]
+        order = SOURCES.index(source) if source in SOURCES else len(SOURCES)
+        return (wanted[0] if wanted else len(list(languages)), order)
+
+    return sorted(tracks[min(tracks, key=rank)], key=lambda c: (c["start_s"], c["end_s"]))
+
+
+def subtitle_lines(cues: Iterable[dict], max_chars: int | None = None) -> str:
+    """Cues as prompt lines, one quoted line a cue, in time order; no times (they would invite
+    digits into captions and clues). Past `max_chars` the rest is named, never dropped silently."""
+    lines, used = [], 0
+    ordered = sorted(cues, key=lambda c: (c["start_s"], c["end_s"]))
+    for index, cue in enumerate(ordered):
+        line = f"\"{cue['text']}\""
+        if max_chars is not None and used + len(line) + 1 > max_chars:
+            lines.append(f"(... {len(ordered) - index} more subtitle lines not shown)")
+            break
+        lines.append(line)
+        used += len(line) + 1
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- yt-dlp (download stage)
+def ytdlp_subtitle_options(languages: Iterable[str]) -> dict:
+    """yt-dlp options that fetch the uploader's subtitles, else automatic captions, in `languages`
+    (download.subtitles) as WebVTT where offered; {} when no language is asked for."""
+    languages = list(languages or ())
+    if not languages:
+        return {}
+    return {"writesubtitles": True, "writeautomaticsub": True, "subtitleslangs": languages,
+            "subtitlesformat": "vtt/srt/best"}
+
+
+def subtitles_index_uri(media_root: str, video_id: str) -> str:
+    return storage.join(media_root, f"{video_id}.subtitles.json")
+
+
+def store_downloaded_subtitles(info: dict, media_root: str, video_id: str) -> list[dict]:
+    """After a yt-dlp download with `ytdlp_subtitle_options`: store the subtitle files it wrote
+    (`info['requested_subtitles']`) beside the video and index them; returns the index entries.
+
+    yt-dlp takes a language from the uploader's subtitles when it has them, else from the
+    automatic captions, so a language in `info['subtitles']` is `uploader`, any other `auto`."""
+    requested = info.get("requested_subtitles") or {}
+    uploaded = info.get("subtitles") or {}
+    entries = []
+    for language, sub in sorted(requested.items()):
+        path = sub.get("filepath")
+        if not path or not os.path.isfile(path):
+            continue  # yt-dlp could not fetch it; the video is still good
+        source = "uploader" if language in uploaded else "auto"
+        fmt = (sub.get("ext") or os.path.splitext(path)[1]).lstrip(".").lower()
+        target = storage.join(media_root, f"{video_id}.{source}.{language}.{fmt}")
+        storage.upload_file(path, target)
+        entries.append({"uri": target, "source": source, "language": language, "format": fmt})
+    if entries:
+        storage.write_json(subtitles_index_uri(media_root, video_id), entries)
+    return entries
+
+
+# --------------------------------------------------------------------------- finding a video's subtitles
+def downloaded_entries(video: dict) -> list[dict]:
+    """The index the download stage wrote beside the video, if any."""
+    media_path = video.get("media_path") or ""
+    if "/" not in media_path:
+        return []
+    index = subtitles_index_uri(media_path.rsplit("/", 1)[0], video["video_id"])
+    return storage.read_json(index) if storage.exists(index) else []
+
+
+def sidecar_files(media_path: str) -> list[tuple[str, str]]:
+    """(path, language) of `NAME.srt`, `NAME.vtt`, `NAME.<lang>.srt|vtt` next to a local video."""
+    if not media_path or not storage.is_local(media_path):
+        return []
+    path = media_path[len("file://"):] if media_path.startswith("file://") else media_path
+    folder, name = os.path.split(os.path.abspath(path))
+    stem = os.path.splitext(name)[0]
+    found = []
+    for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        base, ext = os.path.splitext(entry)
+        if ext.lower() not in SIDECAR_EXTENSIONS or not (base == stem or base.startswith(stem + ".")):
+            continue
+        middle = base[len(stem) + 1:]
+        if middle and not _LANGUAGE.match(middle):
+            continue  # NAME.backup.srt and the like: not a language, not ours to guess
+        found.append((os.path.join(folder, entry), middle or UNKNOWN_LANGUAGE))
+    return found
+
+
+def subtitle_streams(path: str) -> list[dict]:
+    """The container's subtitle streams: {index, codec, language}, read through PyAV."""
+    import av
+
+    with av.open(path) as container:
+        return [{"index": s.index, "codec": s.codec_context.name,
+                 "language": (s.metadata or {}).get("language") or UNKNOWN_LANGUAGE}
+                for s in container.streams.subtitles]
+
+
+def extract_stream(path: str, index: int, deadline_s: float) -> str:
+    """One subtitle stream as WebVTT text, converted by ffmpeg."""
+    import subprocess
+
+    from stages.ffmpeg import MediaError, run
+
+    with tempfile.TemporaryDirectory(prefix="vico-subs-") as tmp:
+        out = os.path.join(tmp, "stream.vtt")
+        try:
+            run(["-i", path, "-map", f"0:{index}", "-c:s", "webvtt", "-f", "webvtt", out], timeout=deadline_s)
+        except subprocess.TimeoutExpired:
+            raise SubtitleError("timeout", f"extracting subtitle stream {index} took over "
+                                           f"subtitles.deadline_s={deadline_s:g} s") from None
+        except MediaError as exc:
+            raise SubtitleError("subtitle_extract_failed", f"stream {index}: {exc}") from None
+        with open(out, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+
+
+def _read_text(uri: str) -> str:
+    return storage.read_bytes(uri).decode("utf-8", errors="replace")
+
+
+# --------------------------------------------------------------------------- the stage
+class SubtitlesStage(Stage):
+    """A video's download row in, its cues out (every track it has); ASR when it has none."""
+
+    name = "subtitles"
+    schema = SUBTITLES_SCHEMA
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.section = config.subtitles
+        self.asr = None
+
+    def setup(self) -> None:
+        if self.config.asr.enabled:
+            from stages.asr import AsrStage
+
+            self.asr = AsrStage(self.config)
+            self.asr.setup()
+
+    def process(self, item: dict) -> Iterator[dict | ErrorRow]:
+        video, vid = item["video"], item["video_id"]
+        found = 0
+        if self.section.enabled or self.config.download.subtitles:
+            for label, load in self.tracks(video):
+                try:
+                    cues = load()
+                except SubtitleError as exc:
+                    yield ErrorRow(vid, item["source"], exc.error_type, f"{label}: {exc}")
+                    continue
+                for cue in cues:
+                    found += 1
+                    yield {"video_id": vid, **cue}
+        if not found and self.asr is not None:
+            yield from self.asr.process(item)
+
+    def tracks(self, video: dict) -> Iterator[tuple[str, callable]]:
+        """(what it is, a loader returning its cues) for every track of the video."""
+        for entry in downloaded_entries(video):
+            yield (f"{entry['source']} subtitles ({entry['language']})",
+                   lambda e=entry: read_cues(_read_text(e["uri"]), e["format"], e["source"], e["language"]))
+        if not self.section.enabled:
+            return
+        media_path = video.get("media_path") or ""
+        for path, language in sidecar_files(media_path):
+            yield (f"sidecar {os.path.basename(path)}",
+                   lambda p=path, lang=language: read_cues(_read_text(p), os.path.splitext(p)[1], "sidecar", lang))
+        if video.get("has_subtitles") is False:
+            return  # the download probe counted no subtitle stream: no need to open the file
+        yield from self._embedded(media_path)
+
+    def _embedded(self, media_path: str) -> Iterator[tuple[str, callable]]:
+        if not media_path:
+            return
+        with storage.local_copy(media_path) as local:
+            for stream in subtitle_streams(local):
+                label = f"embedded stream {stream['index']} ({stream['codec']})"
+                if stream["codec"] not in TEXT_CODECS:
+                    yield label, lambda s=stream: _picture_subtitles(s)
+                    continue
+                # Called by `process` while this generator holds the local copy open.
+                yield label, lambda s=stream, path=local: read_cues(
+                    extract_stream(path, s["index"], self.section.deadline_s), "vtt", "embedded", s["language"])
+
+
+def _picture_subtitles(stream: dict) -> list[dict]:
+    raise SubtitleError("subtitle_unsupported", f"{stream['codec']} subtitles are pictures, not text "
+                                                "(no OCR here); the video's other sources are still read")
+
+
+__all__ = ["SUBTITLES_SCHEMA", "SubtitlesStage", "SubtitleError", "read_cues", "merge_cues", "cues_in",
+           "preferred_track", "subtitle_lines", "ytdlp_subtitle_options", "store_downloaded_subtitles",
+           "sidecar_files", "subtitle_streams"]
