@@ -33,16 +33,20 @@ sys.path.insert(0, REPO)
 from vico_pipeline.engines.rules import overlap  # noqa: E402
 
 _TIME = re.compile(r"(?:(\d+):)?(\d{1,2}):(\d{2})")
+_MINUTES = re.compile(r"about (\d+) minutes?")  # gap options
 _PERMUTATION = re.compile(r"^\s*\d+(\s*,\s*\d+)+\s*$")
 RULES = ("longest", "shortest", "overlap", "earliest", "latest", "never_identity")
 MARGIN = 0.05
-TASK_ORDER = ("event_order", "clue_time", "next_event", "before_after", "timeline")  # stages/questions.py
+TASK_ORDER = ("event_order", "clue_time", "next_event", "before_after", "timeline",
+              "at_time", "gap", "summary", "said_when")  # stages/questions.py
 
 
 # --------------------------------------------------------------------------- trivial rules
 def first_time(option: str) -> float | None:
-    """Seconds of the first mm:ss (or h:mm:ss) an option names, or None."""
+    """Seconds of the first mm:ss (or h:mm:ss) an option names ("about N minutes": N * 60), or None."""
     match = _TIME.search(option)
+    if not match and _MINUTES.search(option):
+        return int(_MINUTES.search(option).group(1)) * 60
     if not match:
         return None
     hours, minutes, seconds = match.groups()
@@ -142,12 +146,16 @@ class Known:
         """Whether `q`'s answer follows from what is known."""
         clips = list(q.get("evidence_clip_ids") or [])
         task = q["task"]
+        if task in ("summary", "said_when"):  # no earlier answer holds a summary or a clip's picture
+            return False
         if self.everything:
             return True
-        if task == "clue_time":
+        if task in ("clue_time", "at_time"):
             return bool(clips) and clips[0] in self.timed
         if task == "next_event":
             return bool(clips) and clips[0] in self.next_of
+        if task == "gap":  # the distance of two clips follows from both their times
+            return bool(clips) and all(c in self.timed for c in clips)
         if task == "timeline":
             return False
         ordered = sorted(clips, key=clip_rank)
@@ -156,10 +164,12 @@ class Known:
     def learn(self, q: dict) -> None:
         clips = sorted(q.get("evidence_clip_ids") or [], key=clip_rank)  # evidence in time order
         task = q["task"]
-        if task == "timeline":
+        if task in ("timeline", "summary"):  # a summary tells the events in order, too
             self.everything = True
-        elif task == "clue_time":
+        elif task in ("clue_time", "at_time"):
             self.timed.update(clips[:1])
+        elif task in ("gap", "said_when"):
+            pass  # a distance without a direction; a clip's picture without its time
         else:
             if task == "next_event" and clips:
                 self.next_of.add(clips[0])

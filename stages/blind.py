@@ -11,7 +11,9 @@ turn). Then:
 - the engine failed on it: kept, `blind_correct` null, and an error row
   (`blind_unanswered`): a failure never drops a question silently.
 
-Open questions (`timeline`) are kept with `blind_correct` null. The stage's
+Every multiple-choice task is asked (`event_order`, `clue_time`, `next_event`,
+`before_after`, `at_time`, `gap`, `said_when`); open questions (`timeline`,
+`summary`: no options, `answer_index` -1) are kept with `blind_correct` null. The stage's
 output is the version's `questions` table (the last stage filling a table wins,
 vico_pipeline/registry.py). `blind_accuracy` turns the stage's input and output
 into the per-task accuracy before and after the filter, for the manifest and

@@ -105,12 +105,12 @@ def question_sample(row: dict, question: dict, max_frames: int = 0) -> dict | No
 
 # Every VICO task is about time: its answer tells the order of its evidence clips.
 # The open `timeline` question lists every event in order: it gives all order away, so it is never packed.
-UNPACKABLE_TASKS = frozenset({"timeline"})
+UNPACKABLE_TASKS = frozenset({"timeline", "summary"})  # a summary tells the events in order, too
 # One of each a pack: one's answer is a wrong option of the other (a clue's time range; the clue
 # that comes right after another cannot come right after a second one).
-ONE_PER_PACK = frozenset({"clue_time", "next_event"})
+ONE_PER_PACK = frozenset({"clue_time", "next_event", "at_time", "said_when"})
 # A question that asks for a clip's time: any earlier mention of the clip hints at it (its rank).
-TIME_TASKS = frozenset({"clue_time"})
+TIME_TASKS = frozenset({"clue_time", "at_time", "gap"})
 
 
 def _find(parent: dict, x: str) -> str:
