@@ -136,7 +136,9 @@ _GIVES_TIME = re.compile(r"\d|\b(" + "|".join(re.escape(w).replace("\\ ", r"\s+"
                          re.I)
 def caption_line(caption: dict, max_chars: int, speech: str = "") -> str:
     """A clip's line in a clue prompt: id, time range, caption (at most `max_chars`), key event, speech."""
-    text = caption["caption"][:max_chars]
+    text = caption["caption"]
+    if len(text) > max_chars:  # clues.max_caption_chars, a stated cap; the mark shows the model the cut
+        text = text[:max_chars] + "…"
     if caption.get("key_event") and caption["key_event"] not in text:
         text += f" Key event: {caption['key_event']}"
     if speech:
@@ -372,8 +374,7 @@ class CluesStage(Stage):
                 valid, reasons = self.pick(vid, whole, by_clip, judge, target, "all")
             else:
                 pool = self.candidate_round(vid, self.parts(captions), by_clip, judge, target)
-                summaries = [s for s in item.get("summaries") or [] if s["level"] == "segment"]
-                valid, reasons = self.final_pick(vid, pool, summaries, by_clip, judge, target)
+                valid, reasons = self.final_pick(vid, pool, item.get("summaries") or [], by_clip, judge, target)
         except TooLong as exc:
             yield ErrorRow(vid, source, "context_too_small", str(exc))
             return
@@ -470,29 +471,41 @@ class CluesStage(Stage):
 
     def final_pick(self, vid: str, pool: list[dict], summaries: list[dict], by_clip: dict, judge, target: int
                    ) -> tuple[list[dict] | None, str]:
-        """The pick over every candidate, beside the segment summaries; while that does not fit one
-        prompt, the candidates are first thinned part by part (the `narrow` round)."""
+        """The pick over every candidate, beside the segment summaries; when those do not fit beside
+        them, the video summary; then none. While the candidates alone do not fit one prompt, they are
+        first thinned part by part, each part's candidates beside its segment summaries (`narrow`)."""
         cfg = self.config.clues
+        segment = [s for s in summaries if s["level"] == "segment"]
+        context_choices = (segment, [s for s in summaries if s["level"] == "video"], [])
         while True:
             if len(pool) < cfg.min_clues:
                 return None, f"only {len(pool)} candidate(s) passed the gates in the rounds before the final pick"
-            request = self.final_request(pool, summaries, target)
-            if self.budget.fits(request):
-                return self.pick(vid, request, by_clip, judge, target, "final")
-            groups = self.budget.pack(timeline(pool, summaries),
-                                      lambda run: self.final_request([e for e in run if "clip_id" in e],
-                                                                     [e for e in run if "clip_id" not in e], target),
-                                      lambda e: f"the {'candidate of clip ' + e['clip_id'] if 'clip_id' in e else 'summary'}"
-                                                f" at {clock(e['start_s'])}")
-            groups = [g for g in groups if any("clip_id" in e for e in g)]
-            limits = [max(1, math.ceil(target * sum("clip_id" in e for e in g) / len(pool))) for g in groups]
-            requests = [self.final_request([e for e in g if "clip_id" in e], [e for e in g if "clip_id" not in e], k)
-                        for g, k in zip(groups, limits)]
-            narrowed = self.ask_each(vid, requests, limits, by_clip, judge, "narrow")
-            if len(narrowed) >= len(pool):
-                raise TooLong(f"{len(pool)} candidates could not be narrowed to fit one prompt of "
-                              f"{self.budget.describe()}")
-            pool = narrowed
+            for context in context_choices:
+                request = self.final_request(pool, context, target)
+                if self.budget.fits(request):
+                    return self.pick(vid, request, by_clip, judge, target, "final")
+            pool = self.narrow(vid, pool, segment, by_clip, judge, target)
+
+    def narrow(self, vid: str, pool: list[dict], segment: list[dict], by_clip: dict, judge, target: int
+               ) -> list[dict]:
+        """Fewer candidates: each run of the timeline that fits one prompt keeps its share of what one
+        final prompt can hold (at most `target`)."""
+        def name(e):
+            return f"the {'candidate of clip ' + e['clip_id'] if 'clip_id' in e else 'summary'} at {clock(e['start_s'])}"
+
+        capacity = len(self.budget.pack(pool, lambda run: self.final_request(run, [], target), name)[0])
+        goal = min(target, capacity)
+        groups = self.budget.pack(timeline(pool, segment),
+                                  lambda run: self.final_request([e for e in run if "clip_id" in e],
+                                                                 [e for e in run if "clip_id" not in e], target), name)
+        groups = [g for g in groups if any("clip_id" in e for e in g)]
+        limits = [max(1, goal * sum("clip_id" in e for e in g) // len(pool)) for g in groups]
+        requests = [self.final_request([e for e in g if "clip_id" in e], [e for e in g if "clip_id" not in e], k)
+                    for g, k in zip(groups, limits)]
+        narrowed = self.ask_each(vid, requests, limits, by_clip, judge, "narrow")
+        if len(narrowed) >= len(pool):
+            raise TooLong(f"{len(pool)} candidates could not be narrowed to fit one prompt of {self.budget.describe()}")
+        return narrowed
 
     def final_request(self, pool: list[dict], summaries: list[dict], up_to: int) -> Request:
         data = {"task": "clues", "up_to": up_to,

@@ -196,10 +196,12 @@ class SummariesStage(Stage):
                 verdicts[i] = self.verdict(result)
         return verdicts
 
-    @staticmethod
-    def verdict(result) -> tuple[str | None, str, str]:
+    def verdict(self, result) -> tuple[str | None, str, str]:
+        if result.error_type == "context_exceeded":
+            return None, "context_exceeded", (
+                f"the prompt was refused as longer than the model's context although it was counted within "
+                f"{self.budget.describe()}: lower clues.context_tokens to the server's context. Said: {result.error}")
         if not result.ok:
-            kind = "context_exceeded" if result.error_type == "context_exceeded" else "summary_engine"
-            return None, kind, f"engine error {result.error_type}: {result.error}"
+            return None, "summary_engine", f"engine error {result.error_type}: {result.error}"
         parsed, error_type, why = check_answer(result, parse_summary, "summary")
         return (parsed[0], "", "") if parsed else (None, error_type, why)
