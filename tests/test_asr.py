@@ -313,3 +313,38 @@ def test_transformers_serve_transcribes_a_tiny_random_whisper(whisper_serve, vid
     assert len(rows) == 2 and rows[0]["start_s"] == 0.0 and rows[1]["start_s"] == rows[0]["end_s"]
     assert rows[0]["end_s"] == pytest.approx(15.0, abs=0.1) and rows[1]["end_s"] == pytest.approx(30.0, abs=0.1)
     assert all(r["source"] == "asr" and r["text"] for r in rows)
+
+
+# --------------------------------------------------------------------------- a whole run
+def test_a_run_fills_the_subtitles_table_and_keeps_it_when_off(server, videos, tmp_path):
+    """Through `run` on real local Ray: the talk video's embedded track and sidecar, the tones video's
+    speech; then subtitles and speech off: the table is there and empty, nothing else re-runs."""
+    import pyarrow.dataset as pads
+    import ray
+
+    from stages.manifest import video_id_for
+    from vico_pipeline.run import run
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text(f"{videos['talk']}\n{videos['tones']}\n")
+    settings = [f"sources.manifest={manifest}", f"output.root={tmp_path / 'out'}", "ray.num_cpus=2",
+                "asr.enabled=true", f"asr.base_url={server.base_url}", "asr.model=tones", "asr.chunk_s=10"]
+    read = lambda version: pads.dataset(os.path.join(version, "subtitles")).to_table().to_pylist()  # noqa: E731
+    try:
+        first = run(load_config(os.path.join(repo, "configs", "demo.yaml"), settings), log=lambda msg: None)
+    finally:
+        ray.shutdown()
+    rows = read(first)
+    talk, tones = video_id_for(videos["talk"]), video_id_for(videos["tones"])
+    assert {r["source"] for r in rows if r["video_id"] == talk} == {"embedded", "sidecar"}
+    speech = [r for r in rows if r["video_id"] == tones]
+    assert {r["source"] for r in speech} == {"asr"} and len(speech) == len(TONE_BURSTS)
+    assert [r["start_s"] for r in speech] == pytest.approx([s for s, _ in TONE_BURSTS], abs=0.1)
+    manifest_json = json.load(open(os.path.join(first, "manifest.json")))
+    assert manifest_json["tables"]["subtitles"]["rows"] == len(rows)
+    logs = []
+    second = run(load_config(os.path.join(repo, "configs", "demo.yaml"),
+                             settings + ["subtitles.enabled=false", "asr.enabled=false"]), log=logs.append)
+    assert second != first and read(second) == []
+    assert any("not started" in line for line in logs)  # only the light subtitles stage had work: no Ray

@@ -101,6 +101,17 @@ def _blind_resources(config):
     return engine_resources(config.blind)
 
 
+def _subtitles(config, root):
+    from stages.subtitles import SubtitlesStage
+    return SubtitlesStage(config)
+
+
+def _subtitles_resources(config):
+    # With speech recognition on, each task holds a request to the ASR server: at most asr.concurrency.
+    return {"num_cpus": 1, "num_gpus": 0, "concurrency": config.asr.concurrency if config.asr.enabled else None,
+            "actor": False}
+
+
 def _light_resources(config):
     return {"num_cpus": 1, "num_gpus": 0, "concurrency": None, "actor": False}
 
@@ -126,13 +137,19 @@ def stage_specs() -> list[StageSpec]:
     from stages.summaries import SUMMARIES_SCHEMA
     from stages.blind import BLIND_SCHEMA
     from stages.questions import QUESTIONS_SCHEMA
+    from stages.subtitles import SUBTITLES_SCHEMA
 
     specs = [
         StageSpec("download", "videos", VIDEOS_SCHEMA, (), _download,
                   ("sources.allow_local", "download.max_height", "download.max_bytes",
                    "download.max_duration_s", "download.cookies_file", "download.allowed_networks",
-                   "download.allowed_buckets", "download.max_playlist_entries"), _download_resources,
+                   "download.allowed_buckets", "download.max_playlist_entries", "download.subtitles"),
+                  _download_resources,
                   code_version="2"),  # 2: redacted sources, egress policy, PyAV probe
+        # Cues from yt-dlp's subtitles, embedded tracks and sidecar files; speech recognition when none.
+        StageSpec("subtitles", "subtitles", SUBTITLES_SCHEMA, ("download",), _subtitles,
+                  ("subtitles.enabled", "asr.enabled", "asr.model", "asr.language", "asr.temperature",
+                   "asr.chunk_s", "asr.segment_timestamps", "asr.no_speech_threshold"), _subtitles_resources),
         StageSpec("frames", "clips", CLIPS_SCHEMA, ("download",), _frames,
                   ("clips", "frames.fps", "frames.size", "frames.jpeg_quality",
                    "caption.frames_per_clip", "caption.frame_size"), _frames_resources,
