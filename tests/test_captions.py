@@ -68,3 +68,61 @@ def test_prompt_is_versioned_and_names_the_clip_time():
     assert clock(75.4) == "01:15"
     with pytest.raises(ValueError, match="unknown caption prompt version"):
         caption_prompt("v9", clip)
+
+
+# --------------------------------------------------------------------------- subtitles in the prompts
+CUES = [{"video_id": "v", "start_s": 3.0, "end_s": 6.0, "text": "Welcome to the workshop.", "source": "sidecar",
+         "language": "en"},
+        {"video_id": "v", "start_s": 13.0, "end_s": 16.0, "text": "Now grab the saw.", "source": "sidecar",
+         "language": "en"},  # spans clips 0 and 1: in both
+        {"video_id": "v", "start_s": 44.0, "end_s": 46.0, "text": "Mind your fingers.", "source": "sidecar",
+         "language": "en"}]
+
+
+class _Prompts:
+    """A caption engine that records its prompts and answers valid JSON."""
+    kind, model = "scripted", "script"
+
+    def __init__(self):
+        self.prompts = []
+
+    def prepare(self, requests):
+        return requests
+
+    def generate(self, requests):
+        from vico_pipeline.engines import Result
+        self.prompts += [r.prompt for r in requests]
+        return [Result(text='{"caption": "A person stands at a bench in a workshop.", "key_event": "a person '
+                            'stands at a bench"}', finish_reason="stop") for _ in requests]
+
+
+@pytest.mark.parametrize("use", [True, False])
+def test_the_cues_of_a_clip_go_into_its_caption_prompt_behind_the_switch(use):
+    config = Config()
+    config.caption.use_subtitles = use
+    stage = CaptionStage(config)
+    stage.setup()
+    stage.engine = _Prompts()
+    clips = synthetic_clips("v", [(200, 40, 40), (40, 70, 200), (40, 160, 60)])
+    rows = list(stage.process({**_item(clips, kept={0, 1, 2}), "subtitles": CUES}))
+    assert len(rows) == 3
+    first, second, third = stage.engine.prompts
+    if not use:
+        assert "subtitles" not in first + second + third
+        return
+    assert '"Welcome to the workshop."\n"Now grab the saw."' in first and "Mind your" not in first
+    assert '"Now grab the saw."' in second and "Welcome" not in second
+    assert third == caption_prompt("v1", clips[2])  # no cue in the clip: the prompt of its version, unchanged
+
+
+def test_caption_fingerprint_follows_the_subtitles_stage_only_when_it_reads_them():
+    from vico_pipeline.config import load_config
+    from vico_pipeline.fingerprint import stage_fingerprints
+    from vico_pipeline.registry import stage_specs
+
+    def caption_fp(*settings):
+        return stage_fingerprints(load_config(None, list(settings)), stage_specs())["caption"]
+
+    assert caption_fp("subtitles.enabled=false") != caption_fp("subtitles.enabled=true")
+    off = "caption.use_subtitles=false"
+    assert caption_fp(off, "subtitles.enabled=false") == caption_fp(off, "subtitles.enabled=true")

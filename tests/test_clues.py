@@ -145,3 +145,32 @@ def test_prompt_lists_clips_in_time_order_with_ids_and_ranges():
     assert "[v-00001] 00:14-00:28: In this clip a dog runs across the yard, seen from across the room.\n" in prompt
     assert "no number" in prompt and "first" in prompt  # v2 names what the gates reject
     assert prompt.index("v-00000") < prompt.index("v-00001") < prompt.index("v-00002")
+
+
+def test_the_cues_of_each_clip_go_into_the_clue_prompt_and_ground_clues_behind_the_switch():
+    from test_captions import CUES
+
+    captions = _captions(4)
+    cue = {**CUES[0], "start_s": 30.0, "end_s": 33.0, "text": "The referee blows the whistle loudly."}
+    item = {"video_id": "v", "source": "s", "video": {}, "caption": captions, "subtitles": [cue]}
+    answer = _answer([("v-00002", "The referee blows the whistle"), ("v-00000", "A man opens the door"),
+                      ("v-00001", "A dog runs across the yard")])
+    stage = _with(_Scripted([answer]))
+    rows = list(stage.process(item))
+    prompt = stage.engine.prompts[0]
+    assert '[v-00002] 00:28-00:42: In this clip the kettle boils over, seen from across the room. Said: "The referee' \
+           in prompt and '"Said:" quotes what is said' in prompt and prompt.count("Said:") == 2
+    assert [r["clip_id"] for r in rows] == ["v-00000", "v-00001", "v-00002"]  # grounded in what is said
+    off = _with(_Scripted([answer, answer]), Config.model_validate({"clues": {"use_subtitles": False}}))
+    rows = list(off.process(item))
+    assert "Said" not in off.engine.prompts[0] and "referee" not in off.engine.prompts[0]
+    assert [c["reject_reason"] for c in off.candidates][0] == "ungrounded"  # the speech clue fits no caption
+    assert rows[0].error_type == "too_few_clues"
+
+
+def test_the_prompt_asks_for_up_to_the_number_for_the_videos_length():
+    prompt = clue_prompt("v3", _captions(3), 5, 600)
+    assert "Pick up to 5 of the most salient events of the video" in prompt and "one video" in prompt
+    part = clue_prompt("v3", _captions(3), 2, 600, part=True)
+    assert "one part (00:00 to 00:42) of a longer video" in part and "Pick up to 2" in part
+    assert "Said" not in part
