@@ -32,6 +32,7 @@ import pyarrow as pa
 from stages.base import ErrorRow, Stage
 from stages.ffmpeg import MediaError, ffmpeg_exe, probe
 from stages.manifest import local_path, normalise_source, source_kind, video_id_for
+from stages.subtitles import fetch_subtitles
 from vico_pipeline import storage
 from vico_pipeline.egress import EgressGuard, EgressPolicy, ForbiddenAddress
 from vico_pipeline.redact import redact_text
@@ -309,6 +310,8 @@ class DownloadStage(Stage):
                 if size:
                     self._check_size(size)
                 info = ydl.process_ie_result(info, download=True)
+                # Issue 11: the subtitles of download.subtitles, stored beside the video (under this egress guard).
+                fetch_subtitles(info, ydl.params, self.dl.subtitles, self.media_root, video_id_for(source))
             files = [f for f in os.listdir(tmp) if not f.endswith((".part", ".ytdl"))]
             if not files:
                 if any("max-filesize" in line for line in self._logger.lines):

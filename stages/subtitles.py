@@ -2,10 +2,9 @@
 
 Sources, each a `source` value of the `subtitles` table:
 - `uploader` / `auto`: the uploader's subtitles and the platform's automatic captions,
-  fetched by yt-dlp when `download.subtitles` names languages. The download stage asks
-  for them with `ytdlp_subtitle_options` and stores them beside the video with
-  `store_downloaded_subtitles` (files `{video_id}.{source}.{language}.{ext}` and an
-  index `{video_id}.subtitles.json`).
+  fetched by yt-dlp when `download.subtitles` names languages: the download stage calls
+  `fetch_subtitles` after the video, which stores them beside it (files
+  `{video_id}.{source}.{language}.{ext}` and an index `{video_id}.subtitles.json`).
 - `embedded`: text subtitle streams inside the container (mov_text, SubRip, WebVTT,
   ASS), extracted with ffmpeg to WebVTT. Picture subtitles (DVD, PGS) hold no text.
 - `sidecar`: `NAME.srt` / `NAME.vtt` / `NAME.en.srt` next to a local video `NAME.mp4`.
@@ -202,6 +201,36 @@ def ytdlp_subtitle_options(languages: Iterable[str]) -> dict:
             "subtitlesformat": "vtt/srt/best"}
 
 
+def fetch_subtitles(info: dict, ydl_params: dict, languages: Iterable[str], media_root: str,
+                    video_id: str) -> list[dict]:
+    """The download stage's call, right after yt-dlp downloaded the video described by `info`
+    (inside its egress guard, with `ydl_params` the downloader's options): fetch the subtitles in
+    `languages` and store them beside the video (`store_downloaded_subtitles`); returns the index.
+
+    A second yt-dlp pass that skips the video: yt-dlp fails a whole download when one subtitle
+    file fails, and a missing subtitle must never cost the video."""
+    import yt_dlp
+
+    options = ytdlp_subtitle_options(languages)
+    if not options:
+        return []
+    with tempfile.TemporaryDirectory(prefix="vico-subs-") as tmp:
+        params = {**ydl_params, **options, "skip_download": True, "ignoreerrors": True, "quiet": True,
+                  "no_warnings": True, "logger": _SilentLogger(), "outtmpl": os.path.join(tmp, "video.%(ext)s")}
+        with yt_dlp.YoutubeDL(params) as ydl:
+            fetched = ydl.process_ie_result(dict(info), download=True) or {}
+        return store_downloaded_subtitles(fetched, media_root, video_id)
+
+
+class _SilentLogger:
+    """A failed subtitle file is a warning yt-dlp would print; the index simply lacks it."""
+
+    def debug(self, msg):
+        pass
+
+    info = warning = error = debug
+
+
 def subtitles_index_uri(media_root: str, video_id: str) -> str:
     return storage.join(media_root, f"{video_id}.subtitles.json")
 
@@ -361,5 +390,5 @@ def _picture_subtitles(stream: dict) -> list[dict]:
 
 
 __all__ = ["SUBTITLES_SCHEMA", "SubtitlesStage", "SubtitleError", "read_cues", "merge_cues", "cues_in",
-           "preferred_track", "subtitle_lines", "ytdlp_subtitle_options", "store_downloaded_subtitles",
+           "preferred_track", "subtitle_lines", "ytdlp_subtitle_options", "fetch_subtitles", "store_downloaded_subtitles",
            "sidecar_files", "subtitle_streams"]

@@ -13,9 +13,8 @@ import pytest
 
 from stages.base import ErrorRow
 from stages.ffmpeg import probe
-from stages.subtitles import (SubtitleError, SubtitlesStage, cues_in, merge_cues, parse_vtt, preferred_track,
-                              read_cues, sidecar_files, store_downloaded_subtitles, subtitle_lines,
-                              ytdlp_subtitle_options)
+from stages.subtitles import (SubtitleError, SubtitlesStage, cues_in, fetch_subtitles, parse_vtt, preferred_track,
+                              read_cues, sidecar_files, subtitle_lines, ytdlp_subtitle_options)
 from tests import media as test_media
 from tests.media import EMBEDDED_LINES, SIDECAR_LINES, make_subtitled, srt_text
 from vico_pipeline.config import Config
@@ -204,13 +203,14 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-def _ytdlp(tmp, languages):
+def _ytdlp(tmp):
+    """The video's own download, as the download stage does it (no subtitle options)."""
     import yt_dlp
 
     from stages.ffmpeg import ffmpeg_exe
 
     return yt_dlp.YoutubeDL({"quiet": True, "no_warnings": True, "noprogress": True, "ffmpeg_location": ffmpeg_exe(),
-                             "outtmpl": os.path.join(tmp, "video.%(ext)s"), **ytdlp_subtitle_options(languages)})
+                             "outtmpl": os.path.join(tmp, "video.%(ext)s")})
 
 
 def _stored_video(media_root, tmp, video_id):
@@ -231,9 +231,9 @@ def test_uploader_subtitles_through_real_yt_dlp(site, tmp_path):
     media_root, tmp = str(tmp_path / "media"), str(tmp_path / "dl")
     os.makedirs(media_root)
     os.makedirs(tmp)
-    with _ytdlp(tmp, ["en"]) as ydl:
+    with _ytdlp(tmp) as ydl:
         info = ydl.extract_info(f"{site}/page.html", download=True)
-    entries = store_downloaded_subtitles(info, media_root, "vid1")
+        entries = fetch_subtitles(info, ydl.params, ["en"], media_root, "vid1")
     assert [(e["source"], e["language"], e["format"]) for e in entries] == [("uploader", "en", "vtt")]
     assert json.load(open(os.path.join(media_root, "vid1.subtitles.json"))) == entries
     config = Config()
@@ -256,9 +256,9 @@ def test_automatic_captions_through_real_yt_dlp_are_de_duplicated(site, tmp_path
             "subtitles": {},
             "automatic_captions": {"en": [{"url": f"{site}/auto.en.vtt", "ext": "vtt"}],
                                    "de": [{"url": f"{site}/auto.en.vtt", "ext": "vtt"}]}}
-    with _ytdlp(tmp, ["en"]) as ydl:
+    with _ytdlp(tmp) as ydl:
         info = ydl.process_ie_result(info, download=True)
-    entries = store_downloaded_subtitles(info, media_root, "vid2")
+        entries = fetch_subtitles(info, ydl.params, ["en"], media_root, "vid2")
     assert [(e["source"], e["language"]) for e in entries] == [("auto", "en")]  # German was not asked for
     config = Config()
     config.download.subtitles = ["en"]
@@ -267,4 +267,41 @@ def test_automatic_captions_through_real_yt_dlp_are_de_duplicated(site, tmp_path
     auto = [(r["start_s"], r["end_s"], r["text"]) for r in rows if r["source"] == "auto"]
     assert auto == ROLLING_LINES
     # The embedded track of the downloaded file is read too, as its own source.
+    assert [r["text"] for r in rows if r["source"] == "embedded"] == [t for _, _, t in EMBEDDED_LINES]
+
+
+def test_a_subtitle_file_that_fails_never_costs_the_video(site, tmp_path):
+    media_root, tmp = str(tmp_path / "media"), str(tmp_path / "dl")
+    os.makedirs(media_root)
+    os.makedirs(tmp)
+    info = {"id": "talk", "title": "Talk", "extractor": "generic", "extractor_key": "Generic",
+            "webpage_url": f"{site}/page.html",
+            "formats": [{"url": f"{site}/talk.mp4", "ext": "mp4", "format_id": "mp4", "vcodec": "h264", "acodec": "aac"}],
+            "subtitles": {"en": [{"url": f"{site}/missing.en.vtt", "ext": "vtt"}]}}
+    with _ytdlp(tmp) as ydl:
+        info = ydl.process_ie_result(info, download=True)
+        assert fetch_subtitles(info, ydl.params, ["en"], media_root, "vid3") == []  # the 404: no entry
+        assert fetch_subtitles(info, ydl.params, [], media_root, "vid3") == []  # off: nothing asked
+    assert os.path.getsize(os.path.join(tmp, "video.mp4")) > 0
+    assert not os.path.exists(os.path.join(media_root, "vid3.subtitles.json"))
+
+
+def test_the_download_stage_fetches_them_and_the_subtitles_stage_reads_them(site, tmp_path):
+    """The real download stage (egress policy, yt-dlp) on a loopback page with a <track>: its
+    video row leads the subtitles stage to the uploader's cues and the file's embedded track."""
+    from stages.download import DownloadStage
+
+    config = Config()
+    config.download.allowed_networks = ["127.0.0.0/8"]  # the test server is on loopback
+    config.download.subtitles = ["en"]
+    download = DownloadStage(config, media_root=str(tmp_path / "media"))
+    url = f"{site}/page.html"
+    videos = [r for r in download.safe_process({"url": url, "line": 1}, "unit", url)]
+    assert len(videos) == 1 and not isinstance(videos[0], ErrorRow), videos
+    stage = SubtitlesStage(config)
+    stage.setup()
+    item = {"video_id": videos[0]["video_id"], "source": url, "video": videos[0]}
+    rows = list(stage.safe_process(item, item["video_id"], url))
+    assert [(r["text"], r["source"], r["language"]) for r in rows if r["source"] == "uploader"] == [
+        ("Welcome to the show.", "uploader", "en"), ("First, the news.", "uploader", "en")]
     assert [r["text"] for r in rows if r["source"] == "embedded"] == [t for _, _, t in EMBEDDED_LINES]
