@@ -122,6 +122,8 @@ def _run(config, log, retry_failed: bool, heartbeats: list) -> str:
     stats = stage_stats(refs, part_rows, errors)
     if "blind" in stats:
         stats["blind"]["accuracy_by_task"] = blind_stats(refs)
+    if "questions" in stats:
+        stats["questions"]["tasks_without_input"] = tasks_without_input_stats(refs, config.questions.tasks)
     stats["shards"] = {"items_in": counts["questions"]["rows"] if "questions" in counts else 0,
                        "items_out": counts["shards"]["rows"], "failed": 0, "cached": 0,
                        "seconds": round(finished - t_shards, 3)}
@@ -249,6 +251,24 @@ def blind_stats(refs: list[dict]) -> dict:
             before += storage.read_parquet([parts["questions"]]).to_pylist()
             after += storage.read_parquet([parts["blind"]]).to_pylist() if parts.get("blind") else []
     return blind_accuracy(before, after)
+
+
+def tasks_without_input_stats(refs: list[dict], tasks: list[str]) -> dict[str, int]:
+    """Per task that needs a table besides the clues (`summary`, `said_when`): the videos that
+    reached the questions stage without its rows (no video summary, no subtitle cue). The task
+    is not made for them; that is counted here, not an error."""
+    from stages.questions import tasks_without_input
+
+    counts = {task: 0 for task in tasks_without_input(tasks, [], [])}
+    for row in refs:
+        if "questions" not in json.loads(row["stats"]):
+            continue  # the video failed before the questions stage
+        parts = json.loads(row["refs"])
+        summaries = storage.read_parquet([parts["summaries"]]).to_pylist() if parts.get("summaries") else []
+        cues = [{}] if parts.get("subtitles") else []  # a part is referenced only when it has rows
+        for task in tasks_without_input(tasks, summaries, cues):
+            counts[task] += 1
+    return counts
 
 
 def log_failures(errors: pa.Table, log, limit: int = 20) -> None:
