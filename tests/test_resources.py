@@ -36,13 +36,14 @@ def test_endpoint_engines_hold_a_quarter_cpu_model_engines_one():
 def test_the_check_counts_the_pools_plus_one_light_slot():
     openai = ["caption.engine=openai", "caption.model=m", "clues.engine=openai", "clues.model=m"]
     config = load_config(None, openai)
-    assert [(p.stage, p.actors, p.cpus) for p in planned_pools(config)] == [("caption", 1, 0.25), ("clues", 1, 0.25)]
-    assert shortfall(config, {"CPU": 2.0}) is None  # 0.25 + 0.25 + 1 light slot
+    assert [(p.stage, p.actors, p.cpus) for p in planned_pools(config)] == [("caption", 1, 0.25), ("summaries", 1, 0.25),
+                                                                        ("clues", 1, 0.25)]
+    assert shortfall(config, {"CPU": 2.0}) is None  # 0.25 + 0.25 + 0.25 + 1 light slot
     assert shortfall(config, {"CPU": 1.0}) is not None  # 1.5 needed
     heavy = load_config(None, openai + ["caption.num_cpus=1", "clues.num_cpus=1"])
     line = shortfall(heavy, {"CPU": 2.0})
     assert line and "\n" not in line
-    assert "need 2 CPUs (caption 1 x 1, clues 1 x 1) plus 1 for the light stages" in line
+    assert "need 3 CPUs (caption 1 x 1, summaries 1 x 1, clues 1 x 1) plus 1 for the light stages" in line
     assert "caption.num_cpus / clues.num_cpus" in line and "ray.num_cpus" in line
     gpus = load_config(None, ["caption.engine=vllm", "caption.model=m", "caption.tensor_parallel_size=2"])
     assert "need 2 GPUs (caption 1 x 2)" in shortfall(gpus, {"CPU": 64.0, "GPU": 1.0})
@@ -71,6 +72,8 @@ class _Server:
             thing, place = THINGS[index % len(THINGS)], PLACES[index % len(PLACES)]
             return json.dumps({"caption": f"A {thing} rests on the {place}. A hand reaches for the {thing}.",
                                "key_event": f"A hand reaches for the {thing} on the {place}."})
+        if '"summary"' in content:  # a segment or video summary (stages/summaries.py)
+            return json.dumps({"summary": "Someone reaches for things that rest on tables and shelves."})
         with self.lock:
             self.requests["clues"] += 1
         events = []
@@ -152,5 +155,5 @@ def test_pools_that_take_every_cpu_stop_the_run_with_one_line(endpoint, demo_vid
                     timeout=600)
     assert done.returncode == 2, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
-    assert "need 2 CPUs (caption 1 x 1, clues 1 x 1) plus 1 for the light stages, and Ray has 2" in last
+    assert "need 3 CPUs (caption 1 x 1, summaries 1 x 1, clues 1 x 1) plus 1 for the light stages, and Ray has 2" in last
     assert "Traceback" not in done.stderr and script.requests == before  # stopped before any request

@@ -61,7 +61,9 @@ def shortfall(config, cluster: dict) -> str | None:
     have_cpus, have_gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
     listing = ", ".join(f"{p.stage} {p.actors} x {_count(p.cpus)}" for p in pools)
     if cpus > have_cpus + 1e-9:
-        keys = " / ".join(f"{p.stage}.num_cpus" for p in pools if p.cpus > 0) or "the stages' num_cpus"
+        # The summaries stage runs the clues engine: its share is clues.num_cpus.
+        sections = dict.fromkeys({"summaries": "clues"}.get(p.stage, p.stage) for p in pools if p.cpus > 0)
+        keys = " / ".join(f"{name}.num_cpus" for name in sections) or "the stages' num_cpus"
         return (f"the engine actor pools need {_count(cpus - slot)} CPUs ({listing}) plus {_count(slot)} for the "
                 f"light stages, and Ray has {_count(have_cpus)}: the run would wait forever; lower {keys} "
                 f"(an endpoint engine such as openai needs about 0.25) or give Ray more CPUs (ray.num_cpus)")
