@@ -1,11 +1,14 @@
 """End to end: `vico run configs/demo.yaml` on two 2-minute demo videos (describe + template,
-offline) yields captions, clues and question sets for every video. One pipeline run."""
+offline) yields captions, clues and question sets for every video; a 5-minute demo video with a
+sidecar .srt gets all nine tasks. Every key of both versions is recomputed from their tables."""
 import os
 import subprocess
 import sys
 
 import pyarrow.parquet as pq
 import pytest
+
+from tests.test_questions import TASKS, check_question
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,6 +29,66 @@ def demo_version(tmp_path_factory):
 
 def _rows(version, table):
     return pq.read_table(os.path.join(version, table)).to_pylist()
+
+
+def check_every_key(version: str) -> list[dict]:
+    """Recompute each question's key from the version's tables (clips, captions, clues, summaries,
+    subtitles) and compare; the questions, for more checks."""
+    questions = _rows(version, "questions")
+    tables = {t: _rows(version, t) for t in ("videos", "captions", "clues", "summaries", "subtitles")}
+    clips = pq.read_table(os.path.join(version, "clips"), columns=["clip_id", "video_id", "start_s", "end_s"]).to_pylist()
+    for video in tables["videos"]:
+        vid = video["video_id"]
+        mine = {t: [r for r in rows if r["video_id"] == vid] for t, rows in tables.items()}
+        window = {c["clip_id"]: [c["start_s"], c["end_s"]] for c in clips if c["video_id"] == vid}
+        for q in (q for q in questions if q["video_id"] == vid):
+            assert q["evidence_windows_s"] == [window[c] for c in q["evidence_clip_ids"]]  # the clips table's windows
+            check_question(q, mine["clues"], mine["captions"], mine["summaries"], mine["subtitles"], video["duration_s"])
+    return questions
+
+
+def _srt(cues: list[tuple[float, float, str]]) -> str:
+    def stamp(t: float) -> str:
+        ms = int(round(t * 1000))
+        return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+    return "\n".join(f"{i}\n{stamp(a)} --> {stamp(b)}\n{text}\n" for i, (a, b, text) in enumerate(cues, 1))
+
+
+@pytest.fixture(scope="module")
+def subtitled_version(tmp_path_factory):
+    """One 5-minute demo video with a sidecar .srt: a line in every clip, one said in two clips,
+    one across a clip border."""
+    tmp = tmp_path_factory.mktemp("subtitled")
+    vico = [sys.executable, "-m", "vico_pipeline.cli"]
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    subprocess.run(vico + ["demo-videos", str(tmp / "videos"), "--count", "1", "--minutes", "5"],
+                   check=True, capture_output=True, env=env, cwd=ROOT)
+    cues = [(14.0 * k + 3, 14.0 * k + 7, f"now we look at part number {k} of the tour") for k in range(21)]
+    cues += [(14.0 * 5 + 9, 14.0 * 5 + 11, "now we look at part number 2 of the tour"),
+             (14.0 * 4 - 2, 14.0 * 4 + 2, "this sentence crosses a clip border")]
+    (tmp / "videos" / "demo-00.srt").write_text(_srt(sorted(cues)))
+    done = subprocess.run(vico + ["run", "configs/demo.yaml", "--set", f"sources.manifest={tmp}/videos/manifest.txt",
+                                  "--set", f"output.root={tmp}/out", "--set", "ray.progress=false"],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_every_key_of_a_real_version_is_the_fact_its_tables_give(demo_version, subtitled_version):
+    import json
+
+    questions = check_every_key(demo_version)
+    # Demo videos have no subtitles: no said_when, counted in the manifest, never an error row.
+    assert "said_when" not in {q["task"] for q in questions} and "summary" in {q["task"] for q in questions}
+    manifest = json.load(open(os.path.join(demo_version, "manifest.json")))
+    assert manifest["stages"]["questions"]["tasks_without_input"] == {"summary": 0, "said_when": 2}
+    questions = check_every_key(subtitled_version)
+    assert {q["task"] for q in questions} == set(TASKS)  # all nine, from a real version's tables
+    said = [q for q in questions if q["task"] == "said_when"]
+    assert all("number 2 " not in q["question"] and "border" not in q["question"] for q in said)
+    (summary,) = [q for q in questions if q["task"] == "summary"]
+    assert summary["answer_source"] == "stand-in" and summary["answer_engine"] == "template"
+    assert {q["answer_source"] for q in questions if q["task"] != "summary"} == {"timestamps"}
 
 
 def test_every_demo_video_gets_captions_clues_and_questions(demo_version):
