@@ -272,22 +272,16 @@ def video_summary(summaries: list[dict]) -> dict | None:
     return next((s for s in summaries if s.get("level") == "video" and (s.get("text") or "").strip()), None)
 
 
-# The subtitle track `said_when` quotes: the most trusted source first.
-SUBTITLE_SOURCES = ("uploader", "sidecar", "embedded", "asr", "auto")
 # A quoted line names one moment: at least 3 words (not "Yeah."), at most 30.
 LINE_WORDS = (3, 30)
 
 
 def subtitle_track(subtitles: list[dict]) -> list[dict]:
-    """The track `said_when` quotes, in time order: the most trusted source, and of its languages
-    the one with the most cues."""
-    if not subtitles:
-        return []
-    rank = {s: i for i, s in enumerate(SUBTITLE_SOURCES)}
-    tracks = Counter((s.get("source"), s.get("language")) for s in subtitles)
-    best = min(tracks, key=lambda t: (rank.get(t[0], len(rank)), -tracks[t], str(t[1])))
-    return sorted((s for s in subtitles if (s.get("source"), s.get("language")) == best),
-                  key=lambda s: (s["start_s"], s["end_s"]))
+    """The track `said_when` quotes, in time order: the one the caption and clue prompts read
+    (stages/subtitles.py `preferred_track`: the most trusted source)."""
+    from stages.subtitles import preferred_track
+
+    return preferred_track(subtitles)
 
 
 def spoken(text: str) -> str:
