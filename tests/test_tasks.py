@@ -151,3 +151,17 @@ def test_blind_filter_asks_every_multiple_choice_task_under_every_rotation_and_p
             assert kept[q["question_id"]]["blind_correct"] == 1
     assert {q["task"] for q in rows if asked[q["question"]]} == {"event_order", "clue_time", "next_event",
                                                                   "before_after", "at_time", "gap", "said_when"}
+
+
+def test_the_report_says_who_wrote_a_summary_and_which_tasks_lacked_their_input():
+    from vico_pipeline.report import _question_html, _without_input
+
+    clues, captions, subtitles, summaries = hour_video(engine="template")
+    rows = build_questions("v", clues, TASKS, 1, 0, 14.0, HOUR, 0.1, captions=captions,
+                           summaries=summaries, subtitles=subtitles)
+    (summary,) = [r for r in rows if r["task"] == "summary"]
+    assert "answer written by template template-model (stand-in)" in _question_html(summary)
+    assert "written by" not in _question_html(next(r for r in rows if r["task"] == "gap"))
+    manifest = {"stages": {"questions": {"tasks_without_input": {"summary": 0, "said_when": 2}}}}
+    assert "said_when 2 videos" in _without_input(manifest)
+    assert _without_input({"stages": {"questions": {"tasks_without_input": {"summary": 0}}}}) == ""

@@ -242,6 +242,15 @@ def _stand_in(manifest: dict) -> str:
     return "".join(f'<p class="standin">{_e(line.replace("**", "").replace("`", ""))}</p>' for line in lines)
 
 
+def _without_input(manifest: dict) -> str:
+    """Videos that got no question of a task for want of its input (no video summary, no subtitles)."""
+    counts = manifest.get("stages", {}).get("questions", {}).get("tasks_without_input") or {}
+    if not any(counts.values()):
+        return ""
+    return '<p class="muted">not made for want of input: ' + \
+        ", ".join(f"{_e(task)} {_e(n)} videos" for task, n in counts.items()) + "</p>"
+
+
 def _question_html(q: dict) -> str:
     options = q.get("options") or []
     answer_index = q.get("answer_index")
@@ -252,6 +261,9 @@ def _question_html(q: dict) -> str:
             for i, o in enumerate(options)) + "</ul>"
     else:
         body += f'<div>answer: <span class="ans">{_e(q.get("answer"))}</span></div>'
+    if q.get("answer_source") in ("model", "stand-in"):  # not a fact from timestamps: say who wrote it
+        body += (f'<div class="muted">answer written by {_e(q.get("answer_engine"))} {_e(q.get("answer_model"))}'
+                 f' ({_e(q["answer_source"])})</div>')
     return f'<div class="q">{body}</div>'
 
 
@@ -329,7 +341,7 @@ questions by split: {_e(', '.join(f'{k} {v}' for k, v in sorted(splits.items(), 
 <h2>Counts</h2>{_tiles(manifest)}
 <h2>Distributions</h2><div class="charts">{''.join(f'<div class="chart">{c}</div>' for c in charts)}</div>
 <h2>Stages</h2>{_stage_table(manifest)}
-<h2>Blind answers</h2>{_blind_table(manifest)}
+<h2>Blind answers</h2>{_blind_table(manifest)}{_without_input(manifest)}
 <h2>Sample videos</h2>{cards}
 </main></body></html>
 """
