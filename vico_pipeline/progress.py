@@ -66,6 +66,14 @@ def start_tally(stages: list[str], sources: int, use_ray: bool):
     import ray
 
     _local = None
+    if _handle:
+        # An earlier run of this driver made the actor: reuse it, since dropping the handle that
+        # created it would end it (a handle found by name does not keep an actor alive).
+        try:
+            ray.get(_handle.reset.remote(stages, sources), timeout=30)
+            return _handle
+        except Exception:
+            pass  # that Ray session is gone: make a new actor
     _handle = ray.remote(num_cpus=0)(Tally).options(name=ACTOR, get_if_exists=True).remote()
     ray.get(_handle.reset.remote(stages, sources))
     return _handle
