@@ -71,6 +71,17 @@ class Stage:
     def process(self, item: dict) -> Iterator[Union[dict, ErrorRow]]:
         raise NotImplementedError
 
+    def run_stats(self) -> dict:
+        """What the worker adds to this stage's per-video stats (run.py keeps the max over videos):
+        its peak memory, and for stages with a context budget (clues, summaries) the largest prompt
+        sent so far against the prompt room. Both are the worker's lifetime values: a Ray worker
+        runs many videos, so they are upper bounds for the last one."""
+        stats = peak_memory()
+        budget = getattr(self, "budget", None)
+        if budget is not None:
+            stats.update(max_prompt_tokens=budget.largest, prompt_tokens_room=budget.room)
+        return stats
+
     def safe_process(self, item: dict, item_id: str, source: str) -> Iterator[Union[dict, ErrorRow]]:
         """`process`, with any unexpected exception turned into an error row."""
         try:
@@ -79,6 +90,18 @@ class Stage:
             last = traceback.extract_tb(exc.__traceback__)[-1]
             yield ErrorRow(item_id, source, type(exc).__name__,
                            f"{exc} (at {last.filename.rsplit('/', 1)[-1]}:{last.lineno})")
+
+
+def peak_memory() -> dict:
+    """Peak resident memory (bytes) of this process: ru_maxrss, the process's lifetime peak. In a
+    reused Ray worker it covers every task the worker ran (other stages' tasks too), so it is an
+    upper bound of one stage's need. (Children such as ffmpeg are not in it; RUSAGE_CHILDREN would
+    report the parent's size at the fork, so bench/hour.py samples them instead.)"""
+    import resource
+    import sys
+
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale}
 
 
 def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:

@@ -104,7 +104,8 @@ class StageRunner:
             stage_progress.report(self.spec.name, done=0, dropped=1)
             return row  # nothing upstream to work on (e.g. every clip filtered out)
         count, failed = self.write(row, item)
-        return self.finish(row, {"rows": count, "errors": failed, "seconds": round(time.perf_counter() - started, 3)})
+        return self.finish(row, {"rows": count, "errors": failed, "seconds": round(time.perf_counter() - started, 3),
+                                 **self.stage.run_stats()})
 
     def item(self, row: dict, refs: dict) -> dict | None:
         """The stage's input for a video: its download row and its rows of the other inputs."""
@@ -162,7 +163,8 @@ class DownloadRunner(StageRunner):
         else:
             count, failed = write_part(self.stage.safe_process(line, unit, line["url"]), self.stage.schema,
                                        part, errors, self.spec.name)
-            stats = {"rows": count, "errors": failed, "seconds": round(time.perf_counter() - started, 3)}
+            stats = {"rows": count, "errors": failed, "seconds": round(time.perf_counter() - started, 3),
+                     **self.stage.run_stats()}
         error_parts = [errors] if storage.exists(errors) else []
         videos = _read_rows(part)
         out = [{"video_id": v["video_id"], "source": v["source"], "refs": json.dumps({"download": part}),

@@ -204,10 +204,15 @@ def _resumable(versions: list[dict], fingerprint: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- stats
+PEAK_STATS = ("peak_rss_bytes", "max_prompt_tokens", "prompt_tokens_room")
+
+
 def stage_stats(refs: list[dict], part_rows: dict[str, int], errors: pa.Table) -> dict:
     """Per stage: items_in (videos that reached it), items_out (rows), failed (error rows),
     error_types (error rows by type: the gates' rejections among them), cached (videos whose
-    part was reused), seconds (worker time spent on the rest)."""
+    part was reused), seconds (worker time spent on the rest); and the largest over the videos
+    it worked on of peak_rss_bytes (its workers' lifetime peaks: upper bounds) and, for the
+    clue and summary steps, max_prompt_tokens against prompt_tokens_room."""
     failed: dict[str, int] = {}
     kinds: dict[str, dict[str, int]] = {}
     for stage, kind in zip(errors.column("stage").to_pylist(), errors.column("error_type").to_pylist()):
@@ -228,6 +233,9 @@ def stage_stats(refs: list[dict], part_rows: dict[str, int], errors: pa.Table) -
                 acc["items_in"] += 1
             acc["cached"] += int(bool(s.get("cached")))
             acc["seconds"] = round(acc["seconds"] + s.get("seconds", 0.0), 3)
+            for key in PEAK_STATS:  # worker peaks (stages/base.py run_stats): the max over videos
+                if key in s:
+                    acc[key] = max(acc.get(key, 0), s[key])
         for stage, part in refs_of.items():
             if stage != "download" and stage in stats:
                 stats[stage]["items_out"] += part_rows.get(part, 0)
