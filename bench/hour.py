@@ -156,10 +156,12 @@ def vico_run(manifest: str, out: str, log_path: str, sets: list[str]) -> dict:
     with open(log_path, "w") as log:
         start = time.perf_counter()
         proc = subprocess.Popen(args, cwd=REPO, env=vico_env(), stdout=subprocess.PIPE, stderr=log, text=True)
+        loads = []  # the machine's 1-minute load average during the run (others' work included)
         with TreeSampler(proc.pid) as sampler:
             last = time.monotonic()
             while proc.poll() is None:
                 time.sleep(1)
+                loads.append(os.getloadavg()[0])
                 if time.monotonic() - last >= 60:
                     last = time.monotonic()
                     say(f"  vico run: {time.perf_counter() - start:.0f} s, the run's processes hold "
@@ -175,7 +177,10 @@ def vico_run(manifest: str, out: str, log_path: str, sets: list[str]) -> dict:
     stages = {name: {k: s[k] for k in keep if k in s} for name, s in manifest_json["stages"].items()}
     return {"exit_code": proc.returncode, "wall_s": round(wall, 1), "phases_s": manifest_json["phases_s"],
             "rows": {table: manifest_json["tables"].get(table, {}).get("rows") for table in ROW_TABLES},
-            "stages": stages, "processes": sampler.summary(), "version": version}
+            "stages": stages, "processes": sampler.summary(), "version": version,
+            "load_average_1min": {"min": round(min(loads, default=0), 2),
+                                  "mean": round(sum(loads) / max(len(loads), 1), 2),
+                                  "max": round(max(loads, default=0), 2)}}
 
 
 def ratios(run: dict, decode_s: float) -> None:
@@ -186,6 +191,47 @@ def ratios(run: dict, decode_s: float) -> None:
 
 def stage_memory_ok(run: dict, limit: int = 2 * GIB) -> bool:
     return all(s.get("peak_rss_bytes", 0) <= limit for s in run["stages"].values())
+
+
+# --------------------------------------------------------------------------- each stage in a fresh process
+def stages_alone(run: dict, sets: list[str], scratch: str) -> dict:
+    """Each stage of a finished run again, alone in a fresh process, on the run's own input parts:
+    its peak RSS before (imports, config) and after the video (ru_maxrss: no other stage in it)."""
+    stages_dir = os.path.join(os.path.dirname(run["version"]), "_stages")
+    out = {}
+    for name in run["stages"]:
+        if name in ("download", "shards") or not run["stages"][name].get("items_in"):
+            continue
+        args = ["--stage-alone", name, "--stages-dir", stages_dir, "--work", os.path.join(scratch, name)]
+        args += [a for s in sets for a in ("--set", s)]
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), *args], cwd=REPO, env=vico_env(),
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"stage {name} alone failed: {proc.stderr[-2000:]}")
+        out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def stage_alone(name: str, stages_dir: str, sets: list[str], scratch: str) -> dict:
+    """Run stage `name` through its StageRunner (the DAG's own worker code) on the parts in `stages_dir`."""
+    import glob
+
+    from stages.base import peak_memory
+    from vico_pipeline.config import load_config
+    from vico_pipeline.pipeline import StageRunner, _read_rows
+    from vico_pipeline.registry import stage_specs
+
+    config = load_config(os.path.join(REPO, "configs/demo.yaml"), sets)
+    refs = {os.path.basename(os.path.dirname(os.path.dirname(part))).rsplit("-", 1)[0]: part
+            for part in glob.glob(os.path.join(stages_dir, "*-*", "parts", "*.parquet"))}
+    video = _read_rows(refs["download"])[0]
+    spec = next(spec for spec in stage_specs() if spec.name == name)
+    runner = StageRunner(spec, config, scratch)
+    before = peak_memory()["peak_rss_bytes"]
+    runner({"video_id": video["video_id"], "source": video["source"], "refs": json.dumps(refs), "stats": "{}",
+            "error_parts": "[]"})
+    after = peak_memory()["peak_rss_bytes"]
+    return {"before_bytes": before, "peak_rss_bytes": after, "added_bytes": after - before}
 
 
 # --------------------------------------------------------------------------- the small served model
@@ -252,7 +298,8 @@ class Recorder:
     def summary(self, max_tokens: int, context: int) -> dict:
         prompts = [r["prompt_tokens"] for r in self.requests if r.get("prompt_tokens")]
         text = sum(r["text_bytes"] for r in self.requests if r.get("prompt_tokens"))
-        return {"text_bytes_per_server_token": round(text / sum(prompts), 2) if prompts else None,"requests": len(self.requests), "answered": len(prompts),
+        return {"text_bytes_per_server_token": round(text / sum(prompts), 2) if prompts else None,
+                "requests": len(self.requests), "answered": len(prompts),
                 "server_max_prompt_tokens": max(prompts, default=0),
                 "server_max_prompt_plus_max_tokens": max(prompts, default=0) + max_tokens,
                 "context": context, "largest_request_bytes": max((r["bytes"] for r in self.requests), default=0),
@@ -339,7 +386,7 @@ class Served:
                     raise RuntimeError(f"transformers serve did not answer; see {self.log.name}") from None
                 time.sleep(0.5)
 
-    def peak_rss_bytes(self) -> int:
+    def rss_bytes(self) -> int:
         import psutil
 
         return psutil.Process(self.proc.pid).memory_info().rss
@@ -365,7 +412,7 @@ def served_run(manifest: str, work: str, offline_version: str, context: int, max
                     "clues.timeout_s=600", "clues.retries=1", "clues.deadline_s=1800"]
             run = vico_run(manifest, os.path.join(work, "out-served"), os.path.join(work, "run-served.log"), sets)
             run["server"] = recorder.summary(max_tokens, context)
-            run["server"]["serve_rss_bytes_at_end"] = server.peak_rss_bytes()
+            run["server"]["serve_rss_bytes_at_end"] = server.rss_bytes()
         finally:
             front.shutdown()
             front.server_close()
@@ -395,6 +442,8 @@ def bench_length(minutes: float, args, results: dict) -> None:
     ratios(offline, entry["bare_decode_s"])
     offline["stage_memory_under_2gib"] = stage_memory_ok(offline)
     entry["offline"] = offline
+    say(f"{key}: each stage again, alone in a fresh process, on the offline run's parts")
+    offline["stages_alone"] = stages_alone(offline, sets, os.path.join(work, "alone"))
     say(f"{key}: offline run {offline['wall_s']} s ({offline['wall_over_decode']}x the decode)")
     save(results, args.out)
     if args.offline_only:
@@ -408,6 +457,24 @@ def bench_length(minutes: float, args, results: dict) -> None:
         f"largest prompt {served['server']['server_max_prompt_tokens']} tokens (+{args.max_tokens} answer) "
         f"of {args.context}")
     save(results, args.out)
+
+
+def memory_growth(results: dict, short: float, long: float) -> dict:
+    """Each stage's worker peak (and the sampled processes') at the longest length over the shortest:
+    1.0 is flat in video length."""
+    growth = {}
+    for run in ("offline", "served"):
+        a, b = results[f"{short:g}min"].get(run), results[f"{long:g}min"].get(run)
+        if not (a and b):
+            continue
+        growth[run] = {name: round(b["stages"][name]["peak_rss_bytes"] / s["peak_rss_bytes"], 2)
+                       for name, s in a["stages"].items() if s.get("peak_rss_bytes") and name in b["stages"]
+                       and b["stages"][name].get("peak_rss_bytes")}
+        for key in ("driver_peak_rss_bytes", "largest_ffmpeg_peak_rss_bytes", "largest_ray_worker_peak_rss_bytes",
+                    "tree_peak_pss_bytes"):
+            if a["processes"].get(key):
+                growth[run][key] = round(b["processes"][key] / a["processes"][key], 2)
+    return growth
 
 
 def save(results: dict, out: str) -> None:
@@ -429,7 +496,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--offline-only", action="store_true", help="leave out the served-model run")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "vico-bench-hour"))
     parser.add_argument("--out", default=None, help="results JSON (default WORK/results.json)")
+    parser.add_argument("--stage-alone", help=argparse.SUPPRESS)  # internal: one stage in this process
+    parser.add_argument("--stages-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.stage_alone:
+        print(json.dumps(stage_alone(args.stage_alone, args.stages_dir, args.set, args.work)))
+        return {}
     os.makedirs(args.work, exist_ok=True)
     args.out = args.out or os.path.join(args.work, "results.json")
     results = {"machine": {"cpus": os.cpu_count(), "load_average_at_start": load_average()},
@@ -437,6 +510,9 @@ def main(argv: list[str] | None = None) -> dict:
     for minutes in args.minutes:
         bench_length(minutes, args, results)
         results["machine"][f"load_average_after_{minutes:g}min"] = load_average()
+        save(results, args.out)
+    if len(args.minutes) > 1:
+        results["memory_growth"] = memory_growth(results, args.minutes[0], args.minutes[-1])
         save(results, args.out)
     say(f"done: {args.out}")
     print(json.dumps(results, indent=2))

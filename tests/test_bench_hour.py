@@ -32,4 +32,8 @@ def test_hour_bench_records_memory_and_prompt_sizes(tmp_path):
         assert 0 < stages[name]["max_prompt_tokens"] <= stages[name]["prompt_tokens_room"]
     assert run["processes"]["driver_peak_rss_bytes"] > 0 and run["processes"]["tree_peak_pss_bytes"] > 0
     assert run["rows"]["clips"] == stages["frames"]["items_out"] > 0
+    # Each stage again alone in a fresh process (its own peak, no other stage's in it).
+    alone = run["stages_alone"]
+    assert {"frames", "filter", "caption", "summaries", "clues"} <= set(alone)
+    assert all(0 <= s["added_bytes"] == s["peak_rss_bytes"] - s["before_bytes"] for s in alone.values())
     assert run["stage_memory_under_2gib"] == all(s.get("peak_rss_bytes", 0) <= 2 * 2**30 for s in stages.values())
