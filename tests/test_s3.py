@@ -106,7 +106,7 @@ def test_endpoint_from_fsspec_variable(s3, monkeypatch):
 def s3_manifest(s3, tmp_path_factory):
     """Three 1-minute demo videos uploaded to S3, and a manifest on S3 that lists them as s3:// sources."""
     local = tmp_path_factory.mktemp("s3demo")
-    subprocess.run([*VICO, "demo-videos", str(local), "--count", "3", "--minutes", "1"], check=True,
+    subprocess.run([*VICO, "demo-videos", str(local), "--count", "3", "--minutes", "2"], check=True,
                    capture_output=True)
     lines = []
     for video in sorted(local.glob("*.mp4")):

@@ -131,7 +131,7 @@ def _wait_for_nodes(address: str, env: dict, count: int, worker: subprocess.Pope
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    subprocess.run([*VICO, "demo-videos", str(root / "videos"), "--count", "2", "--minutes", "1"],
+    subprocess.run([*VICO, "demo-videos", str(root / "videos"), "--count", "2", "--minutes", "2"],
                    check=True, capture_output=True)
     return root
 

@@ -18,7 +18,7 @@ def demo_videos(base: str) -> str:
 
     manifest = os.path.join(base, "demo-videos", "manifest.txt")
     if not os.path.exists(manifest):
-        make_demo_videos(os.path.join(base, "demo-videos"), count=2, minutes=1, seed=0)
+        make_demo_videos(os.path.join(base, "demo-videos"), count=2, minutes=2, seed=0)
     return manifest
 
 

@@ -42,9 +42,10 @@ redact_url = redact_text  # a URL is text; the same rules apply
 
 
 def is_secret_key(key: str) -> bool:
-    """A config or header key whose value is a credential. `*_env` keys hold a variable NAME, not a secret."""
+    """A config or header key whose value is a credential. `*_env` keys hold a variable NAME and
+    `*_file` / `*_path` keys a path (e.g. download.cookies_file), not the secret itself."""
     name = str(key).lower()
-    if name.endswith("_env"):
+    if name.endswith(("_env", "_file", "_path")):
         return False
     flat = name.replace("-", "").replace("_", "")
     return flat in _SECRET_KEY_EXACT or flat.endswith("token") or any(p in flat for p in _SECRET_KEY_PARTS)

@@ -54,13 +54,18 @@ def pyarrow_filesystem(uri: str):
     import pyarrow.fs as pafs
 
     if is_local(uri):
-        return pafs.LocalFileSystem(), uri[len("file://"):] if uri.startswith("file://") else uri
+        return pafs.LocalFileSystem(), local_path(uri)
     fs, path = fs_and_path(uri)
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
 def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
+
+
+def local_path(uri: str) -> str:
+    """The filesystem path of a local uri (a plain path, or file://...)."""
+    return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
 def join(root: str, *parts: str) -> str:
@@ -101,6 +106,15 @@ def listdir(uri: str) -> list[str]:
 
 
 def remove(uri: str) -> None:
+    if is_local(uri):
+        # Not fsspec's local rm: it calls os.getcwd(), which fails in a process whose working
+        # folder was removed (a Ray job's unpacked package folder can be).
+        path = local_path(uri)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+        return
     fs, path = fs_and_path(uri)
     if fs.exists(path):
         fs.rm(path, recursive=True)
@@ -229,7 +243,7 @@ def rename_dir(src: str, dst: str) -> None:
     """Put folder `src` in the place of folder `dst`: on a local disk, renames, so a reader of `dst`
     sees the old folder or the new one whole; on an object store (no renames), a copy."""
     if is_local(src):
-        src_path, dst_path = (u[len("file://"):] if u.startswith("file://") else u for u in (src, dst))
+        src_path, dst_path = local_path(src), local_path(dst)
         old = None
         if os.path.exists(dst_path):
             old = f"{os.path.dirname(dst_path)}/.old-{uuid.uuid4().hex[:8]}-{os.path.basename(dst_path)}"
@@ -249,7 +263,7 @@ def rename_dir(src: str, dst: str) -> None:
 def local_copy(uri: str) -> Iterator[str]:
     """A local path for `uri`: itself when local, else a temporary download."""
     if is_local(uri):
-        yield uri[len("file://"):] if uri.startswith("file://") else uri
+        yield local_path(uri)
         return
     fs, path = fs_and_path(uri)
     with tempfile.TemporaryDirectory(prefix="vico-") as tmp:
