@@ -35,7 +35,7 @@ import hashlib
 import itertools
 import math
 import random
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -43,6 +43,7 @@ import pyarrow as pa
 
 from stages.base import ErrorRow, Stage
 from stages.caption import clock
+from vico_pipeline.engines.rules import overlap
 
 LETTERS = "ABCD"
 TASKS = ("event_order", "clue_time", "next_event", "before_after", "timeline",
@@ -153,36 +154,74 @@ def event_order(clues, rng, target, seconds, duration):
 
 
 def clue_time(clues, rng, target, seconds, duration):
-    i = rng.randrange(len(clues))
-    clue = clues[i]
-    correct = time_range(clue["start_s"], clue["end_s"])
-    pool = [time_range(c["start_s"], c["end_s"]) for j, c in enumerate(clues) if j != i]
-    rng.shuffle(pool)
-    # Not enough other clues: other windows of the same video that do not overlap this clue.
-    windows = [time_range(k * seconds, min((k + 1) * seconds, duration)) for k in range(int(duration // seconds))
-               if (k + 1) * seconds <= clue["start_s"] or k * seconds >= clue["end_s"]]
-    rng.shuffle(windows)
-    distractors = []
-    for text in pool + windows:
-        if text != correct and text not in distractors:
-            distractors.append(text)
-    if len(distractors) < 3:
+    """At what time does this clue happen? Four time ranges, the clip's among them.
+
+    The truth's rank among the options in time is drawn evenly (0 to 3 options earlier than it),
+    then distractors are drawn to fit it, so "pick the earliest" or "the latest" is right only by
+    chance. Distractors are other clues' clips first, then other windows of the video."""
+    rank = rng.randrange(4)  # options earlier than the truth
+    for i in rng.sample(range(len(clues)), len(clues)):
+        clue = clues[i]
+        pool = [(c["start_s"], c["end_s"]) for j, c in enumerate(clues) if j != i]
+        rng.shuffle(pool)
+        # Not enough other clues: other windows of the same video that do not overlap this clue.
+        windows = [(k * seconds, min((k + 1) * seconds, duration)) for k in range(int(duration // seconds))]
+        rng.shuffle(windows)
+        earlier, later = [], []
+        for start, end in pool + windows:
+            text = time_range(start, end)
+            if end <= clue["start_s"] and text not in earlier:
+                earlier.append(text)
+            elif start >= clue["end_s"] and text not in later:
+                later.append(text)
+        if len(earlier) < rank or len(later) < 3 - rank:
+            continue  # this clue cannot have the drawn rank: try another
+        options = earlier[:rank] + later[:3 - rank]
+        rng.shuffle(options)
+        question = f'At what time in the video does this happen: "{clue["text"]}"?'
+        return question, _place(time_range(clue["start_s"], clue["end_s"]), options, target), [clue["clip_id"]]
+    return None
+
+
+def _alike_distractors(quoted: str, answer: str, others: list[str], above: int | None) -> list[str] | None:
+    """Three of `others`, exactly `above` of them sharing more words with `quoted` than `answer`
+    does (None when `others` cannot give that); `above=None`: the three most like the answer."""
+    mine = overlap(quoted, answer)
+    if above is None:
+        alike = sorted(others, key=lambda t: abs(overlap(quoted, t) - mine))
+        return alike[:3] if len(alike) >= 3 else None
+    more = [t for t in others if overlap(quoted, t) > mine]
+    below = sorted((t for t in others if overlap(quoted, t) <= mine), key=lambda t: overlap(quoted, t) == mine)
+    if len(more) < above or len(below) < 3 - above:
         return None
-    question = f'At what time in the video does this happen: "{clue["text"]}"?'
-    return question, _place(correct, distractors[:3], target), [clue["clip_id"]]
+    return more[:above] + below[:3 - above]
 
 
 def next_event(clues, rng, target, seconds, duration):
+    """Which of these events comes next after X? The key is the next selected clue.
+
+    Neighbouring events often share words, so the answer would often be the option sharing most
+    words with X. The number of distractors sharing more words with X than the answer does is
+    drawn evenly (0 to 3) and distractors are drawn to fit it, so "pick the most similar option"
+    is right only by chance; a video where no pair fits gets the most alike distractors."""
     n = len(clues)
     if n < 5:
         return None
-    i = rng.randrange(n - 1)
-    others = [c["text"] for j, c in enumerate(clues) if j not in (i, i + 1)]
-    distractors = rng.sample(others, 3)
-    # The key is the next of the video's selected events, often a minute or more later: the wording
-    # asks for the listed event that comes next, never for what happens "right after".
-    question = f'Of the events listed below, which one comes next in the video after "{clues[i]["text"]}"?'
-    return question, _place(clues[i + 1]["text"], distractors, target), [clues[i]["clip_id"], clues[i + 1]["clip_id"]]
+    pairs = rng.sample(range(n - 1), n - 1)
+    for above in (rng.randrange(4), None):
+        for i in pairs:
+            quoted, answer = clues[i]["text"], clues[i + 1]["text"]
+            others = [t for t in dict.fromkeys(c["text"] for c in clues) if t not in (quoted, answer)]
+            rng.shuffle(others)
+            distractors = _alike_distractors(quoted, answer, others, above)
+            if distractors is None:
+                continue
+            rng.shuffle(distractors)
+            # The key is the next of the video's selected events, often a minute or more later: the
+            # wording asks for the listed event that comes next, never for what happens "right after".
+            question = f'Of the events listed below, which one comes next in the video after "{quoted}"?'
+            return question, _place(answer, distractors, target), [clues[i]["clip_id"], clues[i + 1]["clip_id"]]
+    return None
 
 
 def before_after(clues, rng, target, seconds, duration):
