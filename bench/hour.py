@@ -16,9 +16,10 @@ For each length (default 10 and 60 minutes), one synthetic 640x360 demo video
     of the server records every request, its text bytes and the server's own prompt token
     count (`text_bytes_per_server_token`: how tightly the tokenizer packed the prompts).
 
-Recorded, per run: wall time over (a); each stage's seconds and its workers' peak resident
-memory (the manifest's `stages.<stage>.peak_rss_bytes`: each worker's lifetime ru_maxrss,
-an upper bound, since a Ray worker runs many tasks); every process of the run sampled with
+Recorded, per run: wall time over (a); each stage's seconds and its worker's peak resident
+memory during the video (the manifest's `stages.<stage>.peak_rss_bytes`, stages/base.py
+`peak_memory`: a reused Ray worker's peak still holds what its earlier tasks left allocated);
+after (b), each stage again alone in a fresh process on (b)'s parts (its own peak); every process of the run sampled with
 psutil every half second (the driver, the largest Ray worker, the largest ffmpeg, the whole
 tree's proportional set size); and the largest prompt the clue and summary steps sent
 (`max_prompt_tokens`, as the engine counted it) against the room (`prompt_tokens_room` =
@@ -196,7 +197,8 @@ def stage_memory_ok(run: dict, limit: int = 2 * GIB) -> bool:
 # --------------------------------------------------------------------------- each stage in a fresh process
 def stages_alone(run: dict, sets: list[str], scratch: str) -> dict:
     """Each stage of a finished run again, alone in a fresh process, on the run's own input parts:
-    its peak RSS before (imports, config) and after the video (ru_maxrss: no other stage in it)."""
+    the process's RSS before the video (imports, config) and its peak during it (no other stage's
+    leftovers in the worker, unlike in the run)."""
     stages_dir = os.path.join(os.path.dirname(run["version"]), "_stages")
     out = {}
     for name in run["stages"]:
@@ -216,6 +218,8 @@ def stage_alone(name: str, stages_dir: str, sets: list[str], scratch: str) -> di
     """Run stage `name` through its StageRunner (the DAG's own worker code) on the parts in `stages_dir`."""
     import glob
 
+    import psutil
+
     from stages.base import peak_memory
     from vico_pipeline.config import load_config
     from vico_pipeline.pipeline import StageRunner, _read_rows
@@ -227,7 +231,7 @@ def stage_alone(name: str, stages_dir: str, sets: list[str], scratch: str) -> di
     video = _read_rows(refs["download"])[0]
     spec = next(spec for spec in stage_specs() if spec.name == name)
     runner = StageRunner(spec, config, scratch)
-    before = peak_memory()["peak_rss_bytes"]
+    before = psutil.Process().memory_info().rss  # the runner resets the peak to about this, then runs
     runner({"video_id": video["video_id"], "source": video["source"], "refs": json.dumps(refs), "stats": "{}",
             "error_parts": "[]"})
     after = peak_memory()["peak_rss_bytes"]

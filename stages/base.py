@@ -73,9 +73,8 @@ class Stage:
 
     def run_stats(self) -> dict:
         """What the worker adds to this stage's per-video stats (run.py keeps the max over videos):
-        its peak memory, and for stages with a context budget (clues, summaries) the largest prompt
-        sent so far against the prompt room. Both are the worker's lifetime values: a Ray worker
-        runs many videos, so they are upper bounds for the last one."""
+        its peak memory (`peak_memory`), and for stages with a context budget (clues, summaries) the
+        largest prompt sent so far against the prompt room (the worker's, over every video it ran)."""
         stats = peak_memory()
         budget = getattr(self, "budget", None)
         if budget is not None:
@@ -92,11 +91,30 @@ class Stage:
                            f"{exc} (at {last.filename.rsplit('/', 1)[-1]}:{last.lineno})")
 
 
+def reset_peak_memory() -> bool:
+    """Set this process's peak RSS back to its current RSS (Linux: "5" to /proc/self/clear_refs),
+    so the next `peak_memory()` covers only what ran since. False where that cannot be done."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_memory() -> dict:
-    """Peak resident memory (bytes) of this process: ru_maxrss, the process's lifetime peak. In a
-    reused Ray worker it covers every task the worker ran (other stages' tasks too), so it is an
-    upper bound of one stage's need. (Children such as ffmpeg are not in it; RUSAGE_CHILDREN would
-    report the parent's size at the fork, so bench/hour.py samples them instead.)"""
+    """Peak resident memory (bytes) of this process: Linux's VmHWM, which `reset_peak_memory` resets
+    (the runner does so before each video, so a reused Ray worker reports that video's peak, which
+    still holds whatever earlier tasks left allocated). Elsewhere ru_maxrss: the lifetime peak, an
+    upper bound, and after exec it also holds the parent's size at the fork. Children such as
+    ffmpeg are in neither (bench/hour.py samples them)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return {"peak_rss_bytes": int(line.split()[1]) * 1024}
+    except OSError:
+        pass
     import resource
     import sys
 

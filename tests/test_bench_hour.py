@@ -35,5 +35,19 @@ def test_hour_bench_records_memory_and_prompt_sizes(tmp_path):
     # Each stage again alone in a fresh process (its own peak, no other stage's in it).
     alone = run["stages_alone"]
     assert {"frames", "filter", "caption", "summaries", "clues"} <= set(alone)
-    assert all(0 <= s["added_bytes"] == s["peak_rss_bytes"] - s["before_bytes"] for s in alone.values())
+    assert all(s["added_bytes"] == s["peak_rss_bytes"] - s["before_bytes"] and s["peak_rss_bytes"] > 10 * 2**20
+               for s in alone.values())
     assert run["stage_memory_under_2gib"] == all(s.get("peak_rss_bytes", 0) <= 2 * 2**30 for s in stages.values())
+
+
+def test_peak_memory_covers_what_ran_since_the_reset():
+    from stages.base import peak_memory, reset_peak_memory
+
+    if not reset_peak_memory():
+        return  # not Linux: peak_memory is the lifetime ru_maxrss, nothing to reset
+    before = peak_memory()["peak_rss_bytes"]
+    block = b"\x01" * (256 * 2**20)  # written, so every page is resident
+    del block
+    assert peak_memory()["peak_rss_bytes"] >= before + 200 * 2**20
+    reset_peak_memory()
+    assert peak_memory()["peak_rss_bytes"] < before + 100 * 2**20

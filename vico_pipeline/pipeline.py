@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.base import ERRORS_SCHEMA, ErrorRow, rows_to_table
+from stages.base import ERRORS_SCHEMA, ErrorRow, reset_peak_memory, rows_to_table
 from stages.manifest import normalise_source, source_kind, video_id_for
 from vico_pipeline import layout, storage
 from vico_pipeline import progress as stage_progress
@@ -98,6 +98,7 @@ class StageRunner:
             return row  # the video failed upstream; its error row is already written
         if storage.exists(layout.part_uri(self.stage_root, row["video_id"])):
             return self.finish(row, {"cached": True})
+        reset_peak_memory()  # the stats' peak_rss_bytes is this video's, not the worker's lifetime
         started = time.perf_counter()
         item = self.item(row, refs)
         if item is None:
@@ -161,6 +162,7 @@ class DownloadRunner(StageRunner):
         if storage.exists(part):
             stats = {"cached": True}
         else:
+            reset_peak_memory()
             count, failed = write_part(self.stage.safe_process(line, unit, line["url"]), self.stage.schema,
                                        part, errors, self.spec.name)
             stats = {"rows": count, "errors": failed, "seconds": round(time.perf_counter() - started, 3),

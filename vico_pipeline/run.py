@@ -211,8 +211,8 @@ def stage_stats(refs: list[dict], part_rows: dict[str, int], errors: pa.Table) -
     """Per stage: items_in (videos that reached it), items_out (rows), failed (error rows),
     error_types (error rows by type: the gates' rejections among them), cached (videos whose
     part was reused), seconds (worker time spent on the rest); and the largest over the videos
-    it worked on of peak_rss_bytes (its workers' lifetime peaks: upper bounds) and, for the
-    clue and summary steps, max_prompt_tokens against prompt_tokens_room."""
+    it worked on of peak_rss_bytes (its worker's peak RSS during the video, stages/base.py
+    peak_memory) and, for the clue and summary steps, max_prompt_tokens against prompt_tokens_room."""
     failed: dict[str, int] = {}
     kinds: dict[str, dict[str, int]] = {}
     for stage, kind in zip(errors.column("stage").to_pylist(), errors.column("error_type").to_pylist()):
