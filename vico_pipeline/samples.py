@@ -8,12 +8,15 @@ the list of its questions. The trainer, the eval and the export each turn one
     The video lasts 62:14. Its 128 frames shown here were taken at 00:00, 00:29, ..., 61:57.
     {the question}
 
-Under a frame budget the frames are spread evenly, except that every evidence
-clip of the question keeps at least one frame inside its window; a question
+Under a frame budget the frames are spread evenly (one from each equal stretch
+of the video), and every evidence clip of the question keeps at least one frame
+inside its window, placed so that it cannot be told from the others; a question
 whose evidence cannot fit gets no sample (None), and the caller counts it.
 No torch, no Ray: plain lists.
 """
 from __future__ import annotations
+
+import random
 
 VIDEO_TOKEN = "<video>"
 
@@ -34,40 +37,48 @@ def time_header(duration_s: float, frame_times_s: list[float]) -> str:
     return f"The video lasts {format_time(duration_s)}. {frames}"
 
 
-def even_indices(count: int, budget: int) -> list[int]:
-    """`budget` indices spread evenly over range(count) (all of them when they fit)."""
-    if budget <= 0:
-        return []
-    if count <= budget:
-        return list(range(count))
-    return [int((k + 0.5) * count / budget) for k in range(budget)]
+def select_frames(frame_times_s: list[float], budget: int, evidence_windows: list[tuple[float, float]],
+                  seed: str = "") -> list[int] | None:
+    """Indices of the frames to show: one from each of `budget` equal stretches of the video, and a
+    frame inside every evidence window.
 
-
-def select_frames(frame_times_s: list[float], budget: int, evidence_windows: list[tuple[float, float]]) -> list[int] | None:
-    """Indices of the frames to show: evenly spread, with a frame inside every evidence window.
-
-    Returns None when an evidence window holds no frame at all, or when there are
-    more evidence windows than the budget allows.
+    Each stretch gives a frame at a random (seeded) place in it; an evidence window's frame is the
+    one its stretch gives. So the times in the header look alike whether a frame was kept for the
+    evidence or not: an even grid with one frame moved onto the evidence would point at the answer.
+    Returns None when an evidence window holds no frame at all, or when there are more evidence
+    windows than the budget allows.
     """
-    required: set[int] = set()
+    n = len(frame_times_s)
+    insides = []
     for start, end in evidence_windows:
         inside = [i for i, t in enumerate(frame_times_s) if start <= t < end]
         if not inside:
             return None
-        if not required.intersection(inside):
-            middle = (start + end) / 2
-            required.add(min(inside, key=lambda i: abs(frame_times_s[i] - middle)))
-    if budget and len(required) > budget:
-        return None
-    if not budget or len(frame_times_s) <= budget:
-        return list(range(len(frame_times_s)))
-    chosen = set(even_indices(len(frame_times_s), budget))
-    for index in sorted(required - chosen):
-        # Give up the evenly placed frame nearest to the evidence frame, so the spread stays even.
-        spare = min((c for c in chosen if c not in required), key=lambda c: abs(c - index))
-        chosen.discard(spare)
-        chosen.add(index)
-    return sorted(chosen)
+        insides.append(inside)
+    if not budget or n <= budget:
+        return list(range(n))
+    rng = random.Random(f"frames:{seed}")
+    bounds = [n * k // budget for k in range(budget + 1)]
+    stretch = [k for k in range(budget) for _ in range(bounds[k], bounds[k + 1])]  # stretch of each frame
+    pick: dict[int, int] = {}  # stretch -> the frame it shows
+    for inside in insides:
+        if any(pick.get(stretch[i]) == i for i in inside):
+            continue  # another window's frame is inside this one too
+        free = [i for i in inside if stretch[i] not in pick]
+        if free:
+            chosen = rng.choice(free)
+            pick[stretch[chosen]] = chosen
+            continue
+        # Two evidence windows inside one stretch: the nearest stretch without evidence gives its place.
+        chosen = rng.choice(inside)
+        spare = [k for k in range(budget) if k not in pick]
+        if not spare:
+            return None
+        pick[min(spare, key=lambda k: abs(k - stretch[chosen]))] = chosen
+    for k in range(budget):
+        if k not in pick:
+            pick[k] = rng.randrange(bounds[k], bounds[k + 1])
+    return sorted(pick.values())
 
 
 def with_time_header(conversations: list[dict], duration_s: float, frame_times_s: list[float]) -> list[dict]:
@@ -92,7 +103,7 @@ def question_sample(row: dict, question: dict, max_frames: int = 0) -> dict | No
     """
     times = [float(t) for t in row["frame_times_s"] or []]
     windows = [tuple(w) for w in question.get("evidence_windows_s") or []]
-    indices = select_frames(times, max_frames, windows)
+    indices = select_frames(times, max_frames, windows, seed=str(question.get("question_id", "")))
     if indices is None:
         return None
     shown = [times[i] for i in indices]
@@ -167,7 +178,7 @@ def packed_sample(row: dict, questions: list[dict], max_frames: int = 0) -> dict
         return question_sample(row, questions[0], max_frames)
     times = [float(t) for t in row["frame_times_s"] or []]
     windows = [tuple(w) for q in questions for w in q.get("evidence_windows_s") or []]
-    indices = select_frames(times, max_frames, windows)
+    indices = select_frames(times, max_frames, windows, seed="|".join(str(q.get("question_id", "")) for q in questions))
     if indices is None:
         return None
     shown = [times[i] for i in indices]
