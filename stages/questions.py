@@ -153,15 +153,19 @@ def event_order(clues, rng, target, seconds, duration):
     return question, _place(fmt(correct), [fmt(d) for d in distractors], target), [clues[i]["clip_id"] for i in chosen]
 
 
-def clue_time(clues, rng, target, seconds, duration):
+def clue_time(clues, rng, target, seconds, duration, asked=frozenset()):
     """At what time does this clue happen? Four time ranges, the clip's among them.
 
     The truth's rank among the options in time is drawn evenly (0 to 3 options earlier than it),
     then distractors are drawn to fit it, so "pick the earliest" or "the latest" is right only by
-    chance. Distractors are other clues' clips first, then other windows of the video."""
+    chance. Distractors are other clues' clips first, then other windows of the video. Only clues
+    not yet `asked` about are candidates, so retries never force a clue into the one rank it fits."""
     rank = rng.randrange(4)  # options earlier than the truth
     for i in rng.sample(range(len(clues)), len(clues)):
         clue = clues[i]
+        question = f'At what time in the video does this happen: "{clue["text"]}"?'
+        if question in asked:
+            continue
         pool = [(c["start_s"], c["end_s"]) for j, c in enumerate(clues) if j != i]
         rng.shuffle(pool)
         # Not enough other clues: other windows of the same video that do not overlap this clue.
@@ -178,18 +182,18 @@ def clue_time(clues, rng, target, seconds, duration):
             continue  # this clue cannot have the drawn rank: try another
         options = earlier[:rank] + later[:3 - rank]
         rng.shuffle(options)
-        question = f'At what time in the video does this happen: "{clue["text"]}"?'
         return question, _place(time_range(clue["start_s"], clue["end_s"]), options, target), [clue["clip_id"]]
     return None
 
 
 def _alike_distractors(quoted: str, answer: str, others: list[str], above: int | None) -> list[str] | None:
     """Three of `others`, exactly `above` of them sharing more words with `quoted` than `answer`
-    does (None when `others` cannot give that); `above=None`: the three most like the answer."""
+    does (None when `others` cannot give that); `above=None`: three sharing exactly as many words
+    as the answer, so the four tie and "pick the most similar" is a plain guess."""
     mine = overlap(quoted, answer)
     if above is None:
-        alike = sorted(others, key=lambda t: abs(overlap(quoted, t) - mine))
-        return alike[:3] if len(alike) >= 3 else None
+        tied = [t for t in others if overlap(quoted, t) == mine]
+        return tied[:3] if len(tied) >= 3 else None
     more = [t for t in others if overlap(quoted, t) > mine]
     below = sorted((t for t in others if overlap(quoted, t) <= mine), key=lambda t: overlap(quoted, t) == mine)
     if len(more) < above or len(below) < 3 - above:
@@ -197,13 +201,14 @@ def _alike_distractors(quoted: str, answer: str, others: list[str], above: int |
     return more[:above] + below[:3 - above]
 
 
-def next_event(clues, rng, target, seconds, duration):
+def next_event(clues, rng, target, seconds, duration, asked=frozenset()):
     """Which of these events comes next after X? The key is the next selected clue.
 
     Neighbouring events often share words, so the answer would often be the option sharing most
     words with X. The number of distractors sharing more words with X than the answer does is
     drawn evenly (0 to 3) and distractors are drawn to fit it, so "pick the most similar option"
-    is right only by chance; a video where no pair fits gets the most alike distractors."""
+    is right only by chance. When no pair fits the drawn number, a pair whose options all share as
+    many words with X will do (a tie is a guess). Only pairs not yet `asked` about are candidates."""
     n = len(clues)
     if n < 5:
         return None
@@ -211,6 +216,9 @@ def next_event(clues, rng, target, seconds, duration):
     for above in (rng.randrange(4), None):
         for i in pairs:
             quoted, answer = clues[i]["text"], clues[i + 1]["text"]
+            question = f'Of the events listed below, which one comes next in the video after "{quoted}"?'
+            if question in asked:
+                continue
             others = [t for t in dict.fromkeys(c["text"] for c in clues) if t not in (quoted, answer)]
             rng.shuffle(others)
             distractors = _alike_distractors(quoted, answer, others, above)
@@ -219,7 +227,6 @@ def next_event(clues, rng, target, seconds, duration):
             rng.shuffle(distractors)
             # The key is the next of the video's selected events, often a minute or more later: the
             # wording asks for the listed event that comes next, never for what happens "right after".
-            question = f'Of the events listed below, which one comes next in the video after "{quoted}"?'
             return question, _place(answer, distractors, target), [clues[i]["clip_id"], clues[i + 1]["clip_id"]]
     return None
 
@@ -391,15 +398,19 @@ class VideoFacts:
     cues: list[dict] = field(default_factory=list)  # one subtitle track (subtitle_track)
     subtitles: list[dict] = field(default_factory=list)  # every cue of every track
     summary: dict | None = None  # the level == "video" summaries row
+    asked: set[str] = field(default_factory=set)  # the questions made so far
 
 
-def _on_clues(build):
-    """A task built from the clues alone, called like the others."""
+def _on_clues(build, fresh: bool = False):
+    """A task built from the clues alone, called like the others; a `fresh` builder is also told the
+    questions already made, to choose among clues not asked about yet."""
+    if fresh:
+        return lambda facts, rng, target: build(facts.clues, rng, target, facts.seconds, facts.duration, facts.asked)
     return lambda facts, rng, target: build(facts.clues, rng, target, facts.seconds, facts.duration)
 
 
-LETTERED = {"event_order": _on_clues(event_order), "clue_time": _on_clues(clue_time),
-            "next_event": _on_clues(next_event), "at_time": _on_clues(at_time), "gap": _on_clues(gap),
+LETTERED = {"event_order": _on_clues(event_order), "clue_time": _on_clues(clue_time, fresh=True),
+            "next_event": _on_clues(next_event, fresh=True), "at_time": _on_clues(at_time), "gap": _on_clues(gap),
             "said_when": said_when}
 OPEN = ("timeline", "summary")
 # Tasks whose key fits only some letters (a short video has no long gap): they try each letter left in the deck.
@@ -494,6 +505,7 @@ def build_questions(video_id: str, clues: list[dict], tasks: list[str], per_task
                     sides.cards.append(index)
                 continue
             made.add(question)
+            facts.asked.add(question)
             rows.append({
                 "question_id": f"{video_id}-{task}-{len(made):02d}", "video_id": video_id, "task": task,
                 "question": question, "options": options, "answer": answer, "answer_index": index,

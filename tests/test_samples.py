@@ -76,3 +76,12 @@ def test_with_time_header_puts_video_token_once():
                              {"from": "human", "value": "<video>\nQ2"}], 10.0, [1.0])
     assert conv[0]["value"].startswith("<video>\nThe video lasts 00:10. Its one frame")
     assert "<video>" not in conv[2]["value"] and conv[2]["value"] == "Q2"
+
+
+def test_two_time_answers_order_their_clips_for_a_later_turn():
+    """at_time on clip 25 and clue_time on clip 16 give both times: 'is 16 before 25?' is answered."""
+    from vico_pipeline.samples import gives_away
+
+    earlier = [{"task": "at_time", "evidence_clip_ids": ["c25"]}, {"task": "clue_time", "evidence_clip_ids": ["c16"]}]
+    assert gives_away(earlier, {"task": "before_after", "evidence_clip_ids": ["c16", "c25"]})
+    assert not gives_away(earlier[:1], {"task": "before_after", "evidence_clip_ids": ["c16", "c25"]})

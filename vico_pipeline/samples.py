@@ -122,6 +122,8 @@ UNPACKABLE_TASKS = frozenset({"timeline", "summary"})  # a summary tells the eve
 ONE_PER_PACK = frozenset({"clue_time", "next_event", "at_time", "said_when"})
 # A question that asks for a clip's time: any earlier mention of the clip hints at it (its rank).
 TIME_TASKS = frozenset({"clue_time", "at_time", "gap"})
+# Answers that give one clip's time in the video: any two clips they time are ordered.
+PINS_TIME = frozenset({"clue_time", "at_time"})
 
 
 def _find(parent: dict, x: str) -> str:
@@ -151,6 +153,9 @@ def gives_away(earlier: list[dict], question: dict) -> bool:
             return True
         for clip in theirs[1:]:
             parent[_find(parent, clip)] = _find(parent, theirs[0])
+        if turn.get("task") in PINS_TIME:  # all timed clips are ordered among themselves
+            for clip in theirs:
+                parent[_find(parent, clip)] = _find(parent, "@timed")
     roots = [_find(parent, c) for c in clips]
     return len(set(roots)) < len(roots)
 
