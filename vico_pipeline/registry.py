@@ -172,7 +172,7 @@ def stage_specs() -> list[StageSpec]:
                   code_version="3", optional_inputs=(("summaries", None), ("subtitles", "clues.use_subtitles"))),
         # summary needs the video summary, said_when the subtitle cues: a video without them gets the other tasks.
         StageSpec("questions", "questions", QUESTIONS_SCHEMA, ("download", "clues", "caption"), _questions,
-                  ("questions", "clips.seconds", "shards.val_fraction"), _light_resources, code_version="4",
+                  ("questions", "clips.seconds", "shards.val_fraction"), _light_resources, code_version="5",
                   optional_inputs=(("summaries", None), ("subtitles", None))),
         # Its output replaces the questions stage's in the version's `questions` table (last one wins).
         StageSpec("blind", "questions", BLIND_SCHEMA, ("download", "questions"), _blind,
