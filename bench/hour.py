@@ -19,9 +19,9 @@ For each length (default 10 and 60 minutes), one synthetic 640x360 demo video
 Recorded, per run: wall time over (a); each stage's seconds and its worker's peak resident
 memory during the video (the manifest's `stages.<stage>.peak_rss_bytes`, stages/base.py
 `peak_memory`: a reused Ray worker's peak still holds what its earlier tasks left allocated);
-after (b), each stage again alone in a fresh process on (b)'s parts (its own peak); every process of the run sampled with
-psutil every half second (the driver, the largest Ray worker, the largest ffmpeg, the whole
-tree's proportional set size); and the largest prompt the clue and summary steps sent
+after (b), each stage again alone in a fresh process on (b)'s parts (its own peak); every
+process of the run sampled with psutil every half second (the driver, the largest Ray worker,
+the largest ffmpeg, the whole tree's proportional set size); and the largest prompt the clue and summary steps sent
 (`max_prompt_tokens`, as the engine counted it) against the room (`prompt_tokens_room` =
 context_tokens - max_tokens), plus in (c) the largest the server counted.
 
@@ -199,7 +199,10 @@ def stages_alone(run: dict, sets: list[str], scratch: str) -> dict:
     """Each stage of a finished run again, alone in a fresh process, on the run's own input parts:
     the process's RSS before the video (imports, config) and its peak during it (no other stage's
     leftovers in the worker, unlike in the run)."""
+    import shutil
+
     stages_dir = os.path.join(os.path.dirname(run["version"]), "_stages")
+    shutil.rmtree(scratch, ignore_errors=True)  # a part left there would be reused, not recomputed
     out = {}
     for name in run["stages"]:
         if name in ("download", "shards") or not run["stages"][name].get("items_in"):
@@ -232,10 +235,14 @@ def stage_alone(name: str, stages_dir: str, sets: list[str], scratch: str) -> di
     spec = next(spec for spec in stage_specs() if spec.name == name)
     runner = StageRunner(spec, config, scratch)
     before = psutil.Process().memory_info().rss  # the runner resets the peak to about this, then runs
-    runner({"video_id": video["video_id"], "source": video["source"], "refs": json.dumps(refs), "stats": "{}",
-            "error_parts": "[]"})
+    row = runner({"video_id": video["video_id"], "source": video["source"], "refs": json.dumps(refs), "stats": "{}",
+                  "error_parts": "[]"})
     after = peak_memory()["peak_rss_bytes"]
-    return {"before_bytes": before, "peak_rss_bytes": after, "added_bytes": after - before}
+    stats = json.loads(row["stats"]).get(name, {})
+    if "seconds" not in stats:  # cached or nothing to do: the peak would measure nothing
+        raise RuntimeError(f"stage {name} did not run on the video: {stats}")
+    return {"before_bytes": before, "peak_rss_bytes": after, "added_bytes": after - before,
+            "seconds": stats["seconds"]}
 
 
 # --------------------------------------------------------------------------- the small served model
