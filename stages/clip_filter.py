@@ -31,11 +31,11 @@ def verdict(clip: dict, cfg) -> str:
     """'' to keep the clip, else why it is dropped."""
     if not cfg.enabled:
         return ""
-    if not clip.get("caption_frames"):
+    if not clip.get("caption_frame_times_s"):  # the times, not the JPEGs: the stage never reads those
         return "no_frames"
     if clip["brightness"] < cfg.black_brightness:
         return "black"
-    if len(clip["caption_frames"]) > 1 and clip["motion"] < cfg.frozen_motion:
+    if len(clip["caption_frame_times_s"]) > 1 and clip["motion"] < cfg.frozen_motion:
         return "frozen"
     if clip["dup_similarity"] > cfg.duplicate_similarity:
         return "duplicate"

@@ -65,8 +65,8 @@ def write_part(rows: Iterable[dict | ErrorRow], schema: pa.Schema, part: str, er
     return count, len(failed)
 
 
-def _read_rows(uri: str, video_id: str | None = None) -> list[dict]:
-    table = storage.read_parquet([uri])
+def _read_rows(uri: str, video_id: str | None = None, skip: tuple[str, ...] = ()) -> list[dict]:
+    table = storage.read_parquet([uri], skip=skip)
     if video_id is not None and "video_id" in table.column_names:
         table = table.filter(pa.compute.equal(table["video_id"], video_id))
     return table.to_pylist()
@@ -114,7 +114,7 @@ class StageRunner:
         item = {"video_id": vid, "source": row["source"], "video": _read_rows(refs["download"], vid)[0]}
         for name in self.spec.inputs:
             if name != "download":
-                item[name] = _read_rows(refs[name])
+                item[name] = _read_rows(refs[name], skip=self.spec.unread_columns)
         if any(name != "download" and not item[name] for name in self.spec.inputs):
             return None
         for name in self.optional:  # a video may have none (no subtitles): the stage gets []

@@ -34,6 +34,9 @@ class StageSpec:
     # (stage, switch) pairs: inputs a video may lack (no rows: the item gets []), read only while
     # the dotted boolean config key `switch` is on (None: always), and only when that stage exists.
     optional_inputs: tuple[tuple[str, str | None], ...] = ()
+    # Input columns the stage never reads: left on disk, so a worker's memory does not grow with
+    # the video's frames (the training JPEGs are only for shards).
+    unread_columns: tuple[str, ...] = ()
 
     def used_optional(self, config, names) -> tuple[str, ...]:
         """The optional inputs this run reads (their fingerprints enter this stage's)."""
@@ -155,10 +158,11 @@ def stage_specs() -> list[StageSpec]:
                    "caption.frames_per_clip", "caption.frame_size"), _frames_resources,
                   code_version="2"),  # 2: frame times are the frames' presentation times
         StageSpec("filter", "filtered", FILTERED_SCHEMA, ("download", "frames"), _filter,
-                  ("filter",), _light_resources),
+                  ("filter",), _light_resources, unread_columns=("train_frames", "caption_frames")),
         StageSpec("caption", "captions", CAPTIONS_SCHEMA, ("download", "frames", "filter"), _caption,
                   tuple(f"caption.{k}" for k in _ENGINE_KEYS) + ("caption.answer_retries", "caption.use_subtitles"),
-                  _caption_resources, code_version="3", optional_inputs=(("subtitles", "caption.use_subtitles"),)),
+                  _caption_resources, code_version="3", optional_inputs=(("subtitles", "caption.use_subtitles"),),
+                  unread_columns=("train_frames",)),
         # Segment and video summaries, written by the clues engine from the captions.
         StageSpec("summaries", "summaries", SUMMARIES_SCHEMA, ("download", "caption"), _summaries,
                   tuple(f"clues.{k}" for k in _ENGINE_KEYS) + ("clues.context_tokens", "clues.validation_retries",

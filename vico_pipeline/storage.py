@@ -201,12 +201,17 @@ def write_parquet(table: pa.Table, uri: str, row_group_size: Optional[int] = Non
     return len(data)
 
 
-def read_parquet(uris: list[str], schema: Optional[pa.Schema] = None) -> pa.Table:
+def read_parquet(uris: list[str], schema: Optional[pa.Schema] = None, skip: tuple[str, ...] = ()) -> pa.Table:
+    """The files as one table; columns named in `skip` are never read from disk."""
     tables = []
     for uri in uris:
         fs, path = fs_and_path(uri)
         with fs.open(path, "rb") as handle:
-            tables.append(pq.read_table(handle))
+            if skip:
+                names = pq.ParquetFile(handle).schema_arrow.names
+                tables.append(pq.read_table(handle, columns=[n for n in names if n not in skip]))
+            else:
+                tables.append(pq.read_table(handle))
     if not tables:
         if schema is None:
             raise ValueError("no parquet files to read and no schema given")
