@@ -27,3 +27,56 @@ def kill_with_env(marker: str) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def transformers_serve(root: Path, model: str | None = None):
+    """`transformers serve` on 127.0.0.1 (hub offline, an empty cache), serving `model` (a local
+    folder) or, with None, whatever a request names; yields its /v1 base URL and ends it by PID.
+    A generator for `contextlib.contextmanager` or a pytest fixture's body."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import pytest
+
+    hub = root / "empty-hub"
+    hub.mkdir(exist_ok=True)
+    port = free_port()
+    cli = os.path.join(os.path.dirname(sys.executable), "transformers")
+    log_path = root / "serve.log"
+    log = open(log_path, "wb")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(hub), TRANSFORMERS_VERBOSITY="error")
+    served = [model] if model else []
+    proc = subprocess.Popen([cli, "serve", *served, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 180  # a readiness wait, not an assertion on speed
+        while True:
+            if proc.poll() is not None:
+                pytest.fail("transformers serve exited: " + log_path.read_text()[-2000:])
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("transformers serve did not answer: " + log_path.read_text()[-2000:])
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

@@ -13,12 +13,8 @@ import email.parser
 import io
 import json
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 import wave
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -257,48 +253,16 @@ def test_config_needs_a_model_and_a_server_when_enabled():
 
 
 # --------------------------------------------------------------------------- transformers serve
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def whisper_serve(tmp_path_factory):
-    """`transformers serve` on a tiny random Whisper built here; yields its base URL and model path."""
+    """`transformers serve` on a tiny random Whisper built here; yields its base URL, model path and log."""
+    from tests.procs import transformers_serve
     from tests.tiny_whisper import build_tiny_whisper
 
     root = tmp_path_factory.mktemp("whisper-serve")
     model = build_tiny_whisper(str(root / "tiny-whisper"))
-    hub = root / "empty-hub"
-    hub.mkdir()
-    port = _free_port()
-    cli = os.path.join(os.path.dirname(sys.executable), "transformers")
-    log = open(root / "serve.log", "wb")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(hub), TRANSFORMERS_VERBOSITY="error")
-    proc = subprocess.Popen([cli, "serve", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 180  # a readiness wait, not an assertion on speed
-        while True:
-            if proc.poll() is not None:
-                pytest.fail("transformers serve exited: " + (root / "serve.log").read_text()[-2000:])
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("transformers serve did not answer: " + (root / "serve.log").read_text()[-2000:])
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1", model, root / "serve.log"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    for base_url in transformers_serve(root):
+        yield base_url, model, root / "serve.log"
 
 
 def test_transformers_serve_transcribes_a_tiny_random_whisper(whisper_serve, videos):

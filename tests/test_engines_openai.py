@@ -6,13 +6,8 @@
 - a scripted HTTP server that answers 429, then 500, then times out, then succeeds.
 """
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -22,14 +17,9 @@ from stages.caption import CaptionStage
 from stages.clues import CluesStage
 from stages.questions import QuestionsStage
 from vico_pipeline.config import Config
+from tests.procs import transformers_serve
 from vico_pipeline.engines import Request, build_engine
 from vico_pipeline.engines.tiny import build_tiny_vlm, jpeg, synthetic_clips
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -37,35 +27,8 @@ def serve(tmp_path_factory):
     """`transformers serve` on a tiny model; yields its base URL and model name; ended by PID."""
     root = tmp_path_factory.mktemp("serve")
     model = build_tiny_vlm(str(root / "tiny-llava"))
-    hub = root / "empty-hub"
-    hub.mkdir()
-    port = _free_port()
-    cli = os.path.join(os.path.dirname(sys.executable), "transformers")
-    log = open(root / "serve.log", "wb")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(hub), TRANSFORMERS_VERBOSITY="error")
-    proc = subprocess.Popen([cli, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 180  # a readiness wait, not an assertion on speed
-        while True:
-            if proc.poll() is not None:
-                pytest.fail("transformers serve exited: " + (root / "serve.log").read_text()[-2000:])
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("transformers serve did not answer: " + (root / "serve.log").read_text()[-2000:])
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1", model
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    for base_url in transformers_serve(root, model):
+        yield base_url, model
 
 
 def _config(base_url, model) -> Config:
