@@ -80,3 +80,15 @@ def transformers_serve(root: Path, model: str | None = None):
             proc.kill()
             proc.wait()
         log.close()
+
+
+def send_json(handler, status: int, payload) -> None:
+    """Answer an http.server request with `payload` as JSON (the test servers' one reply)."""
+    import json
+
+    data = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)

@@ -26,6 +26,7 @@ from stages.base import ErrorRow
 from stages.ffmpeg import probe
 from stages.subtitles import SubtitlesStage
 from tests.media import EMBEDDED_LINES, TONE_BURSTS, make_subtitled
+from tests.procs import send_json
 from vico_pipeline.config import Config, ConfigError, load_config
 
 
@@ -72,12 +73,7 @@ class TranscriptionServer:
                 status, payload = server.answer(self.path, fields)
                 if status is None:
                     return
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, payload)
 
         self.http = _QuietServer(("127.0.0.1", 0), Handler)
         self.http.daemon_threads = True

@@ -18,6 +18,7 @@ from stages.base import ErrorRow
 from stages.clues import CluesStage, clue_target
 from stages.context import Budget, TooLong
 from stages.summaries import SummariesStage
+from tests.procs import send_json
 from vico_pipeline.config import Config
 from vico_pipeline.engines import Request
 from vico_pipeline.engines.base import estimate_tokens
@@ -88,12 +89,7 @@ class ContextServer:
                                 "usage": {"prompt_tokens": used, "completion_tokens": 40, "total_tokens": used + 40}})
 
             def send(self, status, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, payload)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

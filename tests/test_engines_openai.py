@@ -17,7 +17,7 @@ from stages.caption import CaptionStage
 from stages.clues import CluesStage
 from stages.questions import QuestionsStage
 from vico_pipeline.config import Config
-from tests.procs import transformers_serve
+from tests.procs import send_json, transformers_serve
 from vico_pipeline.engines import Request, build_engine
 from vico_pipeline.engines.tiny import build_tiny_vlm, jpeg, synthetic_clips
 
@@ -124,12 +124,7 @@ def _handler(script):
                 pass
 
         def _send(self, status, payload):
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, status, payload)
     return Handler
 
 

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import run_vico
+from tests.procs import send_json
 from vico_pipeline.config import load_config
 from vico_pipeline.engines.registry import engine_resources
 from vico_pipeline.resources import planned_pools, shortfall
@@ -92,15 +93,10 @@ class _Server:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 content = server.answer(body["messages"])
-                data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                   "choices": [{"index": 0, "finish_reason": "stop",
-                                                "message": {"role": "assistant", "content": content}}],
-                                   "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, 200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                      "choices": [{"index": 0, "finish_reason": "stop",
+                                                   "message": {"role": "assistant", "content": content}}],
+                                      "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}})
         return Handler
 
 
