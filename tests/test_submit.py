@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.procs import pids_with_env
+from tests.procs import free_port, pids_with_env
 from vico_pipeline import submit as submit_mod
 from vico_pipeline.cli import main as cli_main
 from vico_pipeline.config import load_config
@@ -34,12 +33,6 @@ VICO = [sys.executable, "-m", "vico_pipeline.cli"]
 # A loopback address Ray does not rewrite: with a second node allowed, Ray replaces 127.0.0.1 in
 # `--address` by the machine's outward address, where nothing of ours listens.
 NODE_IP = "127.0.0.2"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def node_ports() -> list[str]:
