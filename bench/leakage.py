@@ -30,7 +30,7 @@ from collections import Counter, defaultdict
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from vico_pipeline.engines.rules import overlap  # noqa: E402
+from vico_pipeline.text import overlap  # noqa: E402
 
 _TIME = re.compile(r"(?:(\d+):)?(\d{1,2}):(\d{2})")
 _MINUTES = re.compile(r"about (\d+) minutes?")  # gap options

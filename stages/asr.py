@@ -26,7 +26,7 @@ import openai
 
 from stages.base import ErrorRow, Stage
 from vico_pipeline.engines.retry import RetriesExhausted
-from stages.subtitles import SUBTITLES_SCHEMA, UNKNOWN_LANGUAGE, clean_line
+from stages.cues import SUBTITLES_SCHEMA, UNKNOWN_LANGUAGE, clean_line
 from vico_pipeline import storage
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,9 @@ rows it yields into the stage's table. A stage can be run on a plain list:
 """
 from __future__ import annotations
 
-import importlib
 import traceback
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Iterator, Union
+from typing import ClassVar, Iterator, Union
 
 import pyarrow as pa
 
@@ -39,19 +38,6 @@ ERRORS_SCHEMA = pa.schema([
     ("error_type", pa.string()),
     ("message", pa.string()),
 ])
-
-
-class MissingPackage(Exception):
-    """A stage's optional package is not installed (raised at construction)."""
-
-
-def require(module: str, extra: str) -> Any:
-    """Import `module` or fail with the package to install."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingPackage(
-            f"'{module}' is not installed; install it with: pip install 'vico[{extra}]'") from None
 
 
 class Stage:

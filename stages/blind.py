@@ -27,7 +27,7 @@ from typing import Iterator
 import pyarrow as pa
 
 from stages.base import ErrorRow, Stage
-from stages.questions import QUESTIONS_SCHEMA
+from stages.common import QUESTIONS_SCHEMA
 from vico_pipeline.engines import Request, Result, build_engine
 
 LETTERS = "ABCDEFGH"

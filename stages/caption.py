@@ -14,15 +14,16 @@ whose request failed becomes an error row too; the other clips go on.
 """
 from __future__ import annotations
 
-import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import pyarrow as pa
 
 from stages.base import ErrorRow, Stage
+from stages.common import RETRY_NOTE, check_answer, clip_subtitles
 from vico_pipeline.engines import Request, build_engine
-from vico_pipeline.engines.parse import extract_json, first_sentence, readable
+from vico_pipeline.engines.parse import extract_json, first_sentence
+from vico_pipeline.text import clock
 
 CAPTIONS_SCHEMA = pa.schema([
     ("clip_id", pa.string()),
@@ -61,14 +62,6 @@ PROMPTS = {
 }
 
 
-def clock(seconds: float) -> str:
-    """mm:ss, or h:mm:ss from one hour on."""
-    total = int(round(seconds))
-    h, rest = divmod(total, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
 # Added to a clip's prompt when subtitle cues fall in it (`caption.use_subtitles`); a clip without
 # cues gets the prompt of its version unchanged.
 SUBTITLES_NOTE = ("\n\nWhat is said during this clip (subtitles, in order; they may be imperfect):\n{lines}\n"
@@ -85,13 +78,6 @@ def caption_prompt(version: str, clip: dict) -> str:
     return prompt
 
 
-def clip_subtitles(cues: list[dict], start_s: float, end_s: float) -> str:
-    """The prompt lines of the cues shown during [start_s, end_s), from one track; "" when none."""
-    from stages.subtitles import cues_in, preferred_track, subtitle_lines
-
-    return subtitle_lines(cues_in(preferred_track(cues), start_s, end_s)) if cues else ""
-
-
 def parse_caption(text: str) -> tuple[str, str] | None:
     """(caption, key_event) from an engine's answer; None unless it is JSON with a non-empty `caption`."""
     data = extract_json(text)
@@ -105,55 +91,12 @@ def parse_caption(text: str) -> tuple[str, str] | None:
 
 # --------------------------------------------------------------------------- the gates
 GATE_ERRORS = ("caption_unparsed", "caption_truncated", "caption_refusal", "caption_repetitive")
-RETRY_NOTE = "\n\nYour previous answer could not be used ({why}). Answer again, with the JSON only."
-
-# How a model declines: at the start of the answer or of its caption.
-_REFUSAL = re.compile(
-    r"^\W*(i'?m sorry|i am sorry|sorry,|i apologi[sz]e|i cannot|i can ?not|i can'?t|i'?m (not able|unable)|"
-    r"i am (not able|unable)|i won'?t|as an ai\b|unfortunately,? i\b)", re.I)
-# The same unit of one to four words four or more times in a row ("the the the the").
-_RUN = re.compile(r"\b(\w+(?:\W+\w+){0,3})(?:\W+\1\b){3,}", re.I)
-
-
-def refusal(text: str) -> bool:
-    return bool(_REFUSAL.match((text or "").replace("\u2019", "'")))
-
-
-def repetitive(text: str) -> bool:
-    """Degenerate repetition: a short unit repeated in a row, or a long text of few distinct word triples."""
-    words = re.findall(r"\w+", (text or "").lower())
-    if len(words) >= 8 and _RUN.search(" ".join(words)):
-        return True
-    triples = list(zip(words, words[1:], words[2:]))
-    return len(words) >= 20 and len(set(triples)) < 0.5 * len(triples)
-
 
 def gate(result) -> tuple[tuple[str, str] | None, str, str]:
     """((caption, key_event), "", "") for an answer that passes every gate, else (None, error type, why).
 
     Never raises: a parser failure is a `caption_unparsed` verdict for this clip alone."""
     return check_answer(result, parse_caption, "caption")
-
-
-def check_answer(result, parse, kind: str) -> tuple[tuple | None, str, str]:
-    """The gates for any written text (captions, summaries): `parse(text)` gives a tuple of texts
-    (the first the main one) or None; error types are `{kind}_truncated|_refusal|_unparsed|_repetitive`."""
-    text = result.text or ""
-    if result.finish_reason == "length":
-        return None, f"{kind}_truncated", f"cut at the token limit after {result.completion_tokens} tokens: {text[:120]!r}"
-    try:
-        parsed = parse(text)
-    except Exception as exc:  # a parser bug must not lose the batch's other items
-        return None, f"{kind}_unparsed", f"the parser failed ({type(exc).__name__}): {text[:120]!r}"
-    if refusal(text) or (parsed and refusal(parsed[0])):
-        return None, f"{kind}_refusal", f"the model declined: {text[:120]!r}"
-    if parsed is None:
-        return None, f"{kind}_unparsed", f"not JSON with a non-empty {kind}: {text[:120]!r}"
-    if not readable(parsed[0], min_words=3):
-        return None, f"{kind}_unparsed", f"the {kind} is not text: {parsed[0][:120]!r}"
-    if any(repetitive(part) for part in parsed):
-        return None, f"{kind}_repetitive", f"degenerate repetition: {parsed[0][:120]!r}"
-    return parsed, "", ""
 
 
 # What both runners share (the stage's engine actors, and `caption.runner: ray_data_llm`).

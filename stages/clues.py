@@ -23,18 +23,17 @@ clue rows. Every candidate of every attempt, kept or not, is a row of the
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from typing import Iterator
 
 import pyarrow as pa
 
 from stages.base import ErrorRow, Stage, rows_to_table
-from stages.caption import clip_subtitles, clock
+from stages.common import clip_subtitles, segments
 from stages.context import Budget, TooLong
 from vico_pipeline.engines import Request, build_engine
 from vico_pipeline.engines.parse import extract_json, readable
-from vico_pipeline.engines.template import features, similarity
+from vico_pipeline.text import clip_text, clock, gives_time, lexically_grounded, similarity
 
 CLUES_SCHEMA = pa.schema([
     ("video_id", pa.string()),
@@ -124,16 +123,6 @@ FINAL_PROMPT = (
 )
 RETRY_NOTE = "\n\nYour previous answer could not be used ({why}). Answer again, with JSON only."
 
-# Words that place an event relative to others or in the video: a clue holding one gives the
-# order away (a question about "the final scene" needs no video). The one list; tests/test_clues.py.
-TIME_WORDS = (
-    "first", "firstly", "second", "secondly", "third", "last", "lastly", "final", "finally", "then", "next",
-    "later", "afterwards", "afterward", "after", "before", "earlier", "previously", "initially", "eventually",
-    "subsequently", "meanwhile", "again", "once more", "beginning", "ending", "at the start", "at the end",
-    "in the end", "at last", "by now", "until now", "so far", "soon", "opening scene", "closing scene",
-)
-_GIVES_TIME = re.compile(r"\d|\b(" + "|".join(re.escape(w).replace("\\ ", r"\s+") for w in TIME_WORDS) + r")\b",
-                         re.I)
 def caption_line(caption: dict, max_chars: int, speech: str = "") -> str:
     """A clip's line in a clue prompt: id, time range, caption (at most `max_chars`), key event, speech."""
     text = caption["caption"]
@@ -186,28 +175,6 @@ def final_prompt(pool: list[dict], summaries: list[dict], max_clues: int) -> str
 def timeline(pool: list[dict], summaries: list[dict]) -> list[dict]:
     """Summaries and candidates in time order, a part's summary before its candidates."""
     return sorted(summaries + pool, key=lambda e: (e["start_s"], "clip_id" in e, e.get("clip_id", "")))
-
-
-def gives_time(text: str) -> bool:
-    """Digits (times, counts of clips, numbered scenes) or a relative-time word (TIME_WORDS)."""
-    return bool(_GIVES_TIME.search(text))
-
-
-def clip_text(caption: dict) -> str:
-    """What a clue is checked against: the clip's caption, key event and (when used) what is said."""
-    return f"{caption.get('caption') or ''} {caption.get('key_event') or ''} {caption.get('speech') or ''}"
-
-
-def support(clue: str, text: str) -> float:
-    """Share of the clue's words and word pairs that `text` holds (0 to 1)."""
-    wanted = features(clue)
-    return len(wanted & features(text)) / len(wanted) if wanted else 0.0
-
-
-def lexically_grounded(clue: str, clip_id: str, captions: dict[str, dict]) -> bool:
-    """Its own clip's caption supports the clue more than any other clip's caption does."""
-    own = support(clue, clip_text(captions[clip_id]))
-    return own > 0 and all(own > support(clue, clip_text(c)) for cid, c in captions.items() if cid != clip_id)
 
 
 def duplicates(clue: str, clip_id: str, kept: list[dict], captions: dict[str, dict], threshold: float) -> bool:
@@ -407,8 +374,6 @@ class CluesStage(Stage):
 
     def parts(self, captions: list[dict]) -> list[list[dict]]:
         """The segments of stages/summaries.py, each split further where its captions do not fit."""
-        from stages.summaries import segments
-
         out = []
         for segment in segments(captions, self.config.summaries.segment_clips):
             out += self.budget.pack(segment, lambda run: self.clue_request(run, len(run), part=True),

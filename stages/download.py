@@ -32,7 +32,7 @@ import pyarrow as pa
 from stages.base import ErrorRow, Stage
 from stages.ffmpeg import MediaError, ffmpeg_exe, probe
 from stages.manifest import local_path, normalise_source, source_kind, video_id_for
-from stages.subtitles import fetch_subtitles
+from stages.cues import fetch_subtitles
 from vico_pipeline import storage
 from vico_pipeline.egress import EgressGuard, EgressPolicy, ForbiddenAddress
 from vico_pipeline.redact import redact_text

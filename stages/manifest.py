@@ -12,9 +12,7 @@ import json
 import os
 from urllib.parse import urlsplit, urlunsplit
 
-
-class ManifestError(Exception):
-    """The manifest as a whole cannot be used (missing, unreadable, empty)."""
+from vico_pipeline.errors import ManifestError
 
 
 REMOTE_SCHEMES = ("http", "https")

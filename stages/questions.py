@@ -39,11 +39,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import pyarrow as pa
-
 from stages.base import ErrorRow, Stage
-from stages.caption import clock
-from vico_pipeline.engines.rules import overlap
+from stages.common import QUESTIONS_SCHEMA
+from stages.cues import preferred_track
+from vico_pipeline.text import clock, overlap
 
 LETTERS = "ABCD"
 TASKS = ("event_order", "clue_time", "next_event", "before_after", "timeline",
@@ -51,33 +50,7 @@ TASKS = ("event_order", "clue_time", "next_event", "before_after", "timeline",
 # Engines with no model behind them (vico_pipeline/card.py): what they write is stand-in data.
 STAND_IN_ENGINES = frozenset({"describe", "template", "rules"})
 
-QUESTIONS_SCHEMA = pa.schema([
-    ("question_id", pa.string()),
-    ("video_id", pa.string()),
-    ("task", pa.string()),
-    ("question", pa.string()),
-    ("options", pa.list_(pa.string())),
-    # The letter for lettered options ("B"), the word for before_after, the text for open questions.
-    ("answer", pa.string()),
-    ("answer_index", pa.int32()),
-    ("evidence_clip_ids", pa.list_(pa.string())),
-    # [start_s, end_s] of each evidence clip, in the order of evidence_clip_ids.
-    ("evidence_windows_s", pa.list_(pa.list_(pa.float64()))),
-    ("split", pa.string()),
-    ("conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))),
-    # Rotations of the options a model answered right without the video; filled by the blind stage.
-    ("blind_correct", pa.int32()),
-    # Provenance: what made the captions and the clues this question stands on.
-    ("caption_engine", pa.string()),
-    ("caption_model", pa.string()),
-    ("clue_engine", pa.string()),
-    ("clue_model", pa.string()),
-    # Where the answer comes from: "timestamps" (computed from the clips' times), "model" (a model
-    # wrote it: the summary), "stand-in" (a stand-in engine wrote it); the writer's engine and model.
-    ("answer_source", pa.string()),
-    ("answer_engine", pa.string()),
-    ("answer_model", pa.string()),
-])
+
 
 
 def split_for(video_id: str, val_fraction: float) -> str:
@@ -324,9 +297,7 @@ LINE_WORDS = (3, 30)
 
 def subtitle_track(subtitles: list[dict]) -> list[dict]:
     """The track `said_when` quotes, in time order: the one the caption and clue prompts read
-    (stages/subtitles.py `preferred_track`: the most trusted source)."""
-    from stages.subtitles import preferred_track
-
+    (stages/cues.py `preferred_track`: the most trusted source)."""
     return preferred_track(subtitles)
 
 

@@ -8,61 +8,33 @@ Sources, each a `source` value of the `subtitles` table:
 - `embedded`: text subtitle streams inside the container (mov_text, SubRip, WebVTT,
   ASS), extracted with ffmpeg to WebVTT. Picture subtitles (DVD, PGS) hold no text.
 - `sidecar`: `NAME.srt` / `NAME.vtt` / `NAME.en.srt` next to a local video `NAME.mp4`.
-- `asr`: speech recognition (stages/asr.py), only for a video none of the above gave a
-  cue, and only when `asr.enabled`.
+- `asr`: speech recognition, only for a video none of the above gave a cue, and only
+  when `asr.enabled`: the registry hands the stage a `transcriber` (stages/asr.py's
+  stage), which it calls through the Stage interface alone.
 
 Files are read with maintained parsers (webvtt-py, srt). Rolling automatic captions
 show each line in two or three cues; `merge_cues` keeps each line once, at the time
-it first appears. Prompts use `preferred_track`, `cues_in` and `subtitle_lines`.
+it first appears. The cue schema and the helpers prompts use
+(`preferred_track`, `cues_in`, `subtitle_lines`) are in stages/cues.py.
 """
 from __future__ import annotations
 
-import html
-import json
 import os
 import re
 import tempfile
-from typing import Iterable, Iterator
-
-import pyarrow as pa
+from typing import Iterator
 
 from stages.base import ErrorRow, Stage
+from stages.cues import SUBTITLES_SCHEMA, UNKNOWN_LANGUAGE, SubtitleError, clean_line, subtitles_index_uri
 from vico_pipeline import storage
 
-SUBTITLES_SCHEMA = pa.schema([
-    ("video_id", pa.string()),
-    ("start_s", pa.float64()),
-    ("end_s", pa.float64()),
-    ("text", pa.string()),
-    ("source", pa.string()),
-    ("language", pa.string()),
-])
-
-SOURCES = ("uploader", "embedded", "sidecar", "auto", "asr")  # also the preference order for prompts
-UNKNOWN_LANGUAGE = "und"  # ISO 639-2 "undetermined", what ffmpeg writes for an untagged stream
 TEXT_CODECS = ("mov_text", "subrip", "srt", "webvtt", "ass", "ssa", "text", "ttml")
 SIDECAR_EXTENSIONS = (".srt", ".vtt")
 _LANGUAGE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
-_TAG = re.compile(r"<[^>]*>")  # WebVTT/SRT markup: <c>, <i>, <00:00:01.000> word timings
-_ASS_OVERRIDE = re.compile(r"\{\\[^}]*\}")  # {\an8} and other ASS overrides SRT files carry
 _JOIN_GAP_S = 0.05  # cues this close are one continuous display (YouTube's 10 ms transition cues)
 
 
-class SubtitleError(Exception):
-    """A subtitle file or stream we cannot read; `error_type` names the reason."""
-
-    def __init__(self, error_type: str, message: str):
-        super().__init__(message)
-        self.error_type = error_type
-
-
 # --------------------------------------------------------------------------- parsing
-def clean_line(line: str) -> str:
-    """One displayed line as plain text: markup, ASS overrides and entities gone, spaces collapsed."""
-    line = html.unescape(_TAG.sub("", _ASS_OVERRIDE.sub("", line)))
-    return " ".join(line.replace("\\N", " ").split())
-
-
 def parse_vtt(text: str) -> list[tuple[float, float, list[str]]]:
     """WebVTT text -> (start_s, end_s, lines) per cue, through webvtt-py."""
     import webvtt
@@ -150,114 +122,6 @@ def read_cues(text: str, fmt: str, source: str, language: str | None) -> list[di
             for s, e, t in merge_cues(parse_subtitles(text, fmt))]
 
 
-# --------------------------------------------------------------------------- for prompts
-def cues_in(cues: Iterable[dict], start_s: float, end_s: float) -> list[dict]:
-    """The cues shown during [start_s, end_s) (any overlap), in time order."""
-    return sorted((c for c in cues if c["start_s"] < end_s and c["end_s"] > start_s),
-                  key=lambda c: (c["start_s"], c["end_s"]))
-
-
-def preferred_track(cues: Iterable[dict], languages: Iterable[str] = ()) -> list[dict]:
-    """The cues of one track (source, language), so a prompt never mixes two: the first of
-    `languages` that has a track (a prefix counts: 'en' takes 'en-US'), then by SOURCES order."""
-    tracks: dict[tuple[str, str], list[dict]] = {}
-    for cue in cues:
-        tracks.setdefault((cue["source"], cue["language"]), []).append(cue)
-    if not tracks:
-        return []
-
-    def rank(key: tuple[str, str]) -> tuple[int, int]:
-        source, language = key
-        wanted = [i for i, lang in enumerate(languages) if language.lower().startswith(lang.lower())]
-        order = SOURCES.index(source) if source in SOURCES else len(SOURCES)
-        return (wanted[0] if wanted else len(list(languages)), order)
-
-    return sorted(tracks[min(tracks, key=rank)], key=lambda c: (c["start_s"], c["end_s"]))
-
-
-def subtitle_lines(cues: Iterable[dict], max_chars: int | None = None) -> str:
-    """Cues as prompt lines, one quoted line a cue, in time order; no times (they would invite
-    digits into captions and clues). Past `max_chars` the rest is named, never dropped silently."""
-    lines, used = [], 0
-    ordered = sorted(cues, key=lambda c: (c["start_s"], c["end_s"]))
-    for index, cue in enumerate(ordered):
-        line = f"\"{cue['text']}\""
-        if max_chars is not None and used + len(line) + 1 > max_chars:
-            lines.append(f"(... {len(ordered) - index} more subtitle lines not shown)")
-            break
-        lines.append(line)
-        used += len(line) + 1
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- yt-dlp (download stage)
-def ytdlp_subtitle_options(languages: Iterable[str]) -> dict:
-    """yt-dlp options that fetch the uploader's subtitles, else automatic captions, in `languages`
-    (download.subtitles) as WebVTT where offered; {} when no language is asked for."""
-    languages = list(languages or ())
-    if not languages:
-        return {}
-    return {"writesubtitles": True, "writeautomaticsub": True, "subtitleslangs": languages,
-            "subtitlesformat": "vtt/srt/best"}
-
-
-def fetch_subtitles(info: dict, ydl_params: dict, languages: Iterable[str], media_root: str,
-                    video_id: str) -> list[dict]:
-    """The download stage's call, right after yt-dlp downloaded the video described by `info`
-    (inside its egress guard, with `ydl_params` the downloader's options): fetch the subtitles in
-    `languages` and store them beside the video (`store_downloaded_subtitles`); returns the index.
-
-    A second yt-dlp pass that skips the video: yt-dlp fails a whole download when one subtitle
-    file fails, and a missing subtitle must never cost the video."""
-    import yt_dlp
-
-    options = ytdlp_subtitle_options(languages)
-    if not options:
-        return []
-    with tempfile.TemporaryDirectory(prefix="vico-subs-") as tmp:
-        params = {**ydl_params, **options, "skip_download": True, "ignoreerrors": True, "quiet": True,
-                  "no_warnings": True, "logger": _SilentLogger(), "outtmpl": os.path.join(tmp, "video.%(ext)s")}
-        with yt_dlp.YoutubeDL(params) as ydl:
-            fetched = ydl.process_ie_result(dict(info), download=True) or {}
-        return store_downloaded_subtitles(fetched, media_root, video_id)
-
-
-class _SilentLogger:
-    """A failed subtitle file is a warning yt-dlp would print; the index simply lacks it."""
-
-    def debug(self, msg):
-        pass
-
-    info = warning = error = debug
-
-
-def subtitles_index_uri(media_root: str, video_id: str) -> str:
-    return storage.join(media_root, f"{video_id}.subtitles.json")
-
-
-def store_downloaded_subtitles(info: dict, media_root: str, video_id: str) -> list[dict]:
-    """After a yt-dlp download with `ytdlp_subtitle_options`: store the subtitle files it wrote
-    (`info['requested_subtitles']`) beside the video and index them; returns the index entries.
-
-    yt-dlp takes a language from the uploader's subtitles when it has them, else from the
-    automatic captions, so a language in `info['subtitles']` is `uploader`, any other `auto`."""
-    requested = info.get("requested_subtitles") or {}
-    uploaded = info.get("subtitles") or {}
-    entries = []
-    for language, sub in sorted(requested.items()):
-        path = sub.get("filepath")
-        if not path or not os.path.isfile(path):
-            continue  # yt-dlp could not fetch it; the video is still good
-        source = "uploader" if language in uploaded else "auto"
-        fmt = (sub.get("ext") or os.path.splitext(path)[1]).lstrip(".").lower()
-        target = storage.join(media_root, f"{video_id}.{source}.{language}.{fmt}")
-        storage.upload_file(path, target)
-        entries.append({"uri": target, "source": source, "language": language, "format": fmt})
-    if entries:
-        storage.write_json(subtitles_index_uri(media_root, video_id), entries)
-    return entries
-
-
 # --------------------------------------------------------------------------- finding a video's subtitles
 def downloaded_entries(video: dict) -> list[dict]:
     """The index the download stage wrote beside the video, if any."""
@@ -327,16 +191,15 @@ class SubtitlesStage(Stage):
     name = "subtitles"
     schema = SUBTITLES_SCHEMA
 
-    def __init__(self, config):
+    def __init__(self, config, transcriber: Stage | None = None):
+        """`transcriber`: a stage that yields cue rows for a video item (speech recognition),
+        asked only when no track gave a cue; None for none."""
         super().__init__(config)
         self.section = config.subtitles
-        self.asr = None
+        self.asr = transcriber
 
     def setup(self) -> None:
-        if self.config.asr.enabled:
-            from stages.asr import AsrStage
-
-            self.asr = AsrStage(self.config)
+        if self.asr is not None:
             self.asr.setup()
 
     def process(self, item: dict) -> Iterator[dict | ErrorRow]:
@@ -389,6 +252,4 @@ def _picture_subtitles(stream: dict) -> list[dict]:
                                                 "(no OCR here); the video's other sources are still read")
 
 
-__all__ = ["SUBTITLES_SCHEMA", "SubtitlesStage", "SubtitleError", "read_cues", "merge_cues", "cues_in",
-           "preferred_track", "subtitle_lines", "ytdlp_subtitle_options", "fetch_subtitles", "store_downloaded_subtitles",
-           "sidecar_files", "subtitle_streams"]
+__all__ = ["SubtitlesStage", "read_cues", "merge_cues", "parse_vtt", "parse_srt", "sidecar_files", "subtitle_streams"]

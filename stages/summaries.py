@@ -24,10 +24,11 @@ from typing import Iterator
 import pyarrow as pa
 
 from stages.base import ErrorRow, Stage
-from stages.caption import RETRY_NOTE, check_answer, clock
+from stages.common import RETRY_NOTE, check_answer, segments
 from stages.context import Budget, TooLong
 from vico_pipeline.engines import Request, build_engine
 from vico_pipeline.engines.parse import extract_json
+from vico_pipeline.text import clock
 
 SUMMARIES_SCHEMA = pa.schema([
     ("video_id", pa.string()),
@@ -75,12 +76,6 @@ def parse_summary(text: str) -> tuple[str] | None:
     if isinstance(data, dict) and isinstance(data.get("summary"), str) and data["summary"].strip():
         return (" ".join(data["summary"].split()),)
     return None
-
-
-def segments(captions: list[dict], size: int) -> list[list[dict]]:
-    """Consecutive runs of `size` captioned clips, in time order (the last may be shorter)."""
-    ordered = sorted(captions, key=lambda c: c["start_s"])
-    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
 
 
 def caption_piece(caption: dict) -> dict:

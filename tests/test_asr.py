@@ -229,7 +229,8 @@ def test_the_key_never_reaches_an_error_row(server, videos, monkeypatch):
 
 
 def test_subtitles_stage_asks_for_speech_only_when_a_video_has_no_subtitles(server, videos):
-    stage = SubtitlesStage(_config(server.base_url))
+    config = _config(server.base_url)
+    stage = SubtitlesStage(config, transcriber=AsrStage(config))
     stage.setup()
     before = len(server.requests)
     talk = _rows(stage, _item(videos["talk"]))

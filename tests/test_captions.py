@@ -2,7 +2,8 @@
 import pytest
 
 from stages.base import ErrorRow
-from stages.caption import CAPTIONS_SCHEMA, CaptionStage, caption_prompt, clock, parse_caption
+from stages.caption import CAPTIONS_SCHEMA, CaptionStage, caption_prompt, parse_caption
+from vico_pipeline.text import clock
 from stages.base import rows_to_table
 from vico_pipeline.config import Config
 from vico_pipeline.engines.tiny import synthetic_clips

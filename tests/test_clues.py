@@ -4,7 +4,8 @@ import json
 import pytest
 
 from stages.base import ErrorRow
-from stages.clues import TIME_WORDS, CluesStage, clue_prompt, gives_time, validate
+from stages.clues import CluesStage, clue_prompt, validate
+from vico_pipeline.text import TIME_WORDS, gives_time
 from vico_pipeline.config import Config
 from stages.context import Budget
 from vico_pipeline.engines import Engine, Result

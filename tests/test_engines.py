@@ -198,7 +198,7 @@ def test_vllm_engine_builds_the_llm_and_requests_and_parses_outputs(fake_vllm):
 
 
 def test_vllm_engine_missing_package_names_the_extra(monkeypatch):
-    from stages.base import MissingPackage
+    from vico_pipeline.errors import MissingPackage
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(MissingPackage, match="vico\\[vllm\\]"):
         build_engine(CaptionConfig(engine="vllm", model="m"), "caption")

@@ -81,7 +81,7 @@ def test_runner_does_not_change_the_caption_fingerprint():
                               "caption.accelerator_type=H100"])
     assert stage_fingerprints(actor, stage_specs()) == stage_fingerprints(data, stage_specs())
     manifest = [{"url": "https://example.org/v.mp4"}]
-    assert version_fingerprint(actor, manifest) == version_fingerprint(data, manifest)
+    assert version_fingerprint(actor, manifest, stage_specs()) == version_fingerprint(data, manifest, stage_specs())
 
 
 def test_processor_config_from_the_caption_section(tmp_path):

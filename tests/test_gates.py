@@ -5,7 +5,8 @@ import json
 import pytest
 
 from stages.base import ErrorRow
-from stages.caption import CaptionStage, gate, refusal, repetitive
+from stages.caption import CaptionStage, gate
+from stages.common import refusal, repetitive
 from vico_pipeline.config import Config
 from vico_pipeline.engines import Result
 from vico_pipeline.engines.parse import extract_json

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from stages.base import ErrorRow
 from stages.questions import LETTERS, QuestionsStage, build_questions, split_for, time_range
-from vico_pipeline.engines.rules import overlap
+from vico_pipeline.text import overlap
 from vico_pipeline.config import Config
 
 TASKS = ["event_order", "clue_time", "next_event", "before_after", "timeline", "at_time", "gap", "summary",
@@ -265,7 +265,7 @@ def test_questions_carry_their_provenance_and_an_empty_blind_count():
                         == ("describe", "describe-v1", "template", "template-v1") for r in rows)
     assert all(r["blind_correct"] is None for r in rows)
     from stages.base import rows_to_table
-    from stages.questions import QUESTIONS_SCHEMA
+    from stages.common import QUESTIONS_SCHEMA
     table = rows_to_table(rows, QUESTIONS_SCHEMA)
     assert table.column("evidence_windows_s").to_pylist()[0] == rows[0]["evidence_windows_s"]
 

@@ -13,8 +13,9 @@ import pytest
 
 from stages.base import ErrorRow
 from stages.ffmpeg import probe
-from stages.subtitles import (SubtitleError, SubtitlesStage, cues_in, fetch_subtitles, parse_vtt, preferred_track,
-                              read_cues, sidecar_files, subtitle_lines, ytdlp_subtitle_options)
+from stages.cues import (SubtitleError, cues_in, fetch_subtitles, preferred_track, subtitle_lines,
+                         ytdlp_subtitle_options)
+from stages.subtitles import SubtitlesStage, parse_vtt, read_cues, sidecar_files
 from tests import media as test_media
 from tests.media import EMBEDDED_LINES, SIDECAR_LINES, make_subtitled, srt_text
 from vico_pipeline.config import Config

@@ -3,7 +3,8 @@ import json
 
 from stages.base import ErrorRow
 from stages.context import Budget
-from stages.summaries import SummariesStage, parse_summary, segments
+from stages.common import segments
+from stages.summaries import SummariesStage, parse_summary
 from test_context import hour_of_captions
 from vico_pipeline.config import Config
 from vico_pipeline.engines import Engine, Result

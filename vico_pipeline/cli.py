@@ -98,13 +98,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_user_error(exc: Exception) -> bool:
-    from stages.base import MissingPackage
-    from stages.manifest import ManifestError
-    from vico_pipeline.config import ConfigError
     from vico_pipeline.errors import UserError
-    from vico_pipeline.model.config import ModelUserError
 
-    return isinstance(exc, (ConfigError, ManifestError, MissingPackage, ModelUserError, UserError))
+    return isinstance(exc, UserError)
 
 
 def _dispatch(args) -> int:

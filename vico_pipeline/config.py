@@ -13,11 +13,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from vico_pipeline.errors import ConfigError
 from vico_pipeline.model.config import EvalConfig, ModelConfig, TrainConfig
-
-
-class ConfigError(Exception):
-    """A user's mistake in a config file or a --set override (one line)."""
 
 
 class Section(BaseModel):
@@ -155,7 +152,7 @@ class EngineSection(Section):
     max_replicas: Optional[int] = None
     device: str = "auto"
     # CPUs each engine worker (task or actor) holds; None: 0.25 for an endpoint engine (openai: it
-    # waits on the network), 1 for the others (engines.registry.engine_cpus).
+    # waits on the network), 1 for the others (engines.base.engine_cpus).
     num_cpus: Optional[float] = Field(default=None, gt=0)
     # Ask the engine for JSON (response_format / guided decoding) where it supports it.
     structured_output: bool = True
@@ -403,6 +400,14 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
         return Config.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_describe(err)) from None
+
+
+def config_value(plain: dict, dotted: str):
+    """The value at a dotted key (`caption.model`) of a plain config dict (`to_plain`)."""
+    node = plain
+    for part in dotted.split("."):
+        node = node[part]
+    return node
 
 
 def to_plain(config: Config) -> dict:

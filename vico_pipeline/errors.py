@@ -1,7 +1,12 @@
 """The errors a user can fix: the CLI prints them as one line and exits 2 (contract.md).
 
-A module below everything else, so any module can raise them without importing the CLI.
+A leaf: it imports nothing of the project, so every module can raise these without
+importing the CLI or each other. Each subclass names where the mistake was made.
 """
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 
 class UserError(Exception):
@@ -10,3 +15,28 @@ class UserError(Exception):
 
 class RunError(UserError):
     """The run as a whole cannot go on (one line for the user)."""
+
+
+class ConfigError(UserError):
+    """A user's mistake in a config file or a --set override (one line)."""
+
+
+class ManifestError(UserError):
+    """The manifest as a whole cannot be used (missing, unreadable, empty)."""
+
+
+class ModelUserError(UserError):
+    """A user's mistake (missing shards, missing checkpoint, bad path): the CLI prints it as one line."""
+
+
+class MissingPackage(UserError):
+    """An optional package is not installed (raised where it is first needed, e.g. a stage's construction)."""
+
+
+def require(module: str, extra: str) -> Any:
+    """Import `module` or fail with the package to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingPackage(
+            f"'{module}' is not installed; install it with: pip install 'vico[{extra}]'") from None

@@ -9,18 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 
-from vico_pipeline.config import to_plain
+from vico_pipeline.config import config_value, to_plain
 
 
 def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def config_value(plain: dict, dotted: str):
-    node = plain
-    for part in dotted.split("."):
-        node = node[part]
-    return node
 
 
 def stage_fingerprints(config, specs) -> dict[str, str]:
@@ -48,16 +41,16 @@ def _without_runtime(node):
     return node
 
 
-def version_fingerprint(config, manifest_rows: list[dict]) -> str:
+def version_fingerprint(config, manifest_rows: list[dict], specs) -> str:
     """A version's fingerprint: the resolved config (output location, version name, where it
-    runs and the model/train/eval/export sections excluded), the manifest's content, the code version."""
+    runs and the model/train/eval/export sections excluded), the manifest's content, the code
+    version (the package's and each of `specs`' code_version)."""
     from vico_pipeline import __version__
-    from vico_pipeline.registry import stage_specs
 
     plain = to_plain(config)
     for section in ("output", "ray", "model", "train", "eval", "export"):
         plain.pop(section, None)
     plain["dataset"].pop("version", None)
     manifest = [{k: row.get(k) for k in ("url", "id", "title")} for row in manifest_rows]
-    code = {"package": __version__, "stages": {s.name: s.code_version for s in stage_specs()}}
+    code = {"package": __version__, "stages": {s.name: s.code_version for s in specs}}
     return digest({"config": _without_runtime(plain), "manifest": manifest, "code": code})

@@ -261,8 +261,9 @@ def _caption_requests(row: dict, use_subtitles: bool = False) -> list[dict]:
 
 def _write_captions(answers: pa.Table, spec: StageSpec, config, stage_root: str) -> dict:
     """One video's answers (a group) -> its caption part; returns its reference row."""
-    from vico_pipeline.engines.vllm_data import to_result
+    from vico_pipeline.engines import batch_processor
 
+    to_result = batch_processor(config.caption.engine).to_result
     answers = answers.to_pylist()
     row = {name: answers[0][name] for name in REFERENCE_COLUMNS}
     runner = _runner(spec, config, stage_root)
@@ -278,18 +279,19 @@ def _write_captions(answers: pa.Table, spec: StageSpec, config, stage_root: str)
 def caption_processor(config):
     """Ray Data's vLLM processor for caption request rows (built, not run, until the dataset is)."""
     from stages.caption import caption_request
-    from vico_pipeline.engines.vllm_data import build
+    from vico_pipeline.engines import batch_processor
 
     section = config.caption
-    return build(section, section.frames_per_clip, partial(caption_request, section.prompt_version),
+    return batch_processor(section.engine).build(section, section.frames_per_clip, partial(caption_request, section.prompt_version),
                  carry=ANSWER_CARRY, drop=("caption_frames",))
 
 
 def caption_with_processor(ds, spec: StageSpec, config, stage_root: str, make_processor=caption_processor):
     """The caption step on `ds` (reference rows) through `make_processor(config)`, a Dataset ->
     Dataset callable; returns the reference rows after captioning."""
-    from vico_pipeline.engines.vllm_data import answer
+    from vico_pipeline.engines import batch_processor
 
+    answer = batch_processor(config.caption.engine).answer
     spec = replace(spec, build=_caption_answers_stage)  # parses answers; never builds an engine
     where, args = {"spec": spec, "stage_root": stage_root}, {"spec": spec, "config": config, "stage_root": stage_root}
     videos = ds.materialize()  # read twice below, so the stages before run once

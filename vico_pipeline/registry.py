@@ -40,8 +40,7 @@ class StageSpec:
 
     def used_optional(self, config, names) -> tuple[str, ...]:
         """The optional inputs this run reads (their fingerprints enter this stage's)."""
-        from vico_pipeline.fingerprint import config_value
-        from vico_pipeline.config import to_plain
+        from vico_pipeline.config import config_value, to_plain
 
         plain = to_plain(config) if any(switch for _, switch in self.optional_inputs) else {}
         return tuple(name for name, switch in self.optional_inputs
@@ -106,7 +105,12 @@ def _blind_resources(config):
 
 def _subtitles(config, root):
     from stages.subtitles import SubtitlesStage
-    return SubtitlesStage(config)
+
+    transcriber = None
+    if config.asr.enabled:  # speech recognition for videos without any subtitle track
+        from stages.asr import AsrStage
+        transcriber = AsrStage(config)
+    return SubtitlesStage(config, transcriber=transcriber)
 
 
 def _subtitles_resources(config):
@@ -139,8 +143,8 @@ def stage_specs() -> list[StageSpec]:
     from stages.clues import CLUES_SCHEMA
     from stages.summaries import SUMMARIES_SCHEMA
     from stages.blind import BLIND_SCHEMA
-    from stages.questions import QUESTIONS_SCHEMA
-    from stages.subtitles import SUBTITLES_SCHEMA
+    from stages.common import QUESTIONS_SCHEMA
+    from stages.cues import SUBTITLES_SCHEMA
 
     specs = [
         StageSpec("download", "videos", VIDEOS_SCHEMA, (), _download,

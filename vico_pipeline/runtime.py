@@ -198,3 +198,12 @@ def cluster_domain_gate():
         return ClusterDomainGate(ray.get_actor(GATE_ACTOR))
     except Exception:
         return None
+
+
+def ray_ready() -> bool:
+    """Ray is imported and initialised in this process (a run's driver after `init_ray`)."""
+    try:
+        import ray
+    except ImportError:
+        return False
+    return ray.is_initialized()

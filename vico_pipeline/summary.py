@@ -7,12 +7,20 @@
 Every count says what it counts: videos split into with questions / without / failed
 (by the stage where they failed), clips into kept / dropped by the filter, and the
 failed items of each stage are its error rows.
+
+Below the summary, the statistics a run writes into manifest.json (`stages`, `reused`,
+`transient_failures`), computed from the stage reference rows.
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 
+import pyarrow as pa
+
+from stages.download import TRANSIENT
 from vico_pipeline import layout, storage
+from vico_pipeline.registry import stage_specs
 from vico_pipeline.versions import open_version
 
 
@@ -84,3 +92,103 @@ def no_questions_line(s: dict) -> str:
 
 
 __all__ = ["run_summary", "summary_line", "no_questions_line"]
+
+
+# --------------------------------------------------------------------------- a run's statistics
+def transient_failures(errors: pa.Table) -> int:
+    """Download error rows of kinds that may pass on another try (the next run retries them)."""
+    return sum(1 for stage, kind in zip(errors["stage"].to_pylist(), errors["error_type"].to_pylist())
+               if stage == "download" and kind in TRANSIENT)
+
+
+PEAK_STATS = ("peak_rss_bytes", "max_prompt_tokens", "prompt_tokens_room")
+
+
+def stage_stats(refs: list[dict], part_rows: dict[str, int], errors: pa.Table) -> dict:
+    """Per stage: items_in (videos that reached it), items_out (rows), failed (error rows),
+    error_types (error rows by type: the gates' rejections among them), cached (videos whose
+    part was reused), seconds (worker time spent on the rest); and the largest over the videos
+    it worked on of peak_rss_bytes (its worker's peak RSS during the video, stages/base.py
+    peak_memory) and, for the clue and summary steps, max_prompt_tokens against prompt_tokens_room."""
+    failed: dict[str, int] = {}
+    kinds: dict[str, dict[str, int]] = {}
+    for stage, kind in zip(errors.column("stage").to_pylist(), errors.column("error_type").to_pylist()):
+        failed[stage] = failed.get(stage, 0) + 1
+        kinds.setdefault(stage, {})[kind] = kinds.get(stage, {}).get(kind, 0) + 1
+    stats: dict[str, dict] = {}
+    for spec in stage_specs():
+        stats[spec.name] = {"items_in": 0, "items_out": 0, "failed": failed.get(spec.name, 0),
+                            "error_types": dict(sorted(kinds.get(spec.name, {}).items())), "cached": 0,
+                            "seconds": 0.0}
+    for row in refs:
+        refs_of = json.loads(row["refs"])
+        for stage, s in json.loads(row["stats"]).items():
+            acc = stats.setdefault(stage, {"items_in": 0, "items_out": 0, "failed": 0, "cached": 0, "seconds": 0.0})
+            if stage == "download" and s.get("cached") and s.get("rows") == 0:
+                pass  # the 2nd.. video of one manifest line (a playlist): counted with the first
+            else:
+                acc["items_in"] += 1
+            acc["cached"] += int(bool(s.get("cached")))
+            acc["seconds"] = round(acc["seconds"] + s.get("seconds", 0.0), 3)
+            for key in PEAK_STATS:  # worker peaks (stages/base.py run_stats): the max over videos
+                if key in s:
+                    acc[key] = max(acc.get(key, 0), s[key])
+        for stage, part in refs_of.items():
+            if stage != "download" and stage in stats:
+                stats[stage]["items_out"] += part_rows.get(part, 0)
+    download_parts = {json.loads(r["refs"]).get("download") for r in refs} - {None}
+    if "download" in stats:
+        stats["download"]["items_out"] = sum(part_rows.get(p, 0) for p in download_parts)
+    for acc in stats.values():  # throughput of the work done (cached videos cost nothing), per worker-second
+        done = acc["items_in"] - acc["cached"]
+        acc["items_per_s"] = round(done / acc["seconds"], 4) if acc["seconds"] > 0 and done > 0 else None
+    return stats
+
+
+def blind_stats(refs: list[dict]) -> dict:
+    """Blind accuracy per task before and after the blind filter: its input and output parts."""
+    from stages.blind import blind_accuracy
+
+    before, after = [], []
+    for row in refs:
+        parts = json.loads(row["refs"])
+        if parts.get("questions") and "blind" in json.loads(row["stats"]):
+            before += storage.read_parquet([parts["questions"]]).to_pylist()
+            after += storage.read_parquet([parts["blind"]]).to_pylist() if parts.get("blind") else []
+    return blind_accuracy(before, after)
+
+
+def tasks_without_input_stats(refs: list[dict], tasks: list[str]) -> dict[str, int]:
+    """Per task that needs a table besides the clues (`summary`, `said_when`): the videos that
+    reached the questions stage without its rows (no video summary, no subtitle cue). The task
+    is not made for them; that is counted here, not an error."""
+    from stages.questions import tasks_without_input
+
+    counts = {task: 0 for task in tasks_without_input(tasks, [], [])}
+    for row in refs:
+        if "questions" not in json.loads(row["stats"]):
+            continue  # the video failed before the questions stage
+        parts = json.loads(row["refs"])
+        summaries = storage.read_parquet([parts["summaries"]]).to_pylist() if parts.get("summaries") else []
+        cues = [{}] if parts.get("subtitles") else []  # a part is referenced only when it has rows
+        for task in tasks_without_input(tasks, summaries, cues):
+            counts[task] += 1
+    return counts
+
+
+def reused_map(stats: dict, roots: dict[str, str], stage_fps: dict[str, str], versions: list[dict],
+               version_root: str) -> dict:
+    """{stage: where its output came from}, for every stage that reused cached parts.
+
+    `version` is the first complete version made with the same stage fingerprint
+    (None: parts an interrupted run of this version had already written).
+    """
+    out = {}
+    for stage, s in stats.items():
+        if stage not in roots or not s.get("cached"):
+            continue
+        origin = next((v["version"] for v in versions if v["status"] == "complete"
+                       and v["manifest"].get("stage_fingerprints", {}).get(stage) == stage_fps[stage]), None)
+        out[stage] = {"from": roots[stage], "version": origin, "videos": s["cached"], "of": s["items_in"],
+                      "all": s["cached"] >= s["items_in"]}
+    return out

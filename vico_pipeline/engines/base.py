@@ -96,3 +96,15 @@ class Engine:
 
     def close(self) -> None:
         """Free what the engine holds (servers' connections, GPU memory)."""
+
+
+MODEL_ENGINES = ("transformers", "vllm")
+# An endpoint engine's actor waits on the network: a small CPU share leaves the light stages room.
+ENDPOINT_CPUS = 0.25
+
+
+def engine_cpus(section) -> float:
+    """CPUs a worker of `section`'s engine holds: `num_cpus` when set, else by the engine's kind."""
+    if section.num_cpus is not None:
+        return section.num_cpus
+    return ENDPOINT_CPUS if section.engine == "openai" else 1.0

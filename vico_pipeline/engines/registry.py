@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from vico_pipeline.engines.base import Engine, EngineError
+from vico_pipeline.engines.base import MODEL_ENGINES, Engine, EngineError, engine_cpus
 
 
 def build_engine(section, role: str) -> Engine:
@@ -39,16 +39,14 @@ def build_engine(section, role: str) -> Engine:
     raise EngineError(f"unknown engine '{kind}'")
 
 
-MODEL_ENGINES = ("transformers", "vllm")
-# An endpoint engine's actor waits on the network: a small CPU share leaves the light stages room.
-ENDPOINT_CPUS = 0.25
-
-
-def engine_cpus(section) -> float:
-    """CPUs a worker of `section`'s engine holds: `num_cpus` when set, else by the engine's kind."""
-    if section.num_cpus is not None:
-        return section.num_cpus
-    return ENDPOINT_CPUS if section.engine == "openai" else 1.0
+def batch_processor(kind: str):
+    """The module that runs engine `kind` as a Ray Data batch processor (`runner: ray_data_llm`):
+    it has `build(section, max_images, to_request, carry, drop)` (a Dataset -> Dataset callable),
+    `answer(row, carry)` (an answer row) and `to_result(row)` (its Result)."""
+    if kind == "vllm":
+        from vico_pipeline.engines import vllm_data
+        return vllm_data
+    raise EngineError(f"the {kind} engine has no batch processor; runner ray_data_llm runs vllm only")
 
 
 def engine_resources(section) -> dict:

@@ -18,24 +18,12 @@ answered "before" would leave a data set where "after" is always right.
 """
 from __future__ import annotations
 
-import re
 import time
 
 from vico_pipeline.engines.base import Engine, Request, Result
+from vico_pipeline.text import overlap
 
-_STOPWORDS = frozenset("a an the of to in on at and or is are was were be with by for from its it this that as "
-                       "does do what which when these those happen happens video".split())
-_WORD = re.compile(r"[a-z0-9]+")
 LETTERS = "ABCDEFGH"
-
-
-def words(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS}
-
-
-def overlap(question: str, option: str) -> int:
-    """Words an option shares with the question (stopwords left out)."""
-    return len(words(question) & words(option))
 
 
 def clear_winner(values: list[float], least: float, ratio: float, gap: float) -> int | None:

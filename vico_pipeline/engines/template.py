@@ -16,27 +16,10 @@ asked for, so the same gates (stages/clues.py) check both.
 from __future__ import annotations
 
 import json
-import re
 import time
 
 from vico_pipeline.engines.base import Engine, Request, Result
-
-_STOPWORDS = frozenset("a an the of to in on at and or is are was were be with by for from its it this that as".split())
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def features(text: str) -> set[str]:
-    """Words and word pairs of a text, stopwords left out."""
-    words = [w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS]
-    return set(words) | {f"{a} {b}" for a, b in zip(words, words[1:])}
-
-
-def similarity(a: str, b: str) -> float:
-    """Jaccard overlap of words and word pairs: 1.0 for the same wording, order-aware."""
-    fa, fb = features(a), features(b)
-    if not fa and not fb:
-        return 1.0
-    return len(fa & fb) / len(fa | fb)
+from vico_pipeline.text import lexically_grounded, similarity
 
 
 def pick_distinct(texts: list[str], threshold: float) -> list[int]:
@@ -65,8 +48,6 @@ class TemplateEngine(Engine):
 
     @staticmethod
     def grounded(index: int, clips: list[dict], texts: list[str]) -> bool:
-        from stages.clues import lexically_grounded  # the clue gate's own test, so it passes the gate
-
         captions = {c["clip_id"]: c for c in clips}
         return lexically_grounded(texts[index], clips[index]["clip_id"], captions)
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 import io
 import time
 
-from stages.base import require
-from vico_pipeline.engines.base import Engine, EngineError, Request, Result
-from vico_pipeline.engines.registry import engine_cpus
+from vico_pipeline.errors import require
+from vico_pipeline.engines.base import Engine, EngineError, Request, Result, engine_cpus
 
 
 def chat(request: Request) -> list[dict]:

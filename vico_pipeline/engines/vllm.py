@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from stages.base import require
+from vico_pipeline.errors import require
 from vico_pipeline.engines.base import Engine, EngineError, Request, Result
 from vico_pipeline.engines.openai import chat_messages
 

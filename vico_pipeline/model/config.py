@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-
-class ModelUserError(Exception):
-    """A user's mistake (missing shards, missing checkpoint, bad path): the CLI prints it as one line."""
+from vico_pipeline.errors import ModelUserError
 
 
 class ModelConfig(BaseModel):
