@@ -61,11 +61,10 @@ def local_path(source: str) -> str:
 
 def read_manifest(path: str) -> list[dict]:
     """Rows of {url, id, title, line}; raises ManifestError for a missing or empty manifest."""
-    import fsspec
+    from vico_pipeline import storage
 
-    try:
-        with fsspec.open(path, "rb") as handle:
-            data = handle.read()
+    try:  # through storage: a scheme whose package is missing (s3fs) is one line with its install
+        data = storage.read_bytes(path)
     except FileNotFoundError:
         raise ManifestError(f"manifest not found: {path}") from None
     except OSError as exc:

@@ -127,6 +127,6 @@ def test_demo_videos_and_report_json(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(demo, "make_demo_videos", fake_demo)
     assert cli.main(["demo-videos", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["videos"] == ["/a.mp4", "/b.mp4"]
-    monkeypatch.setattr(report, "write_report", lambda version, out: str(tmp_path / "r.html"))
+    monkeypatch.setattr(report, "write_report", lambda version, out, force=False: str(tmp_path / "r.html"))
     assert cli.main(["report", str(tmp_path / "v1"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["report"] == str(tmp_path / "r.html")

@@ -22,11 +22,17 @@ def test_template_writes_honest_stand_in_summaries_for_every_segment_and_the_vid
         ("segment", 0.0, 140.0), ("segment", 140.0, 280.0), ("segment", 280.0, 350.0), ("video", 0.0, 350.0)]
     assert all(r["text"].startswith("Stand-in summary (template engine, no model)") for r in rows)
     assert all(r["engine"] == "template" and r["model"] == "template-v1" for r in rows)
-    assert "of 10 clip captions" in rows[0]["text"] and "of 3 summaries of parts" in rows[-1]["text"]
+    assert "of 10 clip captions" in rows[0]["text"] and "of 3 part summaries" in rows[-1]["text"]
     # built from the level below: a segment's events are its own clips' key events
     assert "red fox jumps over a fence" in rows[0]["text"] and "red fox" not in rows[1]["text"]
     assert _template_rows(25, segment_clips=5)[:5] == [r for r in _template_rows(25, segment_clips=5)
                                                       if r["level"] == "segment"]
+
+
+def test_stand_in_summary_counts_in_the_singular():
+    rows = _template_rows(8)  # one segment: the video summary is made of 1 part summary
+    assert "of 8 clip captions" in rows[0]["text"]
+    assert "of 1 part summary:" in rows[-1]["text"] and "summaries of parts" not in rows[-1]["text"]
 
 
 def test_segments_follow_time_order_and_the_configured_size():

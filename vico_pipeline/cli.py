@@ -57,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     p = add("report", "a static HTML report of a version")
     p.add_argument("version", help="a complete version folder")
     p.add_argument("--out", default=None,
-                   help="the HTML file (default: DATASET-VERSION-report.html in the working directory)")
+                   help="the HTML file (default: DATASET-VERSION-FINGERPRINT-report.html in the working directory)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite the --out file even when it holds another version's report or another file")
 
     p = add("export", "export question sets (LLaVA / Video-XL JSON + frames)")
     p.add_argument("version", help="a complete version folder")
@@ -81,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(json_anywhere(sys.argv[1:] if argv is None else list(argv)))
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
@@ -95,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vico: error: {exc}", file=sys.stderr)
             return EXIT_USER_ERROR
         raise
+
+
+def json_anywhere(argv: list[str]) -> list[str]:
+    """`--json` anywhere on the line, before the command too (`vico --json versions ROOT`): argparse
+    knows it only after the command, so it is moved to the end."""
+    if "--json" not in argv:
+        return argv
+    return [a for a in argv if a != "--json"] + ["--json"]
 
 
 def _is_user_error(exc: Exception) -> bool:
@@ -113,13 +123,18 @@ def _dispatch(args) -> int:
         return version_cli.main(args.args + (["--json"] if args.json else []))
     if args.command == "report":
         from vico_pipeline.report import write_report
-        path = write_report(args.version, args.out)
+        path = write_report(args.version, args.out, force=args.force)
         _say({"report": path, "version_dir": args.version.rstrip("/")} if args.json else path)
         return 0
     if args.command == "export":
         from vico_pipeline.export import export_llava
+        from vico_pipeline import storage
         path = export_llava(args.version, args.out)
-        _say({"export": path, "format": args.format, "version_dir": args.version.rstrip("/")} if args.json else path)
+        if args.json:  # the counts the text line gives: N of N questions exported, M left out
+            counts = storage.read_json(storage.join(path, "export.json"))
+            _say({"export": path, "format": args.format, "version_dir": args.version.rstrip("/"), "counts": counts})
+        else:
+            _say(path)
         return 0
     if args.command == "submit":
         from vico_pipeline.config import load_config
@@ -138,7 +153,10 @@ def _say(result) -> None:
 
 
 def _demo_videos(args) -> int:
+    from vico_pipeline import storage
     from vico_pipeline.demo import make_demo_videos
+
+    storage.check_writable(args.directory, "the demo-videos folder")
 
     manifest = make_demo_videos(args.directory, count=args.count, minutes=args.minutes, seed=args.seed)
     if args.json:

@@ -382,6 +382,14 @@ def _describe(err: ValidationError) -> str:
     return f"config key '{key}': {first['msg']} (got {first.get('input')!r})"
 
 
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """' at line L, column C: the problem' from a YAML error (its marks count from 0)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{where}: {problem}"
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
     tree: dict = {}
     if path is not None:
@@ -391,7 +399,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
         try:
             tree = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+            raise ConfigError(f"config file {p} is not valid YAML{_yaml_where(exc)}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {p} must hold a mapping of sections")
     for text in overrides:

@@ -69,10 +69,9 @@ def export_llava(version_root: str, out_dir: str, max_frames: int | None = None,
     manifest = open_version(version_root)
     budget = export_budget(manifest) if max_frames is None else max_frames
     out_dir = out_dir.rstrip("/")
-    try:
-        storage.makedirs(out_dir)
-    except OSError as exc:
-        raise UserError(f"export folder is not writable: {out_dir} ({exc.strerror or exc})") from None
+    reason = storage.unwritable(out_dir)
+    if reason:
+        raise UserError(f"export folder is not writable: {out_dir} ({reason})")
     records: dict[str, list[dict]] = {"train": [], "val": []}
     counts = {"questions": 0, "exported": 0, "left_out_evidence_does_not_fit": 0, "max_frames": budget}
     for row in shard_rows(version_root, manifest):

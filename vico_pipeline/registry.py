@@ -170,7 +170,8 @@ def stage_specs() -> list[StageSpec]:
         # Segment and video summaries, written by the clues engine from the captions.
         StageSpec("summaries", "summaries", SUMMARIES_SCHEMA, ("download", "caption"), _summaries,
                   tuple(f"clues.{k}" for k in _ENGINE_KEYS) + ("clues.context_tokens", "clues.validation_retries",
-                                                               "summaries"), _clues_resources),
+                                                               "summaries"), _clues_resources,
+                  code_version="2"),  # 2: the stand-in summary's counts in the singular ("1 part summary")
         StageSpec("clues", "clues", CLUES_SCHEMA, ("download", "caption"), _clues,
                   tuple(f"clues.{k}" for k in _ENGINE_KEYS) + (
                       "clues.max_clues", "clues.min_clues", "clues.duplicate_similarity",

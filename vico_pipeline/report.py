@@ -15,11 +15,13 @@ import html
 import io
 import math
 import os
+import re
 from collections import Counter
 
 import pyarrow.dataset as pads
 
 from vico_pipeline import layout, storage
+from vico_pipeline.errors import UserError
 from vico_pipeline.versions import open_version
 
 LETTERS = "ABCDEFGH"
@@ -331,7 +333,7 @@ def render(version_root: str) -> str:
     title = f"{manifest.get('dataset')} {manifest.get('version')}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_e(title)} · vico report</title><link rel="icon" href="data:,"><style>{CSS}</style></head>
+{_identity_tag(manifest)}<title>{_e(title)} · vico report</title><link rel="icon" href="data:,"><style>{CSS}</style></head>
 <body><header><h1>{_e(title)}</h1>{_stand_in(manifest)}
 <p>fingerprint {_e(manifest.get('fingerprint'))} · code {_e(manifest.get('code_version'))} ·
 created {_e(manifest.get('created'))} · captions {_e(manifest.get('config', {}).get('caption', {}).get('engine'))} ·
@@ -348,15 +350,54 @@ questions by split: {_e(', '.join(f'{k} {v}' for k, v in sorted(splits.items(), 
 
 
 def default_report_path(manifest: dict) -> str:
-    """DATASET-VERSION-report.html in the working directory: never inside the version (versions are
-    immutable, and may sit on a read-only store) and never beside the versions (a listing of them)."""
-    return os.path.abspath(f"{manifest.get('dataset')}-{manifest.get('version')}-report.html")
+    """DATASET-VERSION-FINGERPRINT-report.html in the working directory: never inside the version
+    (versions are immutable, and may sit on a read-only store) and never beside the versions (a
+    listing of them). The fingerprint's prefix tells apart two `demo/v1` of different output roots."""
+    fingerprint = (manifest.get("fingerprint") or "")[:8]
+    return os.path.abspath(f"{manifest.get('dataset')}-{manifest.get('version')}-{fingerprint}-report.html")
 
 
-def write_report(version_root: str, out: str | None = None) -> str:
+def report_identity(manifest: dict) -> str:
+    """What names the version a report is about, written into the page (a meta tag) and read back
+    before a report file is replaced."""
+    return " ".join(str(manifest.get(k) or "-") for k in ("dataset", "version", "fingerprint", "created"))
+
+
+def _identity_tag(manifest: dict) -> str:
+    return f'<meta name="vico-report" content="{_e(report_identity(manifest))}">'
+
+
+def existing_identity(path: str) -> str | None:
+    """The version a report file at `path` is about; None when it is no vico report."""
+    head = storage.read_bytes(path)[:4096].decode(errors="replace")
+    found = re.search(r'<meta name="vico-report" content="([^"]*)">', head)
+    return html.unescape(found.group(1)) if found else None
+
+
+def check_out(out: str, manifest: dict, force: bool) -> None:
+    """Refuse (one line) a file that cannot be written, or one that holds something else than this
+    version's report, unless `force`."""
+    folder = os.path.dirname(out) if storage.is_local(out) else out.rsplit("/", 1)[0]
+    reason = storage.unwritable(folder or ".")
+    if reason:
+        raise UserError(f"report file is not writable: {out} ({reason})")
+    if force or not storage.exists(out):
+        return
+    if storage.is_local(out) and os.path.isdir(storage.local_path(out)):
+        raise UserError(f"{out} is a folder; --out takes the report's file name")
+    found = existing_identity(out)
+    if found == report_identity(manifest):
+        return  # this version's own report, written again
+    what = f"the report of another version ({found})" if found else "a file that is not a vico report"
+    raise UserError(f"{out} holds {what}; --force overwrites it, or --out names another file")
+
+
+def write_report(version_root: str, out: str | None = None, force: bool = False) -> str:
     """Write the report to `out` (default: `default_report_path`); returns where it went."""
     version_root = version_root.rstrip("/")
+    manifest = open_version(version_root)
+    out = out or default_report_path(manifest)
+    check_out(out, manifest, force)
     text = render(version_root)
-    out = out or default_report_path(open_version(version_root))
     storage.write_bytes(out, text.encode())
     return out

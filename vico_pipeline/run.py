@@ -62,10 +62,9 @@ def _run(config, log, retry_failed: bool, heartbeats: list) -> str:
     manifest_rows = read_manifest(config.sources.manifest)
     fingerprint = version_fingerprint(config, manifest_rows, stage_specs())
     dataset_root = layout.dataset_dir(config.output.root, config.dataset.name)
-    try:
-        storage.makedirs(dataset_root)
-    except OSError as exc:
-        raise RunError(f"output.root is not writable: {config.output.root} ({exc.strerror or exc})") from None
+    reason = storage.unwritable(dataset_root)  # a file written and removed: a read-only folder too
+    if reason:
+        raise RunError(f"output.root is not writable: {config.output.root} ({reason})")
     versions = list_versions(dataset_root)
     same = [v for v in versions if v["status"] == "complete" and v["manifest"].get("fingerprint") == fingerprint]
     if same:

@@ -24,10 +24,11 @@ import tempfile
 import uuid
 from typing import Iterator, Optional
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
+
+from vico_pipeline.errors import UserError
 
 
 S3_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "FSSPEC_S3_ENDPOINT_URL")
@@ -45,8 +46,25 @@ def storage_options(uri: str) -> dict:
     return options
 
 
+# The package fsspec needs for a URI scheme, and the vico extra that installs it (None: no extra).
+SCHEME_PACKAGES = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", None), "gcs": ("gcsfs", None),
+                   "az": ("adlfs", None), "abfs": ("adlfs", None), "abfss": ("adlfs", None)}
+
+
+def missing_package(uri: str, exc: ImportError) -> UserError:
+    """One line with the install command for a URI whose filesystem package is not installed."""
+    scheme = uri.split("://", 1)[0].lower()
+    package, extra = SCHEME_PACKAGES.get(scheme, (getattr(exc, "name", None) or f"the {scheme} filesystem", None))
+    install = f"pip install -e '.[{extra}]'" if extra else f"pip install {package}"
+    what = f"the {extra} extra ({package} not installed)" if extra else f"{package} (not installed)"
+    return UserError(f"{uri} needs {what}; install it from the vico checkout with: {install}")
+
+
 def fs_and_path(uri: str):
-    return url_to_fs(uri, **storage_options(uri))
+    try:
+        return url_to_fs(uri, **storage_options(uri))
+    except ImportError as exc:  # fsspec imports a scheme's package on first use (s3fs for s3://)
+        raise missing_package(uri, exc) from None
 
 
 def pyarrow_filesystem(uri: str):
@@ -278,4 +296,30 @@ def local_copy(uri: str) -> Iterator[str]:
 
 
 def open_read(uri: str):
-    return fsspec.open(uri, "rb", **storage_options(uri))
+    fs, path = fs_and_path(uri)
+    return fs.open(path, "rb")
+
+
+def unwritable(folder: str) -> str | None:
+    """Why nothing can be written into `folder` (created when missing), or None when it can.
+
+    A local folder is tried with a file written and removed (root ignores permission bits, a
+    read-only mount or a path under a file does not); on an object store the bucket must exist."""
+    try:
+        makedirs(folder)
+        if is_local(folder):
+            fd, probe = tempfile.mkstemp(prefix=".vico-write-test-", dir=local_path(folder))
+            os.close(fd)
+            os.remove(probe)
+    except (FileExistsError, NotADirectoryError):
+        return "a file is in the way of that folder"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def check_writable(folder: str, what: str) -> None:
+    """Raise one line naming the path when `folder` cannot be written (`what`: the option or key)."""
+    reason = unwritable(folder)
+    if reason:
+        raise UserError(f"{what} is not writable: {folder} ({reason})")

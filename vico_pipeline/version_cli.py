@@ -16,6 +16,8 @@ from vico_pipeline.errors import RunError
 from vico_pipeline.versions import list_versions, open_version
 
 USAGE = "usage: vico versions ROOT/NAME | vico versions show VERSION_DIR [--json] | vico versions diff A B [--json]"
+# Config keys that change only how a run is shown, never what it writes: not a difference.
+DISPLAY_ONLY = ("ray.progress", "ray.status_every_s")
 COUNTED = ("videos", "clips", "captions", "clues", "questions", "errors", "shards")
 
 
@@ -132,7 +134,7 @@ def diff_data(a_root: str, b_root: str) -> dict:
     a, b = open_version(a_root), open_version(b_root)
     fa, fb = _flatten(a.get("config", {})), _flatten(b.get("config", {}))
     config = {key: [fa.get(key), fb.get(key)] for key in sorted(set(fa) | set(fb))
-              if fa.get(key) != fb.get(key)}
+              if fa.get(key) != fb.get(key) and key not in DISPLAY_ONLY}
     tables = sorted(set(a.get("tables", {})) | set(b.get("tables", {})),
                     key=lambda t: COUNTED.index(t) if t in COUNTED else 99)
     counts = {t: [a.get("tables", {}).get(t, {}).get("rows"), b.get("tables", {}).get(t, {}).get("rows")]

@@ -75,9 +75,10 @@ class TemplateEngine(Engine):
         pieces = data.get("pieces") or []
         events = [e for piece in pieces for e in piece_events(piece)]
         kept = [events[i] for i in spread(pick_distinct(events, SUMMARY_SIMILARITY), SUMMARY_EVENTS)] or events[:1]
-        what = "clip captions" if data.get("level") == "segment" else "summaries of parts"
+        what = ("clip caption", "clip captions") if data.get("level") == "segment" else ("part summary", "part summaries")
         text = "; ".join(e.rstrip(". ") for e in kept)
-        return {"summary": f"{STAND_IN} of {len(pieces)} {what}: {text[:1].upper() + text[1:]}."}
+        count = f"{len(pieces)} {what[len(pieces) != 1]}"
+        return {"summary": f"{STAND_IN} of {count}: {text[:1].upper() + text[1:]}."}
 
 
 STAND_IN = "Stand-in summary (template engine, no model)"

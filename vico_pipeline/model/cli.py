@@ -1,24 +1,47 @@
 """Entry points the `vico` CLI calls: `vico train CONFIG` and `vico eval CONFIG`.
 
 `config` is the root config object with `.model`, `.train` and `.eval` sections. A user's
-mistake raises `ModelUserError`, which the CLI prints as one line.
+mistake raises `ModelUserError`, which the CLI prints as one line. The output folder is checked
+first, so a path that cannot be written is one line before any model is built.
 """
 
 from __future__ import annotations
+
+import json
+import sys
+
+
+def check_output(folder: str, key: str) -> None:
+    from vico_pipeline import storage
+
+    from .config import ModelUserError
+
+    reason = storage.unwritable(folder)
+    if reason:
+        raise ModelUserError(f"{key} is not writable: {folder} ({reason})")
 
 
 def train_main(config) -> int:
     from .train import run_training
 
+    check_output(config.train.output, "train.output")
     out = run_training(config.model, config.train)
     print(out)
     return 0
 
 
 def eval_main(config) -> int:
+    """Prints a line per needle cell while it runs (stderr), the results as tables at the end
+    (stderr), then the output folder (stdout, last)."""
+    from .eval_table import CellPrinter, results_table
     from .evaluate import run_eval
 
+    check_output(config.eval.output, "eval.output")
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     train = getattr(config, "train", None)
-    out = run_eval(config.eval, getattr(train, "data", None), getattr(train, "max_frames", 128))
+    out = run_eval(config.eval, getattr(train, "data", None), getattr(train, "max_frames", 128),
+                   on_cells=CellPrinter(config.eval.needle_trials, say))
+    say("")
+    say(results_table(json.loads((out / "results.json").read_text())))
     print(out)
     return 0

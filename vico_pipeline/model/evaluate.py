@@ -416,12 +416,14 @@ def heatmaps(cells: list[dict], out: Path) -> list[str]:
     return written
 
 
-def run_eval(ecfg: EvalConfig, fallback_data: str | None = None, fallback_train_frames: int = 128) -> Path:
-    """Writes results.json (as each needle cell finishes) and one heat map per method into eval.output."""
+def run_eval(ecfg: EvalConfig, fallback_data: str | None = None, fallback_train_frames: int = 128,
+             on_cells=None) -> Path:
+    """Writes results.json (as each needle cell finishes) and one heat map per method into eval.output;
+    `on_cells(cells)` gets every needle cell known so far after each new one (the CLI prints them)."""
     from .train import cpu_threads
 
     with cpu_threads(ecfg.cpu_threads):
-        return _run_eval(ecfg, fallback_data, fallback_train_frames)
+        return _run_eval(ecfg, fallback_data, fallback_train_frames, on_cells)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -442,7 +444,7 @@ def earlier_results(path: Path, setup: dict) -> dict:
     return old if all(old.get(k) == v for k, v in setup.items()) else {}
 
 
-def _run_eval(ecfg: EvalConfig, fallback_data: str | None, fallback_train_frames: int) -> Path:
+def _run_eval(ecfg: EvalConfig, fallback_data: str | None, fallback_train_frames: int, on_cells=None) -> Path:
     device = torch.device("cuda" if ecfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if ecfg.device == "auto" else ecfg.device))
     model, tokenizer, mcfg, ckpt = load_for_eval(ecfg.checkpoint)
@@ -472,7 +474,8 @@ def _run_eval(ecfg: EvalConfig, fallback_data: str | None, fallback_train_frames
     write_json(path, results | {"needle": earlier.get("needle", [])})
     haystacks = haystack_videos(version, ecfg.needle_videos)
     results["needle"] = needle_grid(ev, haystacks, ecfg, train_frames, earlier.get("needle", []),
-                                    on_cells=lambda cells: write_json(path, results | {"needle": cells}))
+                                    on_cells=lambda cells: (write_json(path, results | {"needle": cells}),
+                                                            on_cells and on_cells(cells)))
     results["heatmaps"] = heatmaps(results["needle"], out)
     results["seconds"] = round(time.time() - t0, 2)
     write_json(path, results)
