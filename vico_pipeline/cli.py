@@ -18,6 +18,12 @@ EXIT_NO_QUESTIONS = 3  # the run finished but no video produced a question (cont
 # What `vico train` / `vico eval` import; the [model] extra installs them (pyproject.toml).
 MODEL_PACKAGES = ("torch", "transformers", "safetensors", "matplotlib")
 MODEL_INSTALL = "pip install -e '.[model]'"
+# What the same command, run again after a Ctrl-C, goes on from (the last line of an interrupted run).
+RESUMES = {
+    "run": "; run the same command again to resume: the parts written so far are kept and not redone",
+    "train": "; run the same command again to resume from the last checkpoint",
+    "eval": "; run the same command again to resume: the needle cells measured so far are kept",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
-        print("vico: interrupted", file=sys.stderr)
+        print(f"vico: interrupted{RESUMES.get(args.command, '')}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader stopped reading (`| head`): not a failure to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -356,7 +356,9 @@ def run_stages(manifest_rows: list[dict], config, stage_roots: dict[str, str], p
     ds = build_dataset(lines, config, stage_roots)
     tally = stage_progress.start_tally([spec.name for spec in stage_specs()], len(lines), use_ray=True)
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    display = stage_progress.Display(tally, log, config.ray.status_every_s) if progress else contextlib.nullcontext()
+    # With Ray's own bars on (ray.progress, `-v`), vico's lines are plain lines, never redrawn over Ray's.
+    display = stage_progress.Display(tally, log, config.ray.status_every_s, redraw=not config.ray.progress) \
+        if progress else contextlib.nullcontext()
     with display:
         rows = [dict(row) for row in ds.iter_rows()]
     return sorted(merge_duplicates(rows), key=lambda r: (r["source"], r["video_id"]))

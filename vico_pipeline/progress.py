@@ -104,10 +104,15 @@ def report_stage_result(stage: str, stats: dict) -> None:
 
 
 # --------------------------------------------------------------------------- lines
-def stage_lines(snap: dict, elapsed: float, final: bool = False) -> list[str]:
-    """One line a stage: done/total, clips/s where the stage works per clip, failed, ETA."""
+def stage_lines(snap: dict, elapsed: float, final: bool = False, stopped: bool = False) -> list[str]:
+    """One line a stage: done/total, clips/s where the stage works per clip, failed, ETA.
+
+    A stage is `done` only when every stage before it is: the stages are a chain, so its total is
+    known only once the ones feeding it have sent every video on. `stopped` (the run was
+    interrupted): the stages not done say so instead of an ETA."""
     width = max((len(s) for s in snap["stages"]), default=8)
     lines = []
+    upstream_done = True
     for stage in snap["stages"]:
         c = snap["counts"].get(stage, {})
         done = c.get("done", 0)
@@ -118,7 +123,9 @@ def stage_lines(snap: dict, elapsed: float, final: bool = False) -> list[str]:
         rate_unit = CLIP_UNITS.get(stage)
         rate = f"{c.get('rows', 0) / elapsed if elapsed > 0 else 0.0:7.1f} {rate_unit}/s" if rate_unit else ""
         cached = f"{c['cached']} cached" if c.get("cached") else ""
-        eta = "done" if final or (total and done >= total) else _eta(done, total, elapsed)
+        finished = final or (upstream_done and done >= total and (total or stage != "download"))
+        upstream_done = finished
+        eta = "done" if finished else "stopped" if stopped else _eta(done, total, elapsed)
         lines.append(f"{stage:<{width}}  {done:>5}/{total:<5} {unit:<7}  {rate:<18}  "
                      f"{c.get('failed', 0):>4} failed  {cached:<10}  {eta}")
     return lines
@@ -140,52 +147,59 @@ def clock(seconds: float) -> str:
 class Display:
     """Polls the tally in a thread while the driver waits for the DAG; see the module docstring."""
 
-    def __init__(self, tally, log, every_s: float = 5.0, stream=None):
+    def __init__(self, tally, log, every_s: float = 5.0, stream=None, redraw: bool = True):
+        """`redraw=False`: plain lines even in a terminal (Ray's own bars are on there: `-v`, and two
+        displays redrawing the same lines would garble each other)."""
         self.tally = tally
         self.log = log
         self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.tty = redraw and bool(getattr(self.stream, "isatty", lambda: False)())
         self.every_s = TTY_TICK_S if self.tty else max(0.1, every_s)
         self.started = time.monotonic()
         self._stop = threading.Event()
         self._drawn = 0  # lines of the block on the terminal
         self._last: dict = {}  # per stage, the counts last logged
+        self._snap: dict | None = None  # the last snapshot: shown again when the tally is gone (Ctrl-C)
         self._thread = threading.Thread(target=self._loop, name="vico-progress", daemon=True)
 
     def __enter__(self):
         self._thread.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         self._stop.set()
         self._thread.join()
-        self.show(final=True)
+        # Finished: every stage done. Interrupted or failed: the states as they were, "stopped".
+        self.show(final=exc_type is None, stopped=exc_type is not None)
 
-    def _snapshot(self) -> dict | None:
+    def _snapshot(self, timeout: float = 10.0) -> dict | None:
         try:
             if isinstance(self.tally, Tally):
-                return self.tally.snapshot()
-            import ray
-            return ray.get(self.tally.snapshot.remote(), timeout=10)
-        except Exception:
-            return None  # a slow poll skips a beat; the final state is shown at the end
+                self._snap = self.tally.snapshot()
+            else:
+                import ray
+                self._snap = ray.get(self.tally.snapshot.remote(), timeout=timeout)
+        except BaseException:  # a slow poll skips a beat; a Ctrl-C may have taken the tally's actor
+            pass
+        return self._snap
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
             self.show()
 
-    def show(self, final: bool = False) -> None:
-        snap = self._snapshot()
+    def show(self, final: bool = False, stopped: bool = False) -> None:
+        # After a Ctrl-C, Ray's processes got the signal too: a short wait, else the last snapshot.
+        snap = self._snapshot(timeout=2.0 if stopped else 10.0)
         if snap is None:
             return
         elapsed = time.monotonic() - self.started
-        lines = stage_lines(snap, elapsed, final)
+        lines = stage_lines(snap, elapsed, final, stopped)
         if self.tty:
             self._redraw(lines)
             return
         for stage, line in zip(snap["stages"], lines):  # piped: the stages that moved, every stage at the end
             counts = (snap["counts"].get(stage), snap["found"])
-            if final or self._last.get(stage) != counts:
+            if final or stopped or self._last.get(stage) != counts:
                 self.log(f"[{clock(elapsed):>7}] {line}")
             self._last[stage] = counts
 

@@ -96,6 +96,7 @@ def _run(config, log, retry_failed: bool, heartbeats: list) -> str:
     roots, stage_fps = stage_roots_for(config)
     light = None if ray_ready() else light_work(manifest_rows, config, roots)
     if light is None:
+        log("starting Ray…")  # its start takes seconds: say so before, not after
         log(init_ray(config.ray))
         configure_data_context(config.ray.progress)
         from vico_pipeline.resources import check_resources
@@ -161,15 +162,20 @@ def _run(config, log, retry_failed: bool, heartbeats: list) -> str:
 
 
 def _validate_engines(config) -> None:
+    """Engine mistakes, and model engines whose model cannot be had (engines/hub.py), as one line."""
     from vico_pipeline.engines.base import EngineError
+    from vico_pipeline.engines.hub import check_model
     from vico_pipeline.engines.registry import validate_engine
+    from vico_pipeline.runtime import cluster_address
 
+    on_cluster = bool(cluster_address(config.ray))
     for role in ("caption", "clues", "blind"):
         section = getattr(config, role, None)
         if section is None or (role == "blind" and not getattr(section, "enabled", True)):
             continue
         try:
             validate_engine(section, role)
+            check_model(section, role, on_cluster)
         except EngineError as exc:
             raise RunError(str(exc)) from None
 

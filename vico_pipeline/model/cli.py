@@ -22,9 +22,9 @@ def check_output(folder: str, key: str) -> None:
 
 
 def train_main(config) -> int:
+    check_output(config.train.output, "train.output")
     from .train import run_training
 
-    check_output(config.train.output, "train.output")
     out = run_training(config.model, config.train)
     print(out)
     return 0
@@ -33,10 +33,10 @@ def train_main(config) -> int:
 def eval_main(config) -> int:
     """Prints a line per needle cell while it runs (stderr), the results as tables at the end
     (stderr), then the output folder (stdout, last)."""
+    check_output(config.eval.output, "eval.output")
     from .eval_table import CellPrinter, results_table
     from .evaluate import run_eval
 
-    check_output(config.eval.output, "eval.output")
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     train = getattr(config, "train", None)
     out = run_eval(config.eval, getattr(train, "data", None), getattr(train, "max_frames", 128),
