@@ -39,6 +39,11 @@ def test_empty_manifest(vico, tmp_path):
                          "--set", f"output.root={tmp_path}"), "lists no sources")
 
 
+def test_yaml_error_names_its_line(vico, tmp_path):
+    (tmp_path / "bad.yaml").write_text("dataset:\n  name: demo\n clips: 3\n")  # line 3 is indented one space
+    _one_line_error(vico("run", str(tmp_path / "bad.yaml")), "not valid YAML", "at line 3, column 2")
+
+
 def test_set_overrides_are_typed():
     config = load_config("configs/demo.yaml", ["clips.seconds=10", "questions.tasks=[event_order]"])
     assert config.clips.seconds == 10.0 and config.questions.tasks == ["event_order"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -44,6 +45,25 @@ def test_versions_diff_and_list_json(vico, dataset):
     assert json.loads(proc.stdout)["config"] == {"clues.max_clues": [8, 4]}
     proc = vico("versions", "--json", str(dataset))
     assert [row["version"] for row in json.loads(proc.stdout)] == ["v1", "v2"]
+
+
+@pytest.mark.parametrize("words", [["--json", "versions", "{root}"], ["versions", "{root}", "--json"],
+                                   ["--json", "versions", "show", "{root}/v1"], ["versions", "--json", "diff", "{root}/v1", "v2"]])
+def test_json_before_the_command_too(dataset, words, capsys):
+    """`vico --json versions output/demo`: --json anywhere on the line, as the README says."""
+    assert cli.main([w.format(root=dataset) for w in words]) == 0
+    json.loads(capsys.readouterr().out)  # one JSON document
+
+
+def test_diff_leaves_out_display_only_keys(tmp_path):
+    root = tmp_path / "d"
+    for name, progress, every in (("v1", False, 5.0), ("v2", True, 1.0)):
+        path = _version(root, name, name, 8)
+        manifest = json.load(open(os.path.join(path, "manifest.json")))
+        manifest["config"]["ray"] = {"progress": progress, "status_every_s": every, "num_cpus": 2 if progress else 1}
+        json.dump(manifest, open(os.path.join(path, "manifest.json"), "w"))
+    diff = version_cli.diff_data(str(root / "v1"), str(root / "v2"))
+    assert diff["config"] == {"ray.num_cpus": [1, 2]}  # ray.progress and ray.status_every_s only change the display
 
 
 def test_listing_skips_files_beside_the_versions(dataset, capsys):

@@ -94,3 +94,20 @@ def test_export_leaves_out_and_counts_questions_whose_evidence_does_not_fit(tmp_
 def test_export_refuses_what_is_not_a_version(tmp_path):
     done = run_vico("export", str(tmp_path), "--format", "llava", "--out", str(tmp_path / "x"))
     assert done.returncode == 2 and "not a complete version" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_export_json_has_the_counts(tmp_path_factory, tmp_path, capsys):
+    """`vico export --json`: the facts of the text line (N of N questions exported, M left out)."""
+    from vico_pipeline import cli
+
+    version = demo_version(tmp_path_factory)
+    out = str(tmp_path / "llava")
+    assert cli.main(["export", version, "--out", out, "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    counts = result["counts"]
+    records = json.load(open(os.path.join(out, "train.json"))) + json.load(open(os.path.join(out, "val.json")))
+    assert counts["exported"] == len(records) > 0
+    assert counts["questions"] == counts["exported"] + counts["left_out_evidence_does_not_fit"]
+    assert f"{counts['exported']} of {counts['questions']} questions" in captured.err
+    assert result["export"] == out and result["format"] == "llava"

@@ -4,6 +4,7 @@ The two runs here are real `vico run`s (local Ray) on a manifest whose only inpu
 also shows the exit status 3 and the last line of a run that produced no question."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
@@ -60,6 +61,52 @@ def test_piped_display_logs_the_stages_that_moved_and_every_stage_at_the_end():
     logged.clear()
     display.show(final=True)
     assert len(logged) == len(STAGES) and all(line.rstrip().endswith("done") for line in logged)
+
+
+def test_a_stage_is_never_done_before_the_stages_feeding_it():
+    tally = Tally()
+    tally.reset(["download", "subtitles", "frames"], sources=3)
+    tally.report("download", found=1)  # one of three sources sent on; its video went through subtitles
+    tally.report("subtitles")
+    lines = dict(zip(["download", "subtitles", "frames"], stage_lines(tally.snapshot(), elapsed=10.0)))
+    assert re.search(r"subtitles\s+1/1\s+videos", lines["subtitles"]) and not lines["subtitles"].endswith("done")
+    tally.report("download", found=1)
+    tally.report("download", found=1)
+    tally.report("subtitles", done=2)
+    lines = dict(zip(["download", "subtitles", "frames"], stage_lines(tally.snapshot(), elapsed=10.0)))
+    assert lines["download"].endswith("done") and lines["subtitles"].endswith("done")
+    assert not lines["frames"].endswith("done")
+
+
+def test_an_interrupted_display_shows_the_states_it_had_and_says_stopped():
+    logged = []
+    tally = _tally()
+    try:
+        with Display(tally, logged.append, every_s=60.0, stream=open(os.devnull, "w")):
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    finals = dict(zip(STAGES, logged[-len(STAGES):]))
+    assert all(line.rstrip().endswith("stopped") for line in finals.values()), logged
+    assert re.search(r"download\s+2/3\s+sources", finals["download"])  # the real count, not 3/3 done
+
+
+class _FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_with_rays_bars_on_a_terminal_gets_plain_lines():
+    """`-v` in a terminal: Ray redraws its own bars there, so vico logs lines and redraws nothing."""
+    terminal, logged = _FakeTerminal(), []
+    display = Display(_tally(), logged.append, stream=terminal, redraw=False)
+    display.show()
+    assert terminal.getvalue() == "" and len(logged) == len(STAGES)
+    assert all(re.match(r"\[\s*0:\d\d\] \w+ ", line) for line in logged)
+    redrawn = Display(_tally(), logged.append, stream=_FakeTerminal())
+    redrawn.show()
+    redrawn.show()
+    assert f"\x1b[{len(STAGES)}F" in redrawn.stream.getvalue()  # without Ray's bars: redrawn in place
 
 
 def _manifest(tmp_path) -> str:
