@@ -5,6 +5,7 @@ run here when it is missing); the test skips, saying why, only when it cannot be
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -82,7 +83,8 @@ def test_report_default_path_is_outside_the_version(tmp_path_factory, tmp_path, 
     monkeypatch.chdir(tmp_path)
     before = sorted(os.listdir(os.path.dirname(version)))
     path = write_report(version)
-    assert path == str(tmp_path / "demo-v1-report.html") and os.path.getsize(path) > 10000
+    fingerprint = json.load(open(os.path.join(version, "manifest.json")))["fingerprint"]
+    assert path == str(tmp_path / f"demo-v1-{fingerprint[:8]}-report.html") and os.path.getsize(path) > 10000
     assert sorted(os.listdir(os.path.dirname(version))) == before  # nothing beside the versions
     assert "report.html" not in os.listdir(version)  # nor inside one: versions are immutable
     listed = [v["version"] for v in list_versions(os.path.dirname(version))]
