@@ -4,6 +4,7 @@ The two runs here are real `vico run`s (local Ray) on a manifest whose only inpu
 also shows the exit status 3 and the last line of a run that produced no question."""
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
@@ -11,7 +12,9 @@ import pty
 import re
 import subprocess
 import sys
+import threading
 
+from tests.conftest import LOOPBACK
 from vico_pipeline.progress import Display, Tally, stage_lines
 
 STAGES = ["download", "frames", "filter", "caption", "clues", "questions"]
@@ -169,3 +172,95 @@ def test_progress_in_a_terminal(tmp_path):
     assert not any(noise in out for noise in RAY_NOISE), out
     lines = [ln for ln in re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", out).splitlines() if ln.strip()]
     assert "no video produced a question" in lines[-1]
+
+
+# --------------------------------------------------------------------------- in a terminal: Ctrl-C, -v
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _in_a_terminal(args: list[str], interrupt_at: bytes | None = None, limit_s: float = 600) -> tuple[int, str]:
+    """Run `args` with a pseudo-terminal as its controlling terminal (so a typed Ctrl-C reaches it as
+    in a shell); with `interrupt_at`, type Ctrl-C once that output has appeared. (exit status, output)"""
+    import fcntl
+    import select
+    import termios
+    import time
+
+    main, child = pty.openpty()
+
+    def own_terminal():
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(args, cwd=REPO, stdin=child, stdout=child, stderr=child, close_fds=True,
+                            preexec_fn=own_terminal)
+    os.close(child)
+    out, sent, deadline = b"", False, time.monotonic() + limit_s
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([main], [], [], 1.0)
+            if ready:
+                try:
+                    data = os.read(main, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not data:
+                    break
+                out += data
+            if interrupt_at and not sent and interrupt_at in out:
+                os.write(main, b"\x03")  # what Ctrl-C types
+                sent = True
+            if not ready and proc.poll() is not None:
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(main)
+    return proc.wait(timeout=60), out.decode(errors="replace")
+
+
+class _Unavailable(http.server.BaseHTTPRequestHandler):
+    """Every request: 503. A download of it retries with backoff: a run that stays mid-way."""
+
+    def do_GET(self):
+        self.send_error(503)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_ctrl_c_mid_run_shows_the_real_states_and_says_a_rerun_resumes(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text(f"http://127.0.0.1:{server.server_address[1]}/video.mp4\n")
+    args = [sys.executable, "-m", "vico_pipeline.cli", "run", "configs/demo.yaml", "--set", f"sources.manifest={manifest}",
+            "--set", f"output.root={tmp_path}/out", "--set", LOOPBACK, "--set", "download.retries=30",
+            "--set", "download.backoff_s=1"]
+    try:
+        status, out = _in_a_terminal(args, interrupt_at=b"\x1b[2Kdownload")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert status == 130, out[-3000:]
+    lines = [ln for ln in ANSI.sub("", out).replace("\r", "\n").splitlines() if ln.strip()]
+    said = [ln for ln in lines if ln == "starting Ray…" or ln.startswith("ray: ")]
+    assert said[0] == "starting Ray…" and said[1].startswith("ray: ")  # said before Ray's start-up, not after
+    assert "interrupted" in lines[-1] and "resume" in lines[-1], lines[-5:]
+    last_block = out[out.rindex("\x1b[2Kdownload"):]
+    stage_rows = [ANSI.sub("", row).strip() for row in last_block.split("\n") if row.startswith("\x1b[2K")]
+    assert re.search(r"download\s+0/1\s+sources.*stopped$", stage_rows[0]), stage_rows
+    assert not any(row.endswith("done") for row in stage_rows), stage_rows  # nothing finished: nothing done
+
+
+def test_verbose_in_a_terminal_keeps_rays_output_and_the_stage_lines_apart(tmp_path):
+    """`-v`: Ray's own bars and logs in the terminal, vico's stage lines as whole plain lines."""
+    status, out = _in_a_terminal(_run_args(tmp_path, str(tmp_path / "out"), "-v", "--set", "ray.status_every_s=0.5"))
+    assert status == 3, out[-3000:]
+    assert not re.search(r"\x1b\[\d+F", out)  # vico redrew nothing
+    plain = ANSI.sub("", out).replace("\r", "\n").splitlines()
+    ours = [ln for ln in plain if re.search(r"\] (%s) " % "|".join(STAGES), ln)]
+    assert ours and all(re.match(r"^\[\s*\d+:\d\d\] \w+\s+\d+/\d+\s+\w+", ln) for ln in ours), ours
+    finals = {re.match(r"^\[\s*[\d:]+\] (\w+)", ln).group(1): ln for ln in ours}
+    assert set(STAGES) <= set(finals) and all(line.rstrip().endswith("done") for line in finals.values())
+    assert "no video produced a question" in [ln for ln in plain if ln.strip()][-1]
