@@ -271,6 +271,10 @@ class SubtitlesConfig(Section):
     enabled: bool = True
     # Total seconds one subtitle stream's extraction with ffmpeg may take.
     deadline_s: float = Field(default=600.0, gt=0)
+    # A track past either bound is an error row (the video goes on): a 50 MB file of a million cues
+    # would otherwise take minutes and a GB to parse.
+    max_bytes: int = Field(default=5_000_000, ge=1)
+    max_cues: int = Field(default=20_000, ge=1)
 
 
 class AsrConfig(Section):
