@@ -45,7 +45,8 @@ VIDEOS_SCHEMA = pa.schema([
     ("upload_date", pa.string()),
     ("license", pa.string()),
     ("has_subtitles", pa.bool_()),
-    ("duration_s", pa.float64()),
+    ("duration_s", pa.float64()),  # measured: the last packet's end when the container's word is off by >10%
+    ("declared_duration_s", pa.float64()),  # what the container states
     ("fps", pa.float64()),
     ("width", pa.int32()),
     ("height", pa.int32()),
@@ -376,7 +377,7 @@ class DownloadStage(Stage):
             "upload_date": info.get("upload_date"),
             "license": info.get("license"),
             "has_subtitles": bool(info.get("subtitles") or info.get("automatic_captions") or meta.subtitle_streams),
-            "duration_s": meta.duration_s, "fps": meta.fps, "width": meta.width, "height": meta.height,
+            "duration_s": meta.duration_s, "declared_duration_s": meta.declared_duration_s, "fps": meta.fps, "width": meta.width, "height": meta.height,
             "rotation": meta.rotation, "codec": meta.codec, "variable_frame_rate": meta.variable_frame_rate,
             "has_audio": meta.has_audio, "bytes": size, "media_path": media_path, "status": "ok",
         }
