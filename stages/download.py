@@ -403,7 +403,8 @@ class DownloadStage(Stage):
             "upload_date": info.get("upload_date"),
             "license": info.get("license"),
             "has_subtitles": bool(info.get("subtitles") or info.get("automatic_captions") or meta.subtitle_streams),
-            "duration_s": meta.duration_s, "declared_duration_s": meta.declared_duration_s, "fps": meta.fps, "width": meta.width, "height": meta.height,
+            "duration_s": meta.duration_s, "declared_duration_s": meta.declared_duration_s,
+            "fps": meta.fps, "width": meta.width, "height": meta.height,
             "rotation": meta.rotation, "codec": meta.codec, "variable_frame_rate": meta.variable_frame_rate,
             "has_audio": meta.has_audio, "bytes": size, "media_path": media_path, "status": "ok",
         }

@@ -195,6 +195,23 @@ def test_submit_refuses_a_token_over_plain_http_to_another_host(monkeypatch):
     assert proc.returncode == 2 and "refusing to send the Ray token" in proc.stderr and "sekrit" not in proc.stderr
 
 
+@pytest.mark.parametrize("address, loopback", [
+    ("http://127.0.0.1:8265", True), ("http://127.3.2.1:8265", True), ("http://[::1]:8265", True),
+    ("http://localhost:8265", True), ("http://LOCALHOST:8265", True),
+    ("http://127.evil.example:8265", False), ("http://127.0.0.1.evil.example:8265", False),
+    ("http://localhost.evil.example:8265", False), ("http://[::ffff:10.0.0.1]:8265", False),
+    ("http://10.1.2.3:8265", False), ("http://0.0.0.0:8265", False)])
+def test_loopback_means_loopback(address, loopback):
+    from vico_pipeline.submit import check_transport, is_loopback
+
+    assert is_loopback(address) is loopback
+    if loopback:
+        check_transport(address, {"Authorization": "Bearer t"}, insecure=False)
+    else:
+        with pytest.raises(RunError, match="refusing to send the Ray token over plain http"):
+            check_transport(address, {"Authorization": "Bearer t"}, insecure=False)
+
+
 def test_the_uploaded_job_config_holds_no_secret():
     from vico_pipeline.submit import job_config
 
