@@ -48,3 +48,17 @@ def test_inside_a_ray_job_the_package_changes_nothing():
                             cwd=REPO, capture_output=True, text=True, check=True)
     local = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True)
     assert (joined.stdout.strip(), local.stdout.strip()) == ("None", "0")
+
+
+def test_a_configured_cluster_address_undoes_the_loopback_default():
+    """`ray.address` in a config (a driver joining a cluster from outside a job): before joining,
+    init_ray takes the loopback setting back, even when ray was imported already."""
+    code = ("import os, vico_pipeline, ray\n"
+            "from ray._private import ray_constants\n"
+            "before = ray_constants.ENABLE_RAY_CLUSTER\n"
+            "from vico_pipeline.runtime import _allow_cluster\n"
+            "_allow_cluster()\n"
+            "print(before, ray_constants.ENABLE_RAY_CLUSTER, os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["False", "True", "None"], proc.stdout + proc.stderr[-2000:]
