@@ -153,7 +153,8 @@ class EgressGuard:
             _kill_group(proc)
 
     def kill_processes(self) -> None:
-        """Kill the process group of every subprocess started inside this guard, and reap it."""
+        """Kill the process group of every subprocess started inside this guard still running
+        (whoever started it reaps it; `__exit__` waits for them)."""
         with self._lock:
             processes = list(self._processes)
         for proc in processes:
