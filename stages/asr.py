@@ -25,6 +25,7 @@ from typing import Iterator
 import openai
 
 from stages.base import ErrorRow, Stage
+from vico_pipeline.engines.http import deadline as request_deadline, openai_client
 from vico_pipeline.engines.retry import RetriesExhausted
 from stages.cues import SUBTITLES_SCHEMA, UNKNOWN_LANGUAGE, clean_line
 from vico_pipeline import storage
@@ -88,8 +89,7 @@ class AsrClient:
                 raise AsrError("config", f"environment variable {section.api_key_env} (asr.api_key_env) is not set")
         self.section = section
         self._secret = api_key if section.api_key_env else None
-        self.client = openai.OpenAI(base_url=section.base_url, api_key=api_key, max_retries=0,
-                                    timeout=section.timeout_s)
+        self.client = openai_client(section.base_url, api_key, section.timeout_s)
         self.sleep = time.sleep
 
     def transcribe(self, path: str, deadline: float) -> tuple[list[dict], str | None]:
@@ -197,9 +197,11 @@ class AsrStage(Stage):
             yield {"video_id": vid, **cue}
 
     def transcribe(self, video: dict) -> list[dict]:
+        """The whole video under one deadline: the client cuts any read or write past it."""
         deadline = time.monotonic() + self.section.deadline_s
         cues = []
-        with storage.local_copy(video["media_path"]) as local, tempfile.TemporaryDirectory(prefix="vico-asr-") as tmp:
+        with request_deadline(self.section.deadline_s), storage.local_copy(video["media_path"]) as local, \
+                tempfile.TemporaryDirectory(prefix="vico-asr-") as tmp:
             for path, start, duration in extract_audio(local, tmp, self.section.chunk_s, self.section.deadline_s):
                 segments, language = self.client.transcribe(path, deadline)
                 language = self.section.language or language or UNKNOWN_LANGUAGE

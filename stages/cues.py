@@ -10,6 +10,7 @@ import html
 import os
 import re
 import tempfile
+import unicodedata
 from typing import Iterable
 
 import pyarrow as pa
@@ -39,11 +40,29 @@ class SubtitleError(Exception):
         self.error_type = error_type
 
 
+# Bidirectional overrides and isolates: they reorder what a reader sees ("Trojan source").
+_BIDI = dict.fromkeys([*range(0x202A, 0x202F), *range(0x2066, 0x206A)])
+
+
 # --------------------------------------------------------------------------- parsing
 def clean_line(line: str) -> str:
-    """One displayed line as plain text: markup, ASS overrides and entities gone, spaces collapsed."""
-    line = html.unescape(_TAG.sub("", _ASS_OVERRIDE.sub("", line)))
-    return " ".join(line.replace("\\N", " ").split())
+    """One displayed line as plain text that can never hold markup: entities unescaped FIRST (until
+    none is left, so `&amp;lt;script&amp;gt;` cannot come back as a tag), then tags and ASS overrides
+    stripped (until none is left), then control characters (BEL, ESC, bidi overrides) dropped and
+    spaces collapsed."""
+    for _ in range(5):  # each pass peels one layer of escaping; five is more than any real file has
+        unescaped = html.unescape(line)
+        if unescaped == line:
+            break
+        line = unescaped
+    while True:
+        stripped = _TAG.sub("", _ASS_OVERRIDE.sub("", line))
+        if stripped == line:
+            break
+        line = stripped
+    line = line.replace("\\N", " ").translate(_BIDI)
+    line = "".join(" " if ch.isspace() else ch for ch in line if ch.isspace() or unicodedata.category(ch) != "Cc")
+    return " ".join(line.split())
 
 
 # --------------------------------------------------------------------------- for prompts

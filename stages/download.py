@@ -10,6 +10,11 @@ Egress policy (vico_pipeline/egress.py): URL sources, their redirects and their
 playlist entries may not reach internal addresses unless `download.allowed_networks`
 says so; object-store sources only the buckets in `download.allowed_buckets` (when
 set). A download has a total deadline and a byte cap on the bytes received.
+What yt-dlp fetches itself is checked socket by socket; what it hands to an ffmpeg
+subprocess (live HLS, SAMPLE-AES, live DASH) goes through a loopback egress proxy
+with the same policy (vico_pipeline/egress_proxy.py), and the subprocess is killed
+with its process group at the deadline. Live streams are refused unless
+`download.allow_live`; then ffmpeg records at most `max_duration_s` of them.
 Every row and message this stage writes holds the redacted source; the real URL
 is used only to fetch.
 """
@@ -34,7 +39,8 @@ from stages.ffmpeg import MediaError, ffmpeg_exe, probe
 from stages.manifest import local_path, normalise_source, source_kind, video_id_for
 from stages.cues import fetch_subtitles
 from vico_pipeline import storage
-from vico_pipeline.egress import EgressGuard, EgressPolicy, ForbiddenAddress
+from vico_pipeline.egress import EgressGuard, EgressPolicy, ForbiddenAddress, guard_subprocesses
+from vico_pipeline.egress_proxy import EgressProxy
 from vico_pipeline.redact import redact_text
 
 VIDEOS_SCHEMA = pa.schema([
@@ -45,7 +51,8 @@ VIDEOS_SCHEMA = pa.schema([
     ("upload_date", pa.string()),
     ("license", pa.string()),
     ("has_subtitles", pa.bool_()),
-    ("duration_s", pa.float64()),
+    ("duration_s", pa.float64()),  # measured: the last packet's end when the container's word is off by >10%
+    ("declared_duration_s", pa.float64()),  # what the container states
     ("fps", pa.float64()),
     ("width", pa.int32()),
     ("height", pa.int32()),
@@ -83,6 +90,14 @@ _ERROR_PATTERNS = [
     (r"File is larger than max-filesize|larger than max", "too_large"),
 ]
 TRANSIENT = {"throttled", "server_error", "timeout", "truncated"}
+# What an ffmpeg started by yt-dlp may open: the network through the proxy (httpproxy is its
+# CONNECT tunnel), decryption and inline data; no file:// a remote playlist could name.
+FFMPEG_PROTOCOLS = "http,https,tls,tcp,httpproxy,crypto,data"
+
+
+def is_live(info: dict) -> bool:
+    """yt-dlp's word for a stream still being broadcast (HLS without #EXT-X-ENDLIST, dynamic DASH)."""
+    return bool(info.get("is_live")) or info.get("live_status") in ("is_live", "is_upcoming", "post_live")
 
 
 def classify(message: str) -> str:
@@ -242,8 +257,11 @@ class DownloadStage(Stage):
             "quiet": True, "no_warnings": True, "noprogress": True, "noplaylist": False,
             "socket_timeout": self.dl.timeout_s, "retries": 1, "fragment_retries": 2,
             "ffmpeg_location": ffmpeg_exe(), "max_filesize": self.dl.max_bytes,
-            # Every request in this thread, so the egress guard sees it (no ffmpeg fetching HLS).
+            # Every request in this thread where yt-dlp can, so the socket guard sees it; the rest goes
+            # to ffmpeg, behind the egress proxy: http(s) only, and at most max_duration_s (live).
             "concurrent_fragment_downloads": 1, "hls_prefer_native": True,
+            "external_downloader_args": {"ffmpeg_i": ["-protocol_whitelist", FFMPEG_PROTOCOLS],
+                                         "ffmpeg_o": ["-t", f"{self.dl.max_duration_s:g}"]},
             # max_filesize trusts Content-Length; this counts the bytes that arrive.
             "progress_hooks": [self._count_bytes],
             "playlistend": self.dl.max_playlist_entries + 1,
@@ -303,6 +321,9 @@ class DownloadStage(Stage):
                     info = ydl.process_ie_result(dict(entry), download=False)
                 else:
                     info = ydl.extract_info(source, download=False)
+                if is_live(info) and not self.dl.allow_live:
+                    raise DownloadRejected("live_not_allowed", "a live stream: refused (download.allow_live: "
+                                                               "true records at most download.max_duration_s of it)")
                 duration = info.get("duration")
                 if duration and duration > self.dl.max_duration_s:
                     raise DownloadRejected("too_long", f"video is {duration:.0f} s, over download.max_duration_s={self.dl.max_duration_s:.0f}")
@@ -325,13 +346,18 @@ class DownloadStage(Stage):
         import yt_dlp
 
         host = urlsplit(source).netloc
-        # One total deadline for every request of this download, retries and backoff included.
-        with EgressGuard(self.policy, self.dl.deadline_s) as guard:
+        guard_subprocesses("yt_dlp")  # its ffmpeg runs behind the proxy, in its own process group
+        # One total deadline for every request of this download, retries and backoff included; its
+        # subprocesses' requests go through the proxy, and die with the guard.
+        with EgressGuard(self.policy, self.dl.deadline_s, proxy=EgressProxy(self.policy)) as guard:
             for attempt in range(self.dl.retries + 1):
                 gate = self.gate.acquire(host, self.dl.per_domain_concurrency, self.dl.per_domain_interval_s)
                 try:
-                    return fn()
+                    result = fn()
+                    _refused(guard)  # a refused segment makes the whole download forbidden, file or not
+                    return result
                 except (yt_dlp.utils.YoutubeDLError, OSError) as exc:
+                    _refused(guard)
                     if guard.expired:
                         raise DownloadRejected("timeout", f"the download took over download.deadline_s="
                                                           f"{self.dl.deadline_s:g} s") from None
@@ -366,7 +392,8 @@ class DownloadStage(Stage):
 
     def _video_row(self, source, local, media_path, size, item, info, meta=None) -> dict:
         meta = meta or probe(local, self.dl.probe_deadline_s)
-        if meta.duration_s > self.dl.max_duration_s:
+        # A live recording was cut by ffmpeg at max_duration_s (-t); copying whole packets ends it a frame later.
+        if meta.duration_s > self.dl.max_duration_s and not is_live(info):
             raise DownloadRejected("too_long", f"video is {meta.duration_s:.0f} s, over download.max_duration_s={self.dl.max_duration_s:.0f}")
         return {
             "video_id": video_id_for(source),
@@ -376,7 +403,8 @@ class DownloadStage(Stage):
             "upload_date": info.get("upload_date"),
             "license": info.get("license"),
             "has_subtitles": bool(info.get("subtitles") or info.get("automatic_captions") or meta.subtitle_streams),
-            "duration_s": meta.duration_s, "fps": meta.fps, "width": meta.width, "height": meta.height,
+            "duration_s": meta.duration_s, "declared_duration_s": meta.declared_duration_s,
+            "fps": meta.fps, "width": meta.width, "height": meta.height,
             "rotation": meta.rotation, "codec": meta.codec, "variable_frame_rate": meta.variable_frame_rate,
             "has_audio": meta.has_audio, "bytes": size, "media_path": media_path, "status": "ok",
         }
@@ -392,6 +420,14 @@ class _QuietLogger:
         self.lines = (self.lines + [str(msg)])[-50:]
 
     info = warning = error = debug
+
+
+def _refused(guard: EgressGuard) -> None:
+    """DownloadRejected when the policy refused any request of this download, ours or a subprocess's:
+    yt-dlp skips an unavailable fragment and ffmpeg a failed segment, so a file may exist anyway."""
+    refused = guard.refused + (guard.proxy.refused if guard.proxy is not None else [])
+    if refused:
+        raise DownloadRejected("forbidden_address", _forbidden(refused[0]))
 
 
 def _forbidden(message: str) -> str:

@@ -50,6 +50,8 @@ class Probe:
     has_audio: bool
     variable_frame_rate: bool
     subtitle_streams: int = 0
+    # What the container states, kept beside duration_s (which is measured when the two disagree).
+    declared_duration_s: float | None = None
 
 
 _STILL_CODECS = ("png", "mjpeg", "bmp", "gif", "webp", "tiff")
@@ -80,18 +82,24 @@ def probe(path: str, deadline_s: float = 120.0) -> Probe:
         codec = video.codec_context.name
         if container.duration is None and codec in _STILL_CODECS:
             raise MediaError("not_a_video", f"the file is a still image ({codec}), not a video")
-        duration = _duration(container, video)
-        if duration is None:
+        declared = _duration(container, video)
+        if declared is None:
             raise MediaError("corrupt", "the container states no duration")
         average = float(video.average_rate) if video.average_rate else 0.0
         base = float(video.base_rate) if video.base_rate else 0.0
+        rotation = _rotation(container, video)
+        measured = _measured_duration(container, declared)
+        # The container's word is kept unless the packets say otherwise by more than 10%.
+        duration = measured if measured and abs(measured - declared) > MEASURE_TOLERANCE * max(measured, declared) \
+            else declared
         return Probe(
             duration_s=round(duration, 6), fps=average or base, width=video.codec_context.width,
-            height=video.codec_context.height, codec=codec, rotation=_rotation(container, video),
+            height=video.codec_context.height, codec=codec, rotation=rotation,
             has_audio=bool(container.streams.audio),
             # The average rate and the stream's base rate differ for VFR streams.
             variable_frame_rate=bool(average and base and abs(base - average) > 0.01 * max(average, 1)),
             subtitle_streams=len(container.streams.subtitles),
+            declared_duration_s=round(declared, 6),
         )
 
 
@@ -101,6 +109,34 @@ def _duration(container, video) -> float | None:
     if video.duration is not None and video.time_base is not None:
         return float(video.duration * video.time_base)
     return None
+
+
+MEASURE_TOLERANCE = 0.10
+
+
+def _measured_duration(container, declared: float) -> float | None:
+    """The end of the last audio or video packet, from the start: what the file holds, whatever
+    its header says. Seeks to the declared end (the last keyframe before it, through the
+    container's index) and reads the packets from there on, so an honest file costs a few packets;
+    a header that understates the length costs a read to the real end. None when unreadable."""
+    import av
+
+    streams = [s for s in container.streams if s.type in ("video", "audio")]
+    start = (container.start_time or 0) / 1_000_000
+    end = None
+    try:
+        try:
+            container.seek(int((start + declared) * 1_000_000), backward=True, any_frame=False)
+        except av.error.FFmpegError:
+            container.seek(0)  # no index to seek with: read from the start
+        for packet in container.demux(*streams):
+            if packet.pts is None or packet.time_base is None:
+                continue
+            packet_end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+            end = packet_end if end is None else max(end, packet_end)
+    except (av.error.FFmpegError, ValueError):
+        return None
+    return None if end is None else max(0.0, end - start)
 
 
 def _rotation(container, video) -> int:

@@ -19,6 +19,7 @@ it first appears. The cue schema and the helpers prompts use
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -31,6 +32,7 @@ from vico_pipeline import storage
 TEXT_CODECS = ("mov_text", "subrip", "srt", "webvtt", "ass", "ssa", "text", "ttml")
 SIDECAR_EXTENSIONS = (".srt", ".vtt")
 _LANGUAGE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+CUE_SLACK_S = 5.0  # a cue may end this long after the video (players keep the last one up)
 _JOIN_GAP_S = 0.05  # cues this close are one continuous display (YouTube's 10 ms transition cues)
 
 
@@ -117,9 +119,22 @@ def _merge_repeats(shown: list[tuple[float, float, list[str]]]) -> list[list]:
 
 def read_cues(text: str, fmt: str, source: str, language: str | None) -> list[dict]:
     """A subtitle file's text -> cue rows (without video_id), de-duplicated, in time order."""
+    return read_track(text, fmt, source, language)[0]
+
+
+def read_track(text: str, fmt: str, source: str, language: str | None, max_cues: int | None = None,
+               duration_s: float | None = None) -> tuple[list[dict], int]:
+    """(cue rows, cues dropped): at most `max_cues` cues (SubtitleError past it, counted before parsing),
+    and only cues inside [0, duration_s + CUE_SLACK_S] (a cue at 99999999:00:00 is not this video's)."""
+    if max_cues is not None and text.count("-->") > max_cues:
+        raise SubtitleError("too_many_cues", f"over subtitles.max_cues={max_cues} cues; the track is skipped")
+    raw = parse_subtitles(text, fmt)
+    end = math.inf if duration_s is None else duration_s + CUE_SLACK_S
+    kept = [c for c in raw if math.isfinite(c[0]) and math.isfinite(c[1]) and 0 <= c[0] and c[1] <= end]
     language = language or UNKNOWN_LANGUAGE
-    return [{"start_s": round(s, 3), "end_s": round(e, 3), "text": t, "source": source, "language": language}
-            for s, e, t in merge_cues(parse_subtitles(text, fmt))]
+    cues = [{"start_s": round(s, 3), "end_s": round(e, 3), "text": t, "source": source, "language": language}
+            for s, e, t in merge_cues(kept)]
+    return cues, len(raw) - len(kept)
 
 
 # --------------------------------------------------------------------------- finding a video's subtitles
@@ -161,8 +176,8 @@ def subtitle_streams(path: str) -> list[dict]:
                 for s in container.streams.subtitles]
 
 
-def extract_stream(path: str, index: int, deadline_s: float) -> str:
-    """One subtitle stream as WebVTT text, converted by ffmpeg."""
+def extract_stream(path: str, index: int, deadline_s: float, max_bytes: int | None = None) -> str:
+    """One subtitle stream as WebVTT text, converted by ffmpeg (SubtitleError past `max_bytes`)."""
     import subprocess
 
     from stages.ffmpeg import MediaError, run
@@ -176,12 +191,16 @@ def extract_stream(path: str, index: int, deadline_s: float) -> str:
                                            f"subtitles.deadline_s={deadline_s:g} s") from None
         except MediaError as exc:
             raise SubtitleError("subtitle_extract_failed", f"stream {index}: {exc}") from None
-        with open(out, encoding="utf-8", errors="replace") as handle:
-            return handle.read()
+        return _read_text(out, max_bytes if max_bytes is not None else os.path.getsize(out))
 
 
-def _read_text(uri: str) -> str:
-    return storage.read_bytes(uri).decode("utf-8", errors="replace")
+def _read_text(uri: str, max_bytes: int) -> str:
+    """The file as text; SubtitleError past `max_bytes` (read no further than that)."""
+    with storage.open_read(uri) as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise SubtitleError("subtitles_too_large", f"over subtitles.max_bytes={max_bytes} bytes; the track is skipped")
+    return data.decode("utf-8", errors="replace")
 
 
 # --------------------------------------------------------------------------- the stage
@@ -207,33 +226,41 @@ class SubtitlesStage(Stage):
         found = 0
         if self.section.enabled or self.config.download.subtitles:
             for label, load in self.tracks(video):
-                try:
-                    cues = load()
+                try:  # a bad, huge or hostile track is an error row; the video's other tracks go on
+                    cues, dropped = load()
                 except SubtitleError as exc:
                     yield ErrorRow(vid, item["source"], exc.error_type, f"{label}: {exc}")
                     continue
+                if dropped:
+                    yield ErrorRow(vid, item["source"], "cues_out_of_range", f"{label}: {dropped} cues outside "
+                                   f"[0, duration + {CUE_SLACK_S:g} s] dropped; the others are kept")
                 for cue in cues:
                     found += 1
                     yield {"video_id": vid, **cue}
         if not found and self.asr is not None:
             yield from self.asr.process(item)
 
+    def _read(self, text: str, fmt: str, source: str, language: str | None, video: dict):
+        return read_track(text, fmt, source, language, self.section.max_cues, video.get("duration_s"))
+
     def tracks(self, video: dict) -> Iterator[tuple[str, callable]]:
-        """(what it is, a loader returning its cues) for every track of the video."""
+        """(what it is, a loader returning (its cues, cues dropped)) for every track of the video."""
+        cap = self.section.max_bytes
         for entry in downloaded_entries(video):
             yield (f"{entry['source']} subtitles ({entry['language']})",
-                   lambda e=entry: read_cues(_read_text(e["uri"]), e["format"], e["source"], e["language"]))
+                   lambda e=entry: self._read(_read_text(e["uri"], cap), e["format"], e["source"], e["language"], video))
         if not self.section.enabled:
             return
         media_path = video.get("media_path") or ""
         for path, language in sidecar_files(media_path):
             yield (f"sidecar {os.path.basename(path)}",
-                   lambda p=path, lang=language: read_cues(_read_text(p), os.path.splitext(p)[1], "sidecar", lang))
+                   lambda p=path, lang=language: self._read(_read_text(p, cap), os.path.splitext(p)[1], "sidecar",
+                                                            lang, video))
         if video.get("has_subtitles") is False:
             return  # the download probe counted no subtitle stream: no need to open the file
-        yield from self._embedded(media_path)
+        yield from self._embedded(media_path, video)
 
-    def _embedded(self, media_path: str) -> Iterator[tuple[str, callable]]:
+    def _embedded(self, media_path: str, video: dict) -> Iterator[tuple[str, callable]]:
         if not media_path:
             return
         with storage.local_copy(media_path) as local:
@@ -243,8 +270,9 @@ class SubtitlesStage(Stage):
                     yield label, lambda s=stream: _picture_subtitles(s)
                     continue
                 # Called by `process` while this generator holds the local copy open.
-                yield label, lambda s=stream, path=local: read_cues(
-                    extract_stream(path, s["index"], self.section.deadline_s), "vtt", "embedded", s["language"])
+                yield label, lambda s=stream, path=local: self._read(extract_stream(
+                    path, s["index"], self.section.deadline_s, self.section.max_bytes), "vtt", "embedded",
+                    s["language"], video)
 
 
 def _picture_subtitles(stream: dict) -> list[dict]:
@@ -252,4 +280,4 @@ def _picture_subtitles(stream: dict) -> list[dict]:
                                                 "(no OCR here); the video's other sources are still read")
 
 
-__all__ = ["SubtitlesStage", "read_cues", "merge_cues", "parse_vtt", "parse_srt", "sidecar_files", "subtitle_streams"]
+__all__ = ["SubtitlesStage", "read_cues", "read_track", "merge_cues", "parse_vtt", "parse_srt", "sidecar_files", "subtitle_streams"]

@@ -92,3 +92,53 @@ def send_json(handler, status: int, payload) -> None:
     handler.send_header("Content-Length", str(len(data)))
     handler.end_headers()
     handler.wfile.write(data)
+
+
+def _proc_net_address(hex_address: str) -> str:
+    """'0100007F:1F90' (/proc/net/tcp) or its 32-hex-digit tcp6 form -> the IP as text."""
+    import ipaddress
+
+    host = hex_address.split(":")[0]
+    if len(host) == 8:
+        return str(ipaddress.IPv4Address(bytes.fromhex(host)[::-1]))
+    words = [bytes.fromhex(host[i:i + 8])[::-1] for i in range(0, 32, 8)]  # four little-endian words
+    return str(ipaddress.IPv6Address(b"".join(words)))
+
+
+def listening_sockets(pids) -> list[tuple[int, str, int]]:
+    """(pid, address, port) of every listening TCP socket (IPv4 and IPv6) the processes `pids` hold:
+    /proc/net/tcp{,6} lists the sockets, /proc/PID/fd maps their inodes to processes."""
+    listening = {}
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = Path("/proc/net", name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A":  # TCP_LISTEN
+                listening[fields[9]] = (_proc_net_address(fields[1]), int(fields[1].split(":")[1], 16))
+    found = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in listening:
+                found.append((pid, *listening[target[8:-1]]))
+    return found
+
+
+def is_loopback_address(address: str) -> bool:
+    """127.0.0.0/8, ::1, or an IPv4-mapped loopback (::ffff:127.0.0.1, how gRPC listens on 127.0.0.1)."""
+    import ipaddress
+
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback

@@ -108,14 +108,58 @@ def test_a_live_claim_is_refused_with_its_owner_and_a_stale_one_taken_over(tmp_p
 
 
 def test_a_claim_of_a_dead_process_on_this_host_is_stale_at_once(tmp_path):
-    import socket
-
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    owner = f"{socket.gethostname()}:{dead.stdout.strip()}:abc"
-    fresh = {"owner": owner, "heartbeat": time.time()}
-    assert versions.claim_is_stale(fresh)  # killed here (SIGKILL): the rerun need not wait STALE_S
-    assert not versions.claim_is_stale({**fresh, "owner": claim.new_owner()})  # this process: alive
-    assert not versions.claim_is_stale({**fresh, "owner": "another-host:1:abc"})  # elsewhere: the heartbeat says
+    me = versions.owner_identity()
+    fresh = {"owner": "me", "owner_id": me, "heartbeat": time.time()}
+    gone = {**me, "pid": int(dead.stdout.strip()), "start_time": me["start_time"]}
+    assert versions.claim_is_stale({**fresh, "owner_id": gone})  # killed here (SIGKILL): the rerun need not wait
+    assert not versions.claim_is_stale(fresh)  # this process: alive
+    # The PID is taken by another process now (a restart, a reused PID): its start time tells them apart.
+    assert versions.claim_is_stale({**fresh, "owner_id": {**me, "start_time": me["start_time"] - 1}})
+    # Nothing can be proved about another boot, another PID namespace, or an owner without an identity.
+    for elsewhere in ({**gone, "boot_id": "another-boot"}, {**gone, "pid_ns": "pid:[1]"}, None):
+        assert not versions.claim_is_stale({**fresh, "owner_id": elsewhere})
+
+
+_IN_NAMESPACE = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from tests.test_versions_support import demo_config
+from vico_pipeline import claim, versions
+from vico_pipeline.errors import RunError
+_, body = versions.read_claim({root!r} + "/shared")
+print("stale:", versions.claim_is_stale(body))
+config = demo_config({manifest!r}, {out!r}, "dataset.version=shared")
+try:
+    print("claimed:", claim.claim_version(config, {root!r}, "fpA", "intruder", print, wait_s=0.1))
+except RunError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_a_run_in_another_pid_namespace_does_not_take_a_live_claim(tmp_path):
+    """Same host, same output folder, another PID namespace (containers with host networking on one
+    shared root): there the owner's PID does not exist, yet the owner is alive and beating."""
+    probe = subprocess.run(["unshare", "-p", "-f", "--mount-proc", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        probe = subprocess.run(["unshare", "-r", "-p", "-f", "--mount-proc", "true"], capture_output=True, text=True)
+        if probe.returncode != 0:
+            pytest.skip(f"unshare refused here: {probe.stderr.strip()[:200]}")
+        prefix = ["unshare", "-r", "-p", "-f", "--mount-proc"]
+    else:
+        prefix = ["unshare", "-p", "-f", "--mount-proc"]
+    root = str(tmp_path / "out" / "demo")
+    named = _config(tmp_path, "dataset.version=shared")
+    owner = claim.new_owner()  # hostname:pid:id, as a real run's
+    assert claim.claim_version(named, root, "fpA", owner, print) == ("shared", False)
+    code = _IN_NAMESPACE.format(repo=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), root=root,
+                                manifest=str(tmp_path / "m.txt"), out=str(tmp_path / "out"))
+    proc = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "stale: False" in proc.stdout, proc.stdout
+    assert f"refused: version shared is still being written by {owner}" in proc.stdout, proc.stdout
+    generation, body = versions.read_claim(f"{root}/shared")
+    assert generation == 1 and body["owner"] == owner  # still ours: no "taken over"
 
 
 def test_the_same_config_waits_for_the_live_run_and_takes_its_result(tmp_path, monkeypatch):

@@ -190,3 +190,19 @@ def test_the_probe_has_a_deadline(servers):
     with pytest.raises(MediaError) as caught:
         probe(os.path.join(servers["dir"], "good.mp4"), deadline_s=1e-6)  # any real open takes longer
     assert caught.value.error_type == "timeout"
+
+
+def test_a_container_that_overstates_its_duration_is_measured(tmp_path):
+    """A 30 s MKV whose Segment Duration says 3,000 s: the videos row holds the measured 30 s, and
+    the declared 3,000 s beside it; an honest file keeps its container's duration."""
+    from tests.media import forge_mkv_duration, testsrc
+
+    honest = testsrc(str(tmp_path / "honest.mkv"), 30, size="64x64", rate=5)
+    forged = forge_mkv_duration(honest, str(tmp_path / "forged.mkv"), 100)
+    meta = probe(forged)
+    assert (meta.duration_s, meta.declared_duration_s) == (30.0, 3000.0)
+    [row] = _rows(tmp_path, forged, "sources.allow_local=true")
+    assert not isinstance(row, ErrorRow), row
+    assert (row["duration_s"], row["declared_duration_s"]) == (30.0, 3000.0)
+    [row] = _rows(tmp_path, honest, "sources.allow_local=true")
+    assert (row["duration_s"], row["declared_duration_s"]) == (30.0, 30.0)

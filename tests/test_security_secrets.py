@@ -15,38 +15,62 @@ from stages.download import DownloadStage
 from tests.conftest import LOOPBACK, run_vico
 from vico_pipeline.config import load_config
 from vico_pipeline.errors import RunError
-from vico_pipeline.redact import SENSITIVE_PARAMS, redact, redact_text
+from vico_pipeline.redact import redact, redact_text
 
-SECRETS = ["hunter2pw", "tok3nvalue", "sig4ture0", "acc3sstok", "s3ssiontok", "g00gsig", "fr4gtok", "cr3dential"]
+# Planted secrets: (where, name, value). Every value must be absent from every output.
+URL_SECRETS = [(name, f"pl{i:02d}q{name[:2].lower()}Z") for i, name in enumerate([
+    "private_token", "secret_key", "accessToken", "api-token", "sessionToken", "AWSAccessKeyId",
+    "X-Amz-Signature", "X-Amz-Security-Token", "X-Amz-Credential", "X-Goog-Signature", "X-Goog-Credential",
+    "token", "access_token", "refresh_token", "password", "api_key", "client_secret", "auth", "Signature",
+    "Key-Pair-Id", "x-api-key", "sig", "se", "sp"])]
+FRAGMENT_SECRET = "pl90fragZ"  # #id_token=...
+PASSWORD = "pw@with-at-pl91tailZ"  # userinfo with '@' in the password: masked up to the last '@'
+CONFIG_SECRETS = {"api_keys": ["pl92keyZ", "pl93keyZ"], "extra": ["--api-key", "pl94flagZ"],
+                  "headers": {"Authorization": "Bearer pl95bearerZ"}, "credentials": {"user": "pl96credZ"},
+                  "hf_token": "pl97hfZ"}
+SECRETS = [v for _, v in URL_SECRETS] + [FRAGMENT_SECRET, "pl91tailZ", "pw@with", "pl92keyZ", "pl93keyZ",
+                                         "pl94flagZ", "pl95bearerZ", "pl96credZ", "pl97hfZ"]
+assert len(SECRETS) >= 25
 
 
 def _secret_url(base: str, path: str) -> str:
     host = base.split("//", 1)[1]
-    return (f"http://alice:hunter2pw@{host}/{path}?token=tok3nvalue&X-Amz-Signature=sig4ture0"
-            f"&access_token=acc3sstok&X-Amz-Security-Token=s3ssiontok&X-Goog-Signature=g00gsig"
-            f"&X-Amz-Credential=cr3dential&keep=visible#token=fr4gtok")
+    query = "&".join(f"{name}={value}" for name, value in URL_SECRETS)
+    return f"http://alice:{PASSWORD}@{host}/{path}?sv=2022-11-02&{query}&keep=visible#id_token={FRAGMENT_SECRET}"
 
 
-@pytest.mark.parametrize("param", SENSITIVE_PARAMS)
-def test_every_sensitive_parameter_is_masked(param):
-    for url in (f"https://h/v.mp4?{param}=SeCrEt9", f"https://h/v.mp4?a=1&{param.upper()}=SeCrEt9&b=2",
-                f"https://h/v.mp4#{param}=SeCrEt9"):
+def _engine_args_setting() -> str:
+    import json
+
+    return "caption.engine_args=" + json.dumps(CONFIG_SECRETS)
+
+
+@pytest.mark.parametrize("name, value", URL_SECRETS)
+def test_every_planted_parameter_is_masked(name, value):
+    # se/sp (expiry, permissions) are masked in an Azure SAS URL only (one with sv=); elsewhere they mean nothing.
+    in_text = [] if name in ("se", "sp") else [f"failed: {name}={value} (403)"]
+    for url in (f"https://h/v.mp4?sv=1&{name}={value}", f"https://h/v.mp4?sv=1&a=1&{name}={value}&b=2",
+                f"https://h/v.mp4?sv=1#{name}={value}", *in_text):
         out = redact_text(f"failed to fetch {url}: 403")
-        assert "SeCrEt9" not in out and "***" in out, out
-    assert redact_text("https://h/v.mp4?a=1&b=2") == "https://h/v.mp4?a=1&b=2"
+        assert value not in out and "***" in out, out
+    assert redact_text("https://h/v.mp4?a=1&b=2&max_tokens=3&se=x") == "https://h/v.mp4?a=1&b=2&max_tokens=3&se=x"
 
 
-def test_userinfo_bearer_and_config_keys_are_masked():
+def test_userinfo_bearer_and_every_value_under_a_secret_key_are_masked():
     text = redact_text(_secret_url("http://example.com", "v.mp4") + " Authorization: Bearer abcdefghijkl0123")
     assert not any(s in text for s in SECRETS) and "abcdefghijkl0123" not in text
-    assert "keep=visible" in text and "alice" not in text
-    plain = {"caption": {"engine_args": {"authorization": "Bearer x1y2z3", "api-key": "k1", "apiKey": "k2",
-                                         "headers": {"X-Api-Key": "k3"}, "max_tokens": 5},
-                         "api_key_env": "MY_KEY", "max_tokens": 256}}
+    assert "keep=visible" in text and "alice" not in text and "http://***@example.com/v.mp4" in text
+    plain = {"caption": {"engine_args": {**CONFIG_SECRETS, "authorization": "Bearer x1y2z3", "api-key": "k1",
+                                         "apiKey": "k2", "max_tokens": 5, "max_model_len": 9},
+                         "api_key_env": "MY_KEY", "max_tokens": 256},
+             "download": {"cookies_file": "/secrets/cookies.txt"}, "model": {"window_tokens": 1440}}
     out = redact(plain)
-    assert out["caption"]["engine_args"] == {"authorization": "***", "api-key": "***", "apiKey": "***",
-                                             "headers": {"X-Api-Key": "***"}, "max_tokens": 5}
+    assert out["caption"]["engine_args"] == {
+        "api_keys": ["***", "***"], "extra": ["--api-key", "***"], "headers": {"Authorization": "***"},
+        "credentials": {"user": "***"}, "hf_token": "***", "authorization": "***", "api-key": "***",
+        "apiKey": "***", "max_tokens": 5, "max_model_len": 9}
     assert out["caption"]["api_key_env"] == "MY_KEY" and out["caption"]["max_tokens"] == 256
+    assert out["download"] == plain["download"] and out["model"] == plain["model"]
 
 
 def test_download_rows_and_errors_hold_redacted_sources(tmp_path, http_server):
@@ -70,28 +94,42 @@ def _all_bytes(folder) -> bytes:
 
 
 def test_no_secret_reaches_any_output_file_or_log(tmp_path, http_server):
-    """A run over signed, password-bearing URLs; then the report and an export. No file under the
-    output root (tables, stage parts, card, manifest.json), no log line and no report or export
-    holds a secret."""
+    """A run over signed, password-bearing URLs with credentials in its config; then the report, an
+    export and `vico submit`. No file under the output root (tables, stage parts, card,
+    manifest.json), no log line (ours and Ray's session logs), no report, export or job config holds
+    any planted secret."""
+    import tempfile
+
     manifest = tmp_path / "manifest.txt"
     manifest.write_text(_secret_url(http_server, "good.mp4") + "\n" + _secret_url(http_server, "status/404") + "\n")
     out = tmp_path / "out"
-    run = run_vico("run", "configs/demo.yaml", "--set", f"sources.manifest={manifest}", "--set", f"output.root={out}",
-                   "--set", "download.retries=0", "--set", "download.allowed_networks=[127.0.0.0/8]",
-                   "--set", "ray.num_cpus=2", "--set", "ray.progress=false")
-    # 3: complete, but the test pattern yields too few clues for a question; the tables still name the sources.
-    assert run.returncode in (0, 3), run.stderr[-3000:]
-    version = run.stdout.strip().splitlines()[-1]
-    assert open(os.path.join(version, "manifest.json")).read().count('"complete"') == 1
-    assert b"http://***@127.0.0.1" in _all_bytes(os.path.join(version, "videos"))
-    report = run_vico("report", version, "--out", str(tmp_path / "report.html"))
-    export = run_vico("export", version, "--out", str(tmp_path / "export"))
-    logs = run.stdout + run.stderr + report.stdout + report.stderr + export.stdout + export.stderr
+    ray_tmp = tempfile.mkdtemp(prefix="vr-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    settings = ["--set", f"sources.manifest={manifest}", "--set", f"output.root={out}", "--set", "download.retries=0",
+                "--set", "download.allowed_networks=[127.0.0.0/8]", "--set", "ray.num_cpus=2",
+                "--set", "ray.progress=false", "--set", _engine_args_setting()]
+    try:
+        run = run_vico("run", "configs/demo.yaml", *settings, env={"RAY_TMPDIR": ray_tmp})
+        # 3: complete, but the test pattern yields too few clues for a question; the tables still name the sources.
+        assert run.returncode in (0, 3), run.stderr[-3000:]
+        version = run.stdout.strip().splitlines()[-1]
+        assert open(os.path.join(version, "manifest.json")).read().count('"complete"') == 1
+        assert b"http://***@127.0.0.1" in _all_bytes(os.path.join(version, "videos"))
+        assert b'"api_keys": ["***", "***"]' in open(os.path.join(version, "manifest.json"), "rb").read()
+        report = run_vico("report", version, "--out", str(tmp_path / "report.html"))
+        export = run_vico("export", version, "--out", str(tmp_path / "export"))
+        # The job config `vico submit` would upload: refused, naming keys, never values (nothing is sent).
+        submit = run_vico("submit", "configs/demo.yaml", *settings, "--address", "http://127.0.0.1:9")
+        assert submit.returncode == 2 and "hold credentials" in submit.stderr, submit.stderr[-2000:]
+        assert "caption.engine_args.api_keys" in submit.stderr and "sources.manifest" not in submit.stderr
+        ray_logs = _all_bytes(ray_tmp)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    logs = "".join(p.stdout + p.stderr for p in (run, report, export, submit))
     assert "failed: download" in run.stderr and "***" in run.stderr  # the 404 is logged, redacted
-    files = _all_bytes(out) + _all_bytes(tmp_path / "export") + (tmp_path / "report.html").read_bytes()
-    for secret in SECRETS:
-        assert secret not in logs, secret
-        assert secret.encode() not in files, secret
+    assert len(ray_logs) > 1000  # Ray's logs were there to search
+    files = _all_bytes(out) + _all_bytes(tmp_path / "export") + (tmp_path / "report.html").read_bytes() + ray_logs
+    found = [secret for secret in SECRETS if secret in logs or secret.encode() in files]
+    assert found == [], found
 
 
 class _CookieHandler(SimpleHTTPRequestHandler):
@@ -155,6 +193,23 @@ def test_submit_refuses_a_token_over_plain_http_to_another_host(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_TOKEN", "sekrit-token")
     proc = run_vico("submit", "configs/demo.yaml", "--address", "10.1.2.3:8265", env={"RAY_AUTH_TOKEN": "sekrit-token"})
     assert proc.returncode == 2 and "refusing to send the Ray token" in proc.stderr and "sekrit" not in proc.stderr
+
+
+@pytest.mark.parametrize("address, loopback", [
+    ("http://127.0.0.1:8265", True), ("http://127.3.2.1:8265", True), ("http://[::1]:8265", True),
+    ("http://localhost:8265", True), ("http://LOCALHOST:8265", True),
+    ("http://127.evil.example:8265", False), ("http://127.0.0.1.evil.example:8265", False),
+    ("http://localhost.evil.example:8265", False), ("http://[::ffff:10.0.0.1]:8265", False),
+    ("http://10.1.2.3:8265", False), ("http://0.0.0.0:8265", False)])
+def test_loopback_means_loopback(address, loopback):
+    from vico_pipeline.submit import check_transport, is_loopback
+
+    assert is_loopback(address) is loopback
+    if loopback:
+        check_transport(address, {"Authorization": "Bearer t"}, insecure=False)
+    else:
+        with pytest.raises(RunError, match="refusing to send the Ray token over plain http"):
+            check_transport(address, {"Authorization": "Bearer t"}, insecure=False)
 
 
 def test_the_uploaded_job_config_holds_no_secret():

@@ -25,7 +25,9 @@ def new_owner() -> str:
 
 
 def _claim_body(owner: str, fingerprint: str, name: str) -> dict:
-    return {"fingerprint": fingerprint, "version": name, "owner": owner, "heartbeat": time.time()}
+    """`owner` names the run for people; `owner_id` lets another run prove it is gone (versions.owner_gone)."""
+    return {"fingerprint": fingerprint, "version": name, "owner": owner, "owner_id": versions.owner_identity(),
+            "heartbeat": time.time()}
 
 
 def try_claim(version_root: str, owner: str, fingerprint: str, name: str) -> bool:

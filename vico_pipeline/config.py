@@ -77,6 +77,9 @@ class DownloadConfig(Section):
     subtitles: list[str] = []
     # Total seconds one download (every request and redirect, all retries) may take.
     deadline_s: float = Field(default=3600.0, gt=0)
+    # Live streams (HLS without an end, dynamic DASH) are refused unless this is true; then they are
+    # recorded for at most max_duration_s, within deadline_s.
+    allow_live: bool = False
     # Total seconds one probe of a downloaded file may take.
     probe_deadline_s: float = Field(default=120.0, gt=0)
     concurrency: int = 4
@@ -271,6 +274,10 @@ class SubtitlesConfig(Section):
     enabled: bool = True
     # Total seconds one subtitle stream's extraction with ffmpeg may take.
     deadline_s: float = Field(default=600.0, gt=0)
+    # A track past either bound is an error row (the video goes on): a 50 MB file of a million cues
+    # would otherwise take minutes and a GB to parse.
+    max_bytes: int = Field(default=5_000_000, ge=1)
+    max_cues: int = Field(default=20_000, ge=1)
 
 
 class AsrConfig(Section):

@@ -150,13 +150,17 @@ def stage_specs() -> list[StageSpec]:
         StageSpec("download", "videos", VIDEOS_SCHEMA, (), _download,
                   ("sources.allow_local", "download.max_height", "download.max_bytes",
                    "download.max_duration_s", "download.cookies_file", "download.allowed_networks",
-                   "download.allowed_buckets", "download.max_playlist_entries", "download.subtitles"),
+                   "download.allowed_buckets", "download.max_playlist_entries", "download.subtitles",
+                   "download.allow_live"),
                   _download_resources,
-                  code_version="2"),  # 2: redacted sources, egress policy, PyAV probe
+                  code_version="3"),  # 2: redacted sources, egress policy, PyAV probe; 3: measured duration
+        # (declared_duration_s), subprocesses behind the egress proxy, live refused
         # Cues from yt-dlp's subtitles, embedded tracks and sidecar files; speech recognition when none.
         StageSpec("subtitles", "subtitles", SUBTITLES_SCHEMA, ("download",), _subtitles,
                   ("subtitles.enabled", "asr.enabled", "asr.model", "asr.language", "asr.temperature",
-                   "asr.chunk_s", "asr.segment_timestamps", "asr.no_speech_threshold"), _subtitles_resources),
+                   "asr.chunk_s", "asr.segment_timestamps", "asr.no_speech_threshold", "subtitles.max_bytes",
+                   "subtitles.max_cues"), _subtitles_resources,
+                  code_version="2"),  # 2: plain text (unescape, strip, no control characters), cues in range
         StageSpec("frames", "clips", CLIPS_SCHEMA, ("download",), _frames,
                   ("clips", "frames.fps", "frames.size", "frames.jpeg_quality",
                    "caption.frames_per_clip", "caption.frame_size"), _frames_resources,

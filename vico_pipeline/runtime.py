@@ -26,16 +26,18 @@ def cluster_address(ray_config) -> str | None:
 
 def init_ray(ray_config) -> str:
     """Start or join Ray; returns a one-line description of where we run (with the dashboard address)."""
-    # Loopback only for a local Ray (otherwise it binds to the machine's interface address).
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Loopback only for a local Ray: vico_pipeline/__init__.py set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+    # before anything imported ray (otherwise it binds to the machine's interface address).
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    address = cluster_address(ray_config)
+    if address:
+        _allow_cluster()
     import ray
 
     quiet_ray_start(getattr(ray_config, "progress", False))
     if ray.is_initialized():
         start_domain_gate()
         return "ray: already initialised in this process" + _dashboard_note(_current_dashboard())
-    address = cluster_address(ray_config)
     if address:
         context = ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         where = f"ray: joined the cluster at {address} ({_resources()})"
@@ -50,6 +52,18 @@ def init_ray(ray_config) -> str:
         where = f"ray: embedded local Ray ({_resources()})"
     start_domain_gate()
     return where + _dashboard_note(getattr(context, "dashboard_url", None))
+
+
+def _allow_cluster() -> None:
+    """Undo the package's loopback default before joining a cluster (`ray.address` in the config):
+    a driver that told Ray "loopback only" would announce 127.0.0.1 to the other nodes."""
+    from vico_pipeline import LOOPBACK_ENV
+
+    if os.environ.pop("VICO_SET_RAY_LOOPBACK", None):
+        os.environ.pop(LOOPBACK_ENV, None)
+        if "ray" in sys.modules:  # already imported: Ray read the variable into this constant
+            from ray._private import ray_constants
+            ray_constants.ENABLE_RAY_CLUSTER = True
 
 
 def _resources() -> str:
@@ -201,9 +215,7 @@ def cluster_domain_gate():
 
 
 def ray_ready() -> bool:
-    """Ray is imported and initialised in this process (a run's driver after `init_ray`)."""
-    try:
-        import ray
-    except ImportError:
-        return False
-    return ray.is_initialized()
+    """Ray is imported and initialised in this process (a run's driver after `init_ray`). Never
+    imports ray itself: the first import decides which interfaces a local Ray binds to."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()

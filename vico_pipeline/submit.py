@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ipaddress
 import os
 import re
 import shlex
@@ -58,8 +59,15 @@ def job_address(address: str | None) -> str:
 
 
 def is_loopback(address: str) -> bool:
+    """This machine only: a loopback IP (127.0.0.0/8, ::1) parsed as an address, or the name
+    `localhost`. Any other name counts as remote, whatever it starts with (127.evil.example)."""
     host = (urlsplit(address).hostname or "").lower()
-    return host in ("localhost", "::1") or host.startswith("127.")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def resolve_paths(plain: dict, cwd: str | None = None) -> list[str]:

@@ -45,28 +45,62 @@ def read_claim(version_root: str) -> tuple[int, dict | None]:
 
 def claim_is_stale(claim: dict, now: float | None = None) -> bool:
     """A killed run's claim: no heartbeat (written by an older vico), released, not refreshed for
-    STALE_S, or owned by a process of this machine that no longer exists (a run killed here)."""
+    STALE_S, or owned by a process provably gone (`owner_gone`)."""
     beat = claim.get("heartbeat")
-    if not isinstance(beat, (int, float)) or claim.get("released") or _owner_gone(claim.get("owner")):
+    if not isinstance(beat, (int, float)) or claim.get("released") or owner_gone(claim.get("owner_id")):
         return True
     return (now if now is not None else time.time()) - beat > STALE_S
 
 
-def _owner_gone(owner) -> bool:
-    """True when `owner` (host:pid:id) names this host and a pid that is not running."""
+def owner_identity(pid: int | None = None) -> dict:
+    """Who owns a claim, precisely enough to tell it is gone: the host's boot id, the PID namespace
+    and the process start time, not just hostname and PID. Two containers on one kernel share the
+    boot id but not the PID namespace; a PID reused after a reboot or a restart has another start time."""
     import os
     import socket
 
-    parts = str(owner or "").split(":")
-    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+    pid = os.getpid() if pid is None else pid
+    return {"host": socket.gethostname(), "boot_id": _read("/proc/sys/kernel/random/boot_id"),
+            "pid_ns": _pid_namespace(), "pid": pid, "start_time": _start_time(pid)}
+
+
+def owner_gone(identity) -> bool:
+    """True only when the owner is provably gone: it ran in this boot and this PID namespace, and its
+    PID is free now or names a process started at another time. Anything else (another host,
+    another namespace, an owner written by an older vico) cannot be checked here: the heartbeat decides."""
+    if not isinstance(identity, dict) or not isinstance(identity.get("pid"), int):
         return False
+    here = owner_identity()
+    if None in (here["boot_id"], here["pid_ns"]) or (identity.get("boot_id"), identity.get("pid_ns")) != \
+            (here["boot_id"], here["pid_ns"]):
+        return False
+    started = _start_time(identity["pid"])
+    return started is None or started != identity.get("start_time")
+
+
+def _read(path: str) -> str | None:
     try:
-        os.kill(int(parts[1]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+        with open(path) as handle:
+            return handle.read().strip() or None
+    except OSError:
+        return None
+
+
+def _pid_namespace() -> str | None:
+    import os
+
+    try:
+        return os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]": the namespace's inode
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat); None: no such process."""
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # after "pid (comm)", field 3 is index 0
 
 
 def list_versions(dataset_root: str) -> list[dict]:

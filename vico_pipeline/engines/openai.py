@@ -5,8 +5,9 @@ has a timeout (`timeout_s`, per read) and is retried with backoff (`retries`,
 `backoff_s`) on 429, 5xx, timeouts and dropped connections; other errors
 (400, 401, 404) fail that request at once. A request, its retries and waits
 included, has a total deadline (`deadline_s`): when it passes, the request's
-connections are cut (vico_pipeline.egress), so a server dripping its answer
-byte by byte cannot hold a worker. The API key is read from the
+client enforces it on every read and write (vico_pipeline/engines/http.py), so a
+server dripping its headers or its answer byte by byte cannot hold a worker, on a
+new connection or a reused one. The API key is read from the
 environment variable `api_key_env` names; it is never logged or written.
 """
 from __future__ import annotations
@@ -19,31 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 
-try:  # the HTTP client the installed openai package is built on
-    import httpx2 as httpx
-    _HttpClient = openai.DefaultHttpx2Client
-except ImportError:
-    import httpx
-    _HttpClient = openai.DefaultHttpxClient
-
-from vico_pipeline.egress import EgressGuard, current_guard
 from vico_pipeline.engines.base import Engine, EngineError, Request, Result
+from vico_pipeline.engines.http import deadline, openai_client
 from vico_pipeline.engines.retry import RetriesExhausted, call_with_retries
 
 log = logging.getLogger(__name__)
-
-
-class _DeadlineTransport(httpx.HTTPTransport):
-    """Hands a reused keep-alive connection's socket to the request's deadline guard too
-    (a new connection is registered when it connects)."""
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response = super().handle_request(request)
-        guard, stream = current_guard(), response.extensions.get("network_stream")
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if guard is not None and sock is not None:
-            guard.track(sock)
-        return response
 
 
 def image_url(jpeg: bytes) -> str:
@@ -103,9 +84,7 @@ class OpenAIEngine(Engine):
                 raise EngineError(f"environment variable {section.api_key_env} (api_key_env) is not set")
         # Our own retry helper does the retrying, so the client's is off.
         self._secret = api_key if section.api_key_env else None
-        self.client = openai.OpenAI(base_url=section.base_url, api_key=api_key, max_retries=0,
-                                    timeout=section.timeout_s,
-                                    http_client=_HttpClient(transport=_DeadlineTransport()))
+        self.client = openai_client(section.base_url, api_key, section.timeout_s)
         self.pool = ThreadPoolExecutor(max_workers=max(1, section.concurrency), thread_name_prefix="vico-openai")
         self.sleep = time.sleep  # tests may count the waits
         self.retried = 0  # retries made, for stats and tests
@@ -127,7 +106,7 @@ class OpenAIEngine(Engine):
             self.retried += 1
             log.warning("openai engine: %s, retry %d in %.1f s", error_type(exc), attempt, delay)
 
-        with EgressGuard(None, deadline_s) as guard:  # one total deadline: every attempt and wait
+        with deadline(deadline_s) as guard:  # one total deadline: every attempt, read and wait
             def attempt():
                 # No read may outlast the deadline either.
                 return self.client.chat.completions.create(**{**kwargs, "timeout": max(0.001, min(
