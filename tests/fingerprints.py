@@ -1,9 +1,10 @@
 """The fingerprints of every shipped pipeline config under a few switches, for one fixed manifest.
 
-tests/data/fingerprints.json holds them as computed at commit 540d0a9 (before the import-layer
-refactor); tests/test_layers.py checks the code still computes the same, so a version made
-before a refactor is reused after it. A deliberate change (a stage's code version, a new config
-key that decides an output) regenerates the file:
+tests/data/fingerprints.json holds them as the code last computed them on purpose (the import-layer
+refactor, 84be642, computed exactly those of 540d0a9 before it); tests/test_layers.py checks the code
+still computes the same, so a refactor that should change nothing reuses every version made before it.
+A deliberate change (a stage's code version, a new config key that decides an output) regenerates
+the file in the same commit, and its message says why:
 
     python -m tests.fingerprints > tests/data/fingerprints.json
 """

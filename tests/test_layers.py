@@ -2,8 +2,8 @@
 
 The layer contracts themselves are checked by `lint-imports` (scripts/test.sh, pyproject.toml
 [tool.importlinter]); here, the import graph as a whole has no cycle, and the fingerprints
-equal those the code computed before the layers were drawn (commit 540d0a9), so a version
-made then is reused now."""
+equal those recorded in tests/data/fingerprints.json (the layers commit computed exactly those
+of the commit before it, 540d0a9), so a refactor reuses every version made before it."""
 import json
 import os
 from pathlib import Path
@@ -64,7 +64,7 @@ def test_the_cycle_finder_finds_a_cycle():
     assert import_cycles(Graph()) == [["a", "b", "c"]]
 
 
-def test_fingerprints_are_those_of_the_commit_before_the_layers(monkeypatch):
+def test_fingerprints_change_only_on_purpose(monkeypatch):
     monkeypatch.chdir(ROOT)  # the cases name configs/ by relative path
     for name in [n for n in os.environ if n.startswith("VICO_")]:
         monkeypatch.delenv(name)
