@@ -1,20 +1,25 @@
 """How much of a version's answer keys a model could get without learning the video.
 
-    python bench/leakage.py VERSION [VERSION ...] [--json] [--seed 0]
+    python bench/leakage.py VERSION [VERSION ...] [--json] [--seed 0] [--before-blind]
 
 For each version (e.g. the same run with `blind.enabled=false`, then with the filter):
 
-- per task, the accuracy of each trivial rule that reads only the question's text:
-  `longest` / `shortest` option, most word `overlap` with the question, `earliest` /
-  `latest` time among options that carry one, `never_identity` (any order but 1, 2, 3, ...);
-  a tie counts as a uniform guess among the tied options, so a rule that cannot tell the
-  options apart scores chance. Goal: every rule within chance + 0.05.
+- per task, the accuracy of each trivial rule that reads only the question's text, and of its
+  inverse: `longest` / `shortest` option, `most_overlap` / `least_overlap` (words shared with
+  the question), `earliest` / `latest` time among options that carry one, `identity` /
+  `never_identity` (the order 1, 2, 3, ... / any other); a tie counts as a uniform guess among
+  the tied options, so a rule that cannot tell the options apart scores chance. A rule far BELOW
+  chance is a tell too (its inverse wins): the goal is every rule within chance ± 0.05.
+- per task, whether the wording (`template_id`) tells the answer: answering each question with
+  the commonest answer of the other questions of its wording (leave one out), against chance.
 - cross-turn leakage: the share of turns whose answer follows from the answers of earlier
   turns of the same conversation, with one question a sample (the shards), with the trainer's
   packing (`samples.pack_questions`, `train.pack_questions: true`), and with the old packing
   (all of a video's questions in one conversation, in task order) for comparison.
 - letter balance: per task, how far the commonest answer position is from an even share.
 
+`--before-blind` also measures each version's questions as the questions stage wrote them,
+before the blind filter (the stage's cached parts), as "VERSION:before-blind".
 Reads the version's `questions` table; no Ray, no model.
 """
 from __future__ import annotations
@@ -35,7 +40,8 @@ from vico_pipeline.text import overlap  # noqa: E402
 _TIME = re.compile(r"(?:(\d+):)?(\d{1,2}):(\d{2})")
 _MINUTES = re.compile(r"about (\d+) minutes?")  # gap options
 _PERMUTATION = re.compile(r"^\s*\d+(\s*,\s*\d+)+\s*$")
-RULES = ("longest", "shortest", "overlap", "earliest", "latest", "never_identity")
+# Every rule with its inverse: a rule far below chance is a tell as much as one far above.
+RULES = ("longest", "shortest", "most_overlap", "least_overlap", "earliest", "latest", "identity", "never_identity")
 MARGIN = 0.05
 TASK_ORDER = ("event_order", "clue_time", "next_event", "before_after", "timeline",
               "at_time", "gap", "summary", "said_when")  # stages/questions.py
@@ -60,18 +66,19 @@ def is_identity(option: str) -> bool:
 
 def rule_picks(rule: str, question: str, options: list[str]) -> list[int] | None:
     """The options a rule would choose among (ties), or None when it does not apply to these options."""
-    if rule in ("longest", "shortest", "overlap"):
-        score = {"longest": len, "shortest": lambda o: -len(o), "overlap": lambda o: overlap(question, o)}[rule]
+    if rule in ("longest", "shortest", "most_overlap", "least_overlap"):
+        score = {"longest": len, "shortest": lambda o: -len(o), "most_overlap": lambda o: overlap(question, o),
+                 "least_overlap": lambda o: -overlap(question, o)}[rule]
         values = [score(o) for o in options]
     elif rule in ("earliest", "latest"):
         times = [first_time(o) for o in options]
         if any(t is None for t in times):
             return None
         values = [-t if rule == "earliest" else t for t in times]
-    else:  # never_identity: a model that learned "the order shown is never the answer"
+    else:  # identity / never_identity: "the order shown is (never) the answer"
         if not all(_PERMUTATION.match(o) for o in options):
             return None
-        values = [0 if is_identity(o) else 1 for o in options]
+        values = [int(is_identity(o) == (rule == "identity")) for o in options]
     best = max(values)
     return [i for i, v in enumerate(values) if v == best]
 
@@ -102,10 +109,45 @@ def rule_accuracy(questions: list[dict]) -> dict[str, dict]:
     return out
 
 
-def over_chance(accuracy: dict[str, dict]) -> list[str]:
-    """'task/rule' for every rule above its chance + MARGIN."""
+def off_chance(accuracy: dict[str, dict]) -> list[str]:
+    """'task/rule' for every rule more than MARGIN from its chance, above or below."""
     return [f"{task}/{rule}" for task, e in accuracy.items() for rule in RULES
-            if e[rule] is not None and e[rule] > e[f"{rule}_chance"] + MARGIN]
+            if e[rule] is not None and abs(e[rule] - e[f"{rule}_chance"]) > MARGIN]
+
+
+def worst_rule(accuracy: dict[str, dict]) -> dict[str, tuple[str, float]]:
+    """{task: (rule, |rule - chance|)} for the rule furthest from its chance."""
+    out = {}
+    for task, e in accuracy.items():
+        gaps = [(abs(e[r] - e[f"{r}_chance"]), r) for r in RULES if e[r] is not None]
+        if gaps:
+            gap, rule = max(gaps)
+            out[task] = (rule, round(gap, 4))
+    return out
+
+
+def template_balance(questions: list[dict]) -> dict[str, dict]:
+    """{task: {templates, questions, chance, template_rule}}: does the wording (`template_id`)
+    tell the answer? `template_rule` answers each question with the commonest answer position
+    among the OTHER questions of its task and template (leave one out, ties guessed uniformly):
+    a wording that goes with one answer would score above chance."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for q in multiple_choice(questions):
+        groups[(q["task"], q.get("template_id"))].append(q)
+    scores: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    templates: Counter = Counter()
+    for (task, _), rows in groups.items():
+        templates[task] += 1
+        counts = Counter(q["answer_index"] for q in rows)
+        for q in rows:
+            others = counts.copy()
+            others[q["answer_index"]] -= 1
+            best = max(others.values()) if +others else 0
+            picks = [i for i in range(len(q["options"])) if others.get(i, 0) == best]
+            scores[task].append(((q["answer_index"] in picks) / len(picks), 1 / len(q["options"])))
+    return {task: {"templates": templates[task], "questions": len(s),
+                   "chance": round(sum(c for _, c in s) / len(s), 4),
+                   "template_rule": round(sum(a for a, _ in s) / len(s), 4)} for task, s in sorted(scores.items())}
 
 
 # --------------------------------------------------------------------------- cross-turn leakage
@@ -251,28 +293,55 @@ def read_questions(version_root: str) -> list[dict]:
     return read_table(version_root, "questions").to_pylist()
 
 
+def read_questions_before_blind(version_root: str) -> list[dict]:
+    """The version's questions as the questions stage wrote them, before the blind filter: the
+    stage's cached parts (`_stages/questions-{fingerprint}`) of the version's videos."""
+    from vico_pipeline import layout, storage
+    from vico_pipeline.export import read_table
+    from vico_pipeline.versions import open_version
+
+    manifest = open_version(version_root)
+    fingerprint = manifest["stage_fingerprints"]["questions"]
+    stage_root = storage.join(os.path.dirname(version_root.rstrip("/")), "_stages", f"questions-{fingerprint}")
+    videos = sorted(set(read_table(version_root, "questions", ["video_id"]).column("video_id").to_pylist()))
+    parts = [layout.part_uri(stage_root, v) for v in videos]
+    return storage.read_parquet([p for p in parts if storage.exists(p)]).to_pylist()
+
+
 def measure(questions: list[dict], seed: int = 0) -> dict:
     packings = {"one_per_sample": one_per_sample, "task_order_packing": task_order_packing}
     if trainer_packing() is not None:
         packings["pack_questions"] = trainer_packing()
     accuracy = rule_accuracy(questions)
-    return {"questions": len(questions), "rules": accuracy, "over_chance": over_chance(accuracy),
+    return {"questions": len(questions), "rules": accuracy, "off_chance": off_chance(accuracy),
+            "worst_rule": worst_rule(accuracy), "templates": template_balance(questions),
             "leakage": {name: leakage(questions, fn, seed) for name, fn in packings.items()},
             "letters": letter_balance(questions)}
 
 
 def markdown(results: dict[str, dict]) -> str:
     """One table of rule accuracy (rows: version x task) and one of leakage and letters."""
-    lines = ["| version | task | n | chance | " + " | ".join(RULES) + " |",
-             "| --- | --- | --- | --- | " + " | ".join("---" for _ in RULES) + " |"]
+    lines = ["| version | task | n | chance | " + " | ".join(RULES) + " | max \\|rule − chance\\| |",
+             "| --- | --- | --- | --- | " + " | ".join("---" for _ in RULES) + " | --- |"]
     for name, r in results.items():
         for task, e in r["rules"].items():
             cells = []
             for rule in RULES:
                 value = e[rule]
-                mark = "**" if value is not None and value > e[f"{rule}_chance"] + MARGIN else ""
+                mark = "**" if value is not None and abs(value - e[f"{rule}_chance"]) > MARGIN else ""
                 cells.append("–" if value is None else f"{mark}{value:.2f}{mark}")
+            worst = r["worst_rule"].get(task)
+            cells.append(f"{worst[1]:.2f} ({worst[0]})" if worst else "–")
             lines.append(f"| {name} | {task} | {e['questions']} | {e['chance']:.2f} | " + " | ".join(cells) + " |")
+    lines += ["", "| version | task | templates | n | chance | template_rule (the commonest answer of the other "
+              "questions of its wording) |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, r in results.items():
+        for task, e in r["templates"].items():
+            # Only above chance is a tell here: leaving one out of letters dealt from even decks
+            # makes the rest of its group lean away from it, so balanced wordings score below chance.
+            mark = "**" if e["template_rule"] - e["chance"] > MARGIN else ""
+            lines.append(f"| {name} | {task} | {e['templates']} | {e['questions']} | {e['chance']:.2f} | "
+                         f"{mark}{e['template_rule']:.2f}{mark} |")
     lines += ["", "| version | packing | leaked turns (all) | by task |", "| --- | --- | --- | --- |"]
     for name, r in results.items():
         for packing, shares in r["leakage"].items():
@@ -291,8 +360,15 @@ def main(argv=None) -> None:
     parser.add_argument("versions", nargs="+")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of Markdown tables")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--before-blind", action="store_true",
+                        help="also measure each version's questions before the blind filter")
     args = parser.parse_args(argv)
-    results = {v.rstrip("/").rsplit("/", 1)[-1]: measure(read_questions(v), args.seed) for v in args.versions}
+    results = {}
+    for v in args.versions:
+        name = v.rstrip("/").rsplit("/", 1)[-1]
+        if args.before_blind:
+            results[f"{name}:before-blind"] = measure(read_questions_before_blind(v), args.seed)
+        results[name] = measure(read_questions(v), args.seed)
     print(json.dumps(results, indent=1) if args.json else markdown(results))
 
 

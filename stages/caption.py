@@ -23,6 +23,7 @@ from stages.base import ErrorRow, Stage
 from stages.common import RETRY_NOTE, check_answer, clip_subtitles
 from vico_pipeline.engines import Request, build_engine
 from vico_pipeline.engines.parse import extract_json, first_sentence
+from vico_pipeline.spans import event_span, video_shots
 from vico_pipeline.text import clock
 
 CAPTIONS_SCHEMA = pa.schema([
@@ -33,6 +34,14 @@ CAPTIONS_SCHEMA = pa.schema([
     ("end_s", pa.float64()),
     ("caption", pa.string()),
     ("key_event", pa.string()),
+    # The caption frames (1-based, as the prompt numbers them) that show the key event.
+    ("key_event_frames", pa.list_(pa.int32())),
+    # Where the key event is seen: the shots of those frames (vico_pipeline/spans.py); may run
+    # past the clip's window into a neighbour showing the same shot.
+    ("event_start_s", pa.float64()),
+    ("event_end_s", pa.float64()),
+    # Gate error types of the answers rejected before the one kept (a retry fixed them).
+    ("rejected", pa.list_(pa.string())),
     ("engine", pa.string()),
     ("model", pa.string()),
     ("prompt_version", pa.string()),
@@ -45,7 +54,8 @@ CAPTIONS_SCHEMA = pa.schema([
 
 CAPTION_SCHEMA_JSON = {
     "type": "object",
-    "properties": {"caption": {"type": "string"}, "key_event": {"type": "string"}},
+    "properties": {"caption": {"type": "string"}, "key_event": {"type": "string"},
+                   "key_event_frames": {"type": "array", "items": {"type": "integer"}}},
     "required": ["caption", "key_event"],
 }
 
@@ -58,6 +68,16 @@ PROMPTS = {
         "visible; do not guess.\n"
         'Answer with JSON only: {{"caption": "3 to 6 sentences", "key_event": "one sentence: the most '
         'important event of the clip, recognisable without timestamps"}}'
+    ),
+    # v2: also which frames show the key event, so its span (the shots of those frames) is known.
+    "v2": (
+        "These {n} frames, numbered 1 to {n}, are sampled in order from one {seconds:.0f}-second clip of a "
+        "longer video ({start} to {end}). Describe the clip for someone who cannot see it: the sequence of "
+        "actions in order, the people, objects and setting, and any visible text (quote it). Say only what "
+        "is visible; do not guess.\n"
+        'Answer with JSON only: {{"caption": "3 to 6 sentences", "key_event": "one sentence: the most '
+        'important event of the clip, recognisable without timestamps", "key_event_frames": [the numbers of '
+        'the frames in which the key event is seen]}}'
     ),
 }
 
@@ -87,6 +107,18 @@ def parse_caption(text: str) -> tuple[str, str] | None:
     key = data.get("key_event")
     key = " ".join(key.split()) if isinstance(key, str) and key.strip() else first_sentence(caption)
     return caption, key
+
+
+def key_event_frames(text: str, count: int) -> list[int]:
+    """The frame numbers (1..count) an answer names as showing its key event; every frame when it
+    names none that exist (the key event is then taken as the whole clip's shots)."""
+    data = extract_json(text)
+    named = data.get("key_event_frames") if isinstance(data, dict) else None
+    if isinstance(named, (int, float)):
+        named = [named]
+    frames = sorted({int(x) for x in named if isinstance(x, (int, float)) and 1 <= int(x) <= count}) \
+        if isinstance(named, list) else []
+    return frames or list(range(1, count + 1))
 
 
 # --------------------------------------------------------------------------- the gates
@@ -121,8 +153,12 @@ def caption_request(version: str, clip: dict, retry_why: str = "") -> Request:
     return Request(prompt=prompt, images=list(clip["caption_frames"]), json_schema=CAPTION_SCHEMA_JSON)
 
 
-def caption_rows(clip: dict, result, source: str, engine: str, model: str, version: str) -> Iterator[dict | ErrorRow]:
-    """The caption row for a clip's engine result, or the error row that says why there is none."""
+def caption_rows(clip: dict, result, source: str, engine: str, model: str, version: str,
+                 shots: list[tuple[float, float]] = (), rejected: list[str] = ()) -> Iterator[dict | ErrorRow]:
+    """The caption row for a clip's engine result, or the error row that says why there is none.
+
+    `shots`: the video's shots, for the key event's span; `rejected`: the gate error types of this
+    clip's earlier answers (a retry fixed them)."""
     if not result.ok:
         yield ErrorRow(clip["clip_id"], source, f"caption_{result.error_type}", result.error or "")
         return
@@ -131,8 +167,12 @@ def caption_rows(clip: dict, result, source: str, engine: str, model: str, versi
         yield ErrorRow(clip["clip_id"], source, error_type, why)
         return
     caption, key_event = parsed
+    times = list(clip.get("caption_frame_times_s") or [])
+    frames = key_event_frames(result.text, len(times))
+    start, end = event_span([times[i - 1] for i in frames], list(shots), (clip["start_s"], clip["end_s"]))
     yield {"clip_id": clip["clip_id"], "video_id": clip["video_id"], "clip_index": clip["clip_index"],
            "start_s": clip["start_s"], "end_s": clip["end_s"], "caption": caption, "key_event": key_event,
+           "key_event_frames": frames, "event_start_s": start, "event_end_s": end, "rejected": list(rejected),
            "engine": engine, "model": model, "prompt_version": version, "answer_format": "json",
            "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
            "latency_s": round(result.latency_s, 4)}
@@ -163,20 +203,24 @@ class CaptionStage(Stage):
             yield no_clips_kept(vid, source, verdicts)
             return
         section = self.config.caption
+        shots = video_shots(item["frames"], (item.get("video") or {}).get("duration_s"))
         cues = (item.get("subtitles") or []) if section.use_subtitles else []
         clips = [{**c, "subtitles": clip_subtitles(cues, c["start_s"], c["end_s"])} for c in clips]
         results = self.answer([caption_request(section.prompt_version, c) for c in clips])
+        rejected: list[list[str]] = [[] for _ in clips]
         for _ in range(section.answer_retries):  # answers the gates rejected are asked again, bounded
             again = [i for i, r in enumerate(results) if r.ok and gate(r)[0] is None]
             if not again:
                 break
+            for i in again:
+                rejected[i].append(gate(results[i])[1])
             retried = self.answer([caption_request(section.prompt_version, clips[i], gate(results[i])[2][:200])
                                    for i in again])
             for i, result in zip(again, retried):
                 results[i] = result
-        for clip, result in zip(clips, results):
+        for clip, result, earlier in zip(clips, results, rejected):
             yield from caption_rows(clip, result, source, self.engine.kind, self.engine.model,
-                                    section.prompt_version)
+                                    section.prompt_version, shots, earlier)
 
     def answer(self, requests: list[Request]) -> list:
         """The engine's results for `requests`, in batches; the next batch is prepared while one generates."""
@@ -207,5 +251,6 @@ class CaptionAnswers(CaptionStage):
             return
         section = self.config.caption
         for clip in sorted(answers, key=lambda c: c["clip_index"]):
+            shots = [tuple(s) for s in clip.get("shots_s") or []]
             yield from caption_rows(clip, clip["result"], item["source"], section.engine, section.model or "",
-                                    section.prompt_version)
+                                    section.prompt_version, shots)

@@ -33,6 +33,7 @@ from stages.common import clip_subtitles, segments
 from stages.context import Budget, TooLong
 from vico_pipeline.engines import Request, build_engine
 from vico_pipeline.engines.parse import extract_json, readable
+from vico_pipeline.spans import span_of
 from vico_pipeline.text import clip_text, clock, gives_time, lexically_grounded, similarity
 
 CLUES_SCHEMA = pa.schema([
@@ -42,6 +43,9 @@ CLUES_SCHEMA = pa.schema([
     ("start_s", pa.float64()),
     ("end_s", pa.float64()),
     ("text", pa.string()),
+    # Where its key event is seen (its clip's caption's span, vico_pipeline/spans.py).
+    ("event_start_s", pa.float64()),
+    ("event_end_s", pa.float64()),
     ("engine", pa.string()),
     ("model", pa.string()),
     ("prompt_version", pa.string()),
@@ -238,7 +242,9 @@ def validate(text: str, captions: dict[str, dict], cfg, judge=None, limit: int |
         candidates.append({"clip_id": clip_id, "text": clue, "kept": not reason, "reject_reason": reason})
         if not reason:
             caption = captions[clip_id]
-            valid.append({"clip_id": clip_id, "start_s": caption["start_s"], "end_s": caption["end_s"], "text": clue})
+            start, end = span_of(caption)
+            valid.append({"clip_id": clip_id, "start_s": caption["start_s"], "end_s": caption["end_s"], "text": clue,
+                          "event_start_s": start, "event_end_s": end})
     valid.sort(key=lambda v: (v["start_s"], v["clip_id"]))
     return valid, candidates
 

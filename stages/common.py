@@ -85,10 +85,13 @@ QUESTIONS_SCHEMA = pa.schema([
     ("answer", pa.string()),
     ("answer_index", pa.int32()),
     ("evidence_clip_ids", pa.list_(pa.string())),
-    # [start_s, end_s] of each evidence clip, in the order of evidence_clip_ids.
+    # [start_s, end_s] of each evidence clip's event span (vico_pipeline/spans.py), in the order
+    # of evidence_clip_ids: a frame from there shows the event.
     ("evidence_windows_s", pa.list_(pa.list_(pa.float64()))),
     ("split", pa.string()),
     ("conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))),
+    # Which paraphrase of the task's question and answer line (stages/questions.py TEMPLATES).
+    ("template_id", pa.string()),
     # Rotations of the options a model answered right without the video; filled by the blind stage.
     ("blind_correct", pa.int32()),
     # Provenance: what made the captions and the clues this question stands on.

@@ -1,9 +1,12 @@
-"""Windows and frames: one ffmpeg decode per video yields every frame we keep.
+"""Windows and frames: one ffmpeg decode per video yields every frame we keep, and its shots.
 
 One ffmpeg process decodes the video once and splits the picture stream in
-two: training frames (`frames.fps`, short side `frames.size`) and caption frames
+three: training frames (`frames.fps`, short side `frames.size`) and caption frames
 (`caption.frames_per_clip` spread over each window, short side
-`caption.frame_size`), both JPEG-encoded by ffmpeg into one NUT stream on a pipe.
+`caption.frame_size`), both JPEG-encoded by ffmpeg, and every frame shrunk to a
+few hundred raw RGB pixels for the shot changes (`cuts_s`, the `shots` table),
+all in one NUT stream on a pipe. Each training frame also gets a perceptual hash
+(`train_frame_hashes`) for finding the same footage uploaded twice.
 We demux the pipe as it fills (PyAV) and yield each clip as soon as both streams
 have passed its end, so memory holds a few clips, never the decoded video.
 
@@ -30,6 +33,7 @@ import pyarrow as pa
 from stages.base import ErrorRow, Stage
 from stages.ffmpeg import MediaError, ffmpeg_exe, probe, run
 from vico_pipeline import storage
+from vico_pipeline.spans import shots_from_cuts
 
 CLIPS_SCHEMA = pa.schema([
     ("clip_id", pa.string()),
@@ -46,6 +50,20 @@ CLIPS_SCHEMA = pa.schema([
     ("dup_similarity", pa.float64()),
     ("clip_path", pa.string()),
     ("clip_file_s", pa.float64()),
+    # Shot changes (scene cuts) inside the window: the presentation time of each cut's first frame.
+    ("cuts_s", pa.list_(pa.float64())),
+    # A perceptual hash (pHash, 64 bits) and a colour code of each training frame, for finding
+    # the same footage uploaded twice (vico_pipeline/dedup.py).
+    ("train_frame_hashes", pa.list_(pa.int64())),
+    ("train_frame_colours", pa.list_(pa.int64())),
+])
+
+# One row per shot of a video (contract.md `shots`): the stretch between two cuts.
+SHOTS_SCHEMA = pa.schema([
+    ("video_id", pa.string()),
+    ("shot_index", pa.int32()),
+    ("start_s", pa.float64()),
+    ("end_s", pa.float64()),
 ])
 
 
@@ -96,25 +114,70 @@ def ffmpeg_command(stream_spec) -> list[str]:
     return [args[0], *GLOBAL_ARGS, *args[1:]]
 
 
+# Shot changes: every decoded frame, shrunk to SCENE_SIZE RGB pixels, comes out raw (stream 2)
+# and is scored against the one before (`scene_score`). A dense stream: a sparse one (only the
+# cut frames) is held back by ffmpeg and reached the pipe up to a shot late.
+SCENE_SIZE = (32, 18)
+
+
+def _scene_frames(stream):
+    """Every frame, small (cheap to score), RGB: a change of colour at one brightness is a cut too."""
+    return stream.filter("scale", SCENE_SIZE[0], SCENE_SIZE[1], flags="area").filter("format", "rgb24")
+
+
+def scene_score(previous: np.ndarray, current: np.ndarray, previous_mafd: float) -> tuple[float, float]:
+    """(score 0-1, mean absolute difference) of a frame against the one before, as ffmpeg's
+    `select=scene` scores it: the change, less a steady change (motion, fades) of the frame before."""
+    mafd = float(np.abs(current.astype(np.int16) - previous.astype(np.int16)).mean())
+    return min(max(min(mafd, abs(mafd - previous_mafd)) / 100.0, 0.0), 1.0), mafd
+
+
 def decode_graph(path: str, train_fps: float, train_size: int, caption_rate: Fraction, caption_size: int,
                  threads: int = 0):
-    """The decode's two branches (ffmpeg-python streams): training frames and caption frames."""
+    """The decode's three branches (ffmpeg-python streams): training frames, caption frames, scene frames."""
     import ffmpeg as ffmpeg_python
 
     video = ffmpeg_python.input(path, threads=threads).video.split()
     train = _scale(_every(video[0], Fraction(train_fps).limit_denominator(1000)), train_size)
     caption = _scale(_every(video[1], caption_rate), caption_size)
-    return train, caption
+    return train, caption, _scene_frames(video[2])
 
 
 def decode_command(path: str, train_fps: float, train_size: int, caption_rate: Fraction, caption_size: int,
                    jpeg_quality: int, threads: int) -> list[str]:
-    """One decode, split in two: training frames (stream 0) and caption frames (stream 1), JPEGs in NUT on stdout."""
+    """One decode, split in three: training frames (stream 0) and caption frames (stream 1) as JPEGs,
+    every frame small and raw (stream 2, for shot changes), in NUT on stdout."""
     import ffmpeg as ffmpeg_python
 
-    train, caption = decode_graph(path, train_fps, train_size, caption_rate, caption_size, threads)
-    return ffmpeg_command(ffmpeg_python.output(train, caption, "pipe:1", format="nut", vcodec="mjpeg",
-                                               fps_mode="passthrough", **{"q:v": jpeg_quality}))
+    branches = decode_graph(path, train_fps, train_size, caption_rate, caption_size, threads)
+    # enc_time_base demux: the encoders keep the source's time base. By default it is 1/frame rate,
+    # and ffmpeg's guess of a VFR source's rate (10 for one mostly at 10 fps with bursts at 30)
+    # rounded a frame at 33.267 s to 33.300 s (issue 19).
+    return ffmpeg_command(ffmpeg_python.output(*branches, "pipe:1", format="nut", fps_mode="passthrough",
+                                               enc_time_base="demux",
+                                               **{"c:v:0": "mjpeg", "c:v:1": "mjpeg", "q:v": jpeg_quality,
+                                                  "c:v:2": "rawvideo"}))
+
+
+def frame_hash(jpeg: bytes) -> tuple[int, int]:
+    """A training frame's perceptual hash (pHash, 64 bits) and colour code (the mean colour of each
+    quarter of the picture, 5 bits a channel: pHash sees only light and shade), both as signed
+    int64 (Parquet has no uint64). vico_pipeline/dedup.py compares them."""
+    import imagehash
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(jpeg))
+    image.draft("RGB", (64, 64))  # DCT-domain downscale: pHash looks at 32x32 anyway
+    image = image.convert("RGB")
+    value = int(str(imagehash.phash(image)), 16)
+    quarters = np.asarray(image.resize((2, 2), Image.BOX), np.uint8).reshape(-1) >> 3  # 12 values, 5 bits
+    colour = sum(int(v) << (5 * k) for k, v in enumerate(quarters))
+    return (value - (1 << 64) if value >= 1 << 63 else value), colour
+
+
+def frame_hashes(jpegs: list[bytes]) -> dict[str, list[int]]:
+    pairs = [frame_hash(jpg) for jpg in jpegs]
+    return {"train_frame_hashes": [h for h, _ in pairs], "train_frame_colours": [c for _, c in pairs]}
 
 
 def _demux_jpegs(pipe, out: queue.Queue) -> None:
@@ -153,13 +216,17 @@ class FramesStage(Stage):
     name = "frames"
     schema = CLIPS_SCHEMA
 
-    def __init__(self, config, clip_root: str | None = None):
+    def __init__(self, config, clip_root: str | None = None, shots_root: str | None = None):
         super().__init__(config)
         self.seconds = config.clips.seconds
         self.clip_root = clip_root
+        # Where each video's `shots` part goes (None: kept in `self.shots` only).
+        self.shots_root = shots_root
+        self.shots: list[dict] = []
 
     def process(self, item: dict) -> Iterator[dict | ErrorRow]:
         """`item["video"]` is a videos row; yields one row per window, or an error row naming why not."""
+        self.shots = []
         try:
             yield from self._clips(item)
         except MediaError as exc:  # decode_failed, timeout, ffmpeg_failed: the video's error row
@@ -177,7 +244,9 @@ class FramesStage(Stage):
         with storage.local_copy(video["media_path"]) as path:
             clip_files = self._clip_files(vid, path) if cfg.clips.write_files != "off" else {}
             previous_thumb = None
-            for index, start, end, train, captions in self._decode(path, wins):
+            cuts_seen: list[float] = []
+            for index, start, end, train, captions, cuts in self._decode(path, wins):
+                cuts_seen += cuts
                 brightness, motion, thumb = clip_signals([jpg for _, jpg in captions])
                 similarity = 0.0 if previous_thumb is None else float(
                     1.0 - np.abs(thumb - previous_thumb).mean() / 255.0)
@@ -189,13 +258,26 @@ class FramesStage(Stage):
                     "train_frames": [jpg for _, jpg in train], "train_frame_times_s": [t for t, _ in train],
                     "caption_frames": [jpg for _, jpg in captions], "caption_frame_times_s": [t for t, _ in captions],
                     "brightness": brightness, "motion": motion, "dup_similarity": similarity,
-                    "clip_path": file_path, "clip_file_s": file_s,
+                    "clip_path": file_path, "clip_file_s": file_s, "cuts_s": cuts,
+                    **frame_hashes([jpg for _, jpg in train]),
                 }
+        self.shots = [{"video_id": vid, "shot_index": i, "start_s": a, "end_s": b}
+                      for i, (a, b) in enumerate(shots_from_cuts(cuts_seen, video["duration_s"]))]
+        self.write_shots(vid)
         if self.decode_warning:
             yield ErrorRow(vid, source, "partial_decode", self.decode_warning)
 
+    def write_shots(self, video_id: str) -> None:
+        """The video's shots part, written before the clips part (whose existence marks it done)."""
+        if self.shots_root is None:
+            return
+        from stages.base import rows_to_table
+        from vico_pipeline import layout
+
+        storage.write_parquet(rows_to_table(self.shots, SHOTS_SCHEMA), layout.part_uri(self.shots_root, video_id))
+
     def _decode(self, path: str, wins: list[tuple[int, float, float]]):
-        """Yield (index, start, end, [(t, jpeg)] training, [(t, jpeg)] caption) per window."""
+        """Yield (index, start, end, [(t, jpeg)] training, [(t, jpeg)] caption, [cut times]) per window."""
         cfg = self.config
         args = decode_command(path, cfg.frames.fps, cfg.frames.size,
                               Fraction(cfg.caption.frames_per_clip) / Fraction(self.seconds).limit_denominator(1000),
@@ -216,8 +298,10 @@ class FramesStage(Stage):
         watchdog.start()
         train: dict[int, list] = {}
         caption: dict[int, list] = {}
+        cuts: dict[int, list] = {}
         done = False
-        seen = {0: -1.0, 1: -1.0}  # time of the latest frame of each stream
+        seen = {0: -1.0, 1: -1.0, 2: -1.0}  # time of the latest frame of each stream
+        previous, mafd = None, 0.0  # the scene stream's last frame and its difference to the one before
         next_window = 0
         emitted = 0
         self.decode_warning = None
@@ -229,17 +313,25 @@ class FramesStage(Stage):
                 else:
                     seen[index] = t
                     clip_index = int(t // self.seconds)
-                    (train if index == 0 else caption).setdefault(clip_index, []).append((round(t, 3), jpeg))
-                # Emit every window both streams have passed.
+                    if index == 2:
+                        pixels = np.frombuffer(jpeg, np.uint8)
+                        if previous is not None and pixels.size == previous.size:
+                            score, mafd = scene_score(previous, pixels, mafd)
+                            if score > cfg.frames.scene_threshold:
+                                cuts.setdefault(clip_index, []).append(round(t, 3))
+                        previous = pixels
+                    else:
+                        (train if index == 0 else caption).setdefault(clip_index, []).append((round(t, 3), jpeg))
+                # Emit every window all three streams have passed.
                 while next_window < len(wins):
                     k, start, end = wins[next_window]
-                    if not (done or (seen[0] >= end and seen[1] >= end)):
+                    if not (done or min(seen.values()) >= end):
                         break
                     clip_train, clip_caption = train.pop(k, []), caption.pop(k, [])
                     next_window += 1
                     if clip_train or clip_caption:  # a window past a truncated end has no frames
                         emitted += 1
-                        yield k, start, end, clip_train, clip_caption
+                        yield k, start, end, clip_train, clip_caption, sorted(cuts.pop(k, []))
         finally:
             watchdog.cancel()
             if proc.poll() is None and next_window < len(wins):

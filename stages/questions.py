@@ -1,16 +1,28 @@
 """Questions: a video's clues in, VICO question sets out, every answer key from timestamps.
 
-Nine tasks (vico.md), chosen by `questions.tasks`, `questions.per_task` of each per video:
+Nine tasks (vico.md), chosen by `questions.tasks`, `questions.per_task` of each per video.
+Keys are judged on event spans (vico_pipeline/spans.py: where a clue's key event is seen,
+the shots of the frames that show it), not on 14-second clip windows, so a viewer would agree:
 
-- `event_order`, `clue_time`, `next_event`, `before_after`, `timeline`: from the clues;
-- `at_time`: what happens at mm:ss? The options are clues; the key is the clue whose clip
-  window holds that time (a whole second at least one second inside it);
-- `gap`: about how much time passes between two clues? Minute buckets (`gap_bucket`);
+- `event_order`, `before_after`, `next_event`, `gap`: clues whose spans overlap are never
+  compared (and no `next_event` distractor overlaps the quoted event or the answer);
+- `clue_time`: at which time does this happen? No wrong range overlaps the clue's span;
+- `at_time`: what happens at mm:ss? The second [t, t+1) lies inside the key's span and inside
+  no other clue's span;
+- `gap`: about how much time passes between the starts of two events? Minute buckets;
+- `timeline`: the clues in order with their clips' times (open);
 - `summary`: an open question answered by the video summary (the `summaries` table's
   `level == "video"` row), the one answer a model wrote: `answer_source` says
   `model`, or `stand-in` when a stand-in engine (template) wrote it;
 - `said_when`: what is on screen when "..." is said? A subtitle cue inside one captioned
-  clip; the options are key events of captioned clips, the key is that clip's.
+  clip and inside its key event's span (else not asked); a key event quoting the line (a
+  shared run of 4 words) is not used; distractors show something else while it is said.
+
+No repeats: one question a (task, evidence clues), `before_after` and `gap` sharing one a
+pair of clues (`question_key`). No tells: the truth's place by word overlap with the question
+is dealt evenly for the text-option tasks (`balanced_distractors`), and `clue_time`'s place in
+time; each question's wording is one of five or more paraphrases (`TEMPLATES`, `ANSWER_LINES`),
+chosen by the seed and recorded as `template_id`.
 
 A task whose input a video lacks (no video summary, no subtitle cue inside a captioned
 clip) is not made for that video; `tasks_without_input` counts those videos, it is not an
@@ -24,7 +36,8 @@ swap from the truth) without making the truth the hub of the options.
 
 Each question comes with its conversation (the `<video>` placeholder, then the
 question; consumers add the time header, vico_pipeline/samples.py), its
-evidence clips and their windows, its split (train or val, by a hash of the
+evidence clips and their event spans (`evidence_windows_s`: the frames shown for the
+evidence are taken there), its split (train or val, by a hash of the
 video id, so a video is never split), the engines that made its captions
 and clues, and where its answer comes from (`answer_source`: `timestamps`,
 `model` or `stand-in`, with `answer_engine` / `answer_model` for written answers).
@@ -35,6 +48,7 @@ import hashlib
 import itertools
 import math
 import random
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -42,6 +56,7 @@ from typing import Iterator
 from stages.base import ErrorRow, Stage
 from stages.common import QUESTIONS_SCHEMA
 from stages.cues import preferred_track
+from vico_pipeline.spans import TOUCH_S, overlaps, span_of
 from vico_pipeline.text import clock, overlap
 
 LETTERS = "ABCD"
@@ -107,131 +122,273 @@ def order_distractors(correct: tuple, rng: random.Random, tries: int = 200) -> l
     return fallback or [first, *rest]
 
 
-def event_order(clues, rng, target, seconds, duration):
-    n = len(clues)
+# --------------------------------------------------------------------------- wording
+# Five or more paraphrases of each task's question (and of the line that says how to answer),
+# one chosen by the seeded RNG and recorded as `template_id`, so a model cannot learn one form.
+# Every wording asks exactly what the key computes.
+TEMPLATES = {
+    "event_order": (
+        "These events happen in the video:\n{listing}\nWhich order of the numbered events is chronological?",
+        "The video shows these events:\n{listing}\nIn which order do the numbered events happen in the video?",
+        "Here are some events from the video:\n{listing}\nWhat is the chronological order of these numbered events?",
+        "Each of these events is seen in the video:\n{listing}\nWhich sequence of numbers puts them in the order they happen?",
+        "Consider these events from the video:\n{listing}\nWhich option lists the numbered events in the order they occur?",
+    ),
+    "clue_time": (
+        'At what time in the video does this happen: "{clue}"?',
+        'When in the video does this happen: "{clue}"?',
+        'Which time range of the video shows this: "{clue}"?',
+        'During which part of the video is this seen: "{clue}"?',
+        'Where in the video, in time, does this take place: "{clue}"?',
+    ),
+    "next_event": (
+        'Of the events listed below, which one comes next in the video after "{quoted}"?',
+        'After "{quoted}", which of the listed events comes next in the video?',
+        'Which of these listed events comes next in the video, following "{quoted}"?',
+        'The video shows "{quoted}". Of the events listed, which comes next?',
+        'Among the events below, which comes next in the video once "{quoted}" has happened?',
+    ),
+    "before_after": (
+        'Does "{a}" happen before or after "{b}"?',
+        'In the video, is "{a}" before or after "{b}"?',
+        'Is "{a}" seen before or after "{b}" in the video?',
+        'Did "{a}" take place before or after "{b}"?',
+        'Does the video show "{a}" before or after it shows "{b}"?',
+    ),
+    "timeline": (
+        "List the main events of the video in chronological order, with their times.",
+        "What are the main events of the video, in the order they happen, with their times?",
+        "Give the video's main events in time order, each with its time range.",
+        "Describe the key events of the video chronologically, saying when each happens.",
+        "Write a timeline of the video: its main events in order, with times.",
+    ),
+    "at_time": (
+        "What happens at {time} in the video?",
+        "What is seen in the video at {time}?",
+        "At {time}, what is happening in the video?",
+        "Which event is on screen at {time} of the video?",
+        "What does the video show at {time}?",
+    ),
+    "gap": (
+        'About how much time passes between "{a}" and "{b}" (from the start of one to the start of the other)?',
+        'Roughly how long is it from the start of "{a}" to the start of "{b}" (in either order)?',
+        'How much time separates the starts of "{a}" and "{b}", approximately?',
+        'About how far apart in the video do "{a}" and "{b}" begin?',
+        'Approximately how many minutes lie between the beginnings of "{a}" and "{b}"?',
+    ),
+    "summary": (
+        "What happens in the video? Summarize it from beginning to end.",
+        "Summarize the video from start to finish.",
+        "Give a summary of the whole video, in order.",
+        "Describe what happens over the course of the video.",
+        "Tell what the video shows, from its beginning to its end.",
+    ),
+    "said_when": (
+        'What is on screen when someone says "{line}"?',
+        'What is seen in the video while "{line}" is said?',
+        'When the words "{line}" are spoken, what does the video show?',
+        'Which event is on screen as someone says "{line}"?',
+        'What happens on screen at the moment "{line}" is said?',
+    ),
+}
+ANSWER_LINES = {
+    "lettered": ("Answer with the option's letter.", "Reply with the letter of the right option.",
+                 "Give the letter of the correct option.", "Answer with one letter.",
+                 "Choose one option and answer with its letter."),
+    "before_after": ("Answer with {choices}.", "Reply {choices}.", "Answer {choices} only.",
+                     "Say {choices}.", "Your answer: {choices}."),
+}
+SUMMARY_QUESTION = TEMPLATES["summary"][0]
+
+
+@dataclass
+class Wording:
+    """A question's wording: its template and answer line, and their id (`template_id`)."""
+    task: str
+    question: int
+    answer: int
+
+    @property
+    def template_id(self) -> str:
+        return f"{self.task}.q{self.question}.a{self.answer}"
+
+    def ask(self, **fields) -> str:
+        return TEMPLATES[self.task][self.question].format(**fields)
+
+
+def wording(task: str, rng: random.Random) -> Wording:
+    lines = ANSWER_LINES["before_after" if task == "before_after" else "lettered"]
+    return Wording(task, rng.randrange(len(TEMPLATES[task])), rng.randrange(len(lines)))
+
+
+# --------------------------------------------------------------------------- options without tells
+def tie_rank(truth_score: float, others: list[float], rng: random.Random) -> int:
+    """The truth's place (0: top) among the options by score, ties broken at random."""
+    above = sum(o > truth_score for o in others)
+    tied = sum(o == truth_score for o in others)
+    return above + rng.randrange(tied + 1)
+
+
+def balanced_distractors(question: str, truth: str, pool: list[str], rank: int, rng: random.Random,
+                         tries: int = 40) -> list[str] | None:
+    """Three of `pool` such that the truth's place by word overlap with the question is `rank`
+    (0: shares the most words; ties broken at random). The caller deals `rank` evenly, so "pick
+    the option sharing most words" and "pick the one sharing fewest" are both right only by
+    chance. None when no draw fits."""
+    pool = [t for t in dict.fromkeys(pool) if t != truth]
+    if len(pool) < 3:
+        return None
+    mine = overlap(question, truth)
+    for _ in range(tries):
+        picked = rng.sample(pool, 3)
+        if tie_rank(mine, [overlap(question, t) for t in picked], rng) == rank:
+            return picked
+    return None
+
+
+# --------------------------------------------------------------------------- the tasks
+def disjoint(a: dict, b: dict) -> bool:
+    """Two clues a viewer can put in order: their event spans share no moment."""
+    return not overlaps(span_of(a), span_of(b))
+
+
+def pair_key(a: str, b: str) -> tuple:
+    return ("pair", frozenset((a, b)))
+
+
+def event_order(facts, rng, target, words):
+    clues, n = facts.clues, len(facts.clues)
     if n < 3:
         return None
-    k = rng.randint(3, min(5, n))
-    chosen = sorted(rng.sample(range(n), k))  # chronological
-    shown = chosen[:]
-    rng.shuffle(shown)  # any order: the chronological one too, as often as chance shows it (1 in k!)
-    number = {idx: pos + 1 for pos, idx in enumerate(shown)}
-    correct = tuple(number[idx] for idx in chosen)
-    distractors = order_distractors(correct, rng)
-    rng.shuffle(distractors)  # the near miss has no fixed place either
-    fmt = lambda p: ", ".join(str(x) for x in p)
-    listing = "\n".join(f"{pos + 1}. {clues[idx]['text']}" for pos, idx in enumerate(shown))
-    question = (f"These events happen in the video:\n{listing}\n"
-                "Which order of the numbered events is chronological?")
-    return question, _place(fmt(correct), [fmt(d) for d in distractors], target), [clues[i]["clip_id"] for i in chosen]
+    for _ in range(20):
+        k = rng.randint(3, min(5, n))
+        chosen: list[int] = []
+        for i in rng.sample(range(n), n):  # clues whose spans overlap are never compared
+            if all(disjoint(clues[i], clues[j]) for j in chosen):
+                chosen.append(i)
+            if len(chosen) == k:
+                break
+        chosen.sort()  # chronological
+        if len(chosen) < 3 or not facts.fresh(("event_order", frozenset(clues[i]["clip_id"] for i in chosen))):
+            continue
+        shown = chosen[:]
+        rng.shuffle(shown)  # any order: the chronological one too, as often as chance shows it (1 in k!)
+        number = {idx: pos + 1 for pos, idx in enumerate(shown)}
+        correct = tuple(number[idx] for idx in chosen)
+        distractors = order_distractors(correct, rng)
+        rng.shuffle(distractors)  # the near miss has no fixed place either
+        fmt = lambda p: ", ".join(str(x) for x in p)  # noqa: E731
+        listing = "\n".join(f"{pos + 1}. {clues[idx]['text']}" for pos, idx in enumerate(shown))
+        evidence = [clues[i]["clip_id"] for i in chosen]
+        return words.ask(listing=listing), _place(fmt(correct), [fmt(d) for d in distractors], target), evidence
+    return None
 
 
-def clue_time(clues, rng, target, seconds, duration, asked=frozenset()):
+def clue_time(facts, rng, target, words):
     """At what time does this clue happen? Four time ranges, the clip's among them.
 
-    The truth's rank among the options in time is drawn evenly (0 to 3 options earlier than it),
+    No wrong range overlaps the clue's event span (a viewer would see the event there too). The
+    truth's rank among the options in time is drawn evenly (0 to 3 options earlier than it),
     then distractors are drawn to fit it, so "pick the earliest" or "the latest" is right only by
     chance. Distractors are other clues' clips first, then other windows of the video. Only clues
-    not yet `asked` about are candidates, so retries never force a clue into the one rank it fits."""
+    not yet asked about are candidates, so retries never force a clue into the one rank it fits."""
+    clues, seconds, duration = facts.clues, facts.seconds, facts.duration
     rank = rng.randrange(4)  # options earlier than the truth
     for i in rng.sample(range(len(clues)), len(clues)):
         clue = clues[i]
-        question = f'At what time in the video does this happen: "{clue["text"]}"?'
-        if question in asked:
+        if not facts.fresh(("clue_time", frozenset([clue["clip_id"]]))):
             continue
+        start, end = span_of(clue)
         pool = [(c["start_s"], c["end_s"]) for j, c in enumerate(clues) if j != i]
         rng.shuffle(pool)
-        # Not enough other clues: other windows of the same video that do not overlap this clue.
+        # Not enough other clues: other windows of the same video.
         windows = [(k * seconds, min((k + 1) * seconds, duration)) for k in range(int(duration // seconds))]
         rng.shuffle(windows)
         earlier, later = [], []
-        for start, end in pool + windows:
-            text = time_range(start, end)
-            if end <= clue["start_s"] and text not in earlier:
+        for a, b in pool + windows:
+            text = time_range(a, b)
+            if b <= min(start, clue["start_s"]) + TOUCH_S and text not in earlier:
                 earlier.append(text)
-            elif start >= clue["end_s"] and text not in later:
+            elif a >= max(end, clue["end_s"]) - TOUCH_S and text not in later:
                 later.append(text)
         if len(earlier) < rank or len(later) < 3 - rank:
             continue  # this clue cannot have the drawn rank: try another
         options = earlier[:rank] + later[:3 - rank]
         rng.shuffle(options)
-        return question, _place(time_range(clue["start_s"], clue["end_s"]), options, target), [clue["clip_id"]]
+        return (words.ask(clue=clue["text"]), _place(time_range(clue["start_s"], clue["end_s"]), options, target),
+                [clue["clip_id"]])
     return None
 
 
-def _alike_distractors(quoted: str, answer: str, others: list[str], above: int | None) -> list[str] | None:
-    """Three of `others`, exactly `above` of them sharing more words with `quoted` than `answer`
-    does (None when `others` cannot give that); `above=None`: three sharing exactly as many words
-    as the answer, so the four tie and "pick the most similar" is a plain guess."""
-    mine = overlap(quoted, answer)
-    if above is None:
-        tied = [t for t in others if overlap(quoted, t) == mine]
-        return tied[:3] if len(tied) >= 3 else None
-    more = [t for t in others if overlap(quoted, t) > mine]
-    below = sorted((t for t in others if overlap(quoted, t) <= mine), key=lambda t: overlap(quoted, t) == mine)
-    if len(more) < above or len(below) < 3 - above:
-        return None
-    return more[:above] + below[:3 - above]
-
-
-def next_event(clues, rng, target, seconds, duration, asked=frozenset()):
+def next_event(facts, rng, target, words):
     """Which of these events comes next after X? The key is the next selected clue.
 
-    Neighbouring events often share words, so the answer would often be the option sharing most
-    words with X. The number of distractors sharing more words with X than the answer does is
-    drawn evenly (0 to 3) and distractors are drawn to fit it, so "pick the most similar option"
-    is right only by chance. When no pair fits the drawn number, a pair whose options all share as
-    many words with X will do (a tie is a guess). Only pairs not yet `asked` about are candidates."""
-    n = len(clues)
+    X and the next clue must not overlap (else "next" is no fact), and no listed distractor overlaps
+    either of them. Neighbouring events often share words, so the answer would often be the option
+    sharing most words with the question: the truth's place by word overlap is dealt evenly
+    (`balanced_distractors`), so neither "most similar" nor "least similar" finds it."""
+    clues, n = facts.clues, len(facts.clues)
     if n < 5:
         return None
-    pairs = rng.sample(range(n - 1), n - 1)
-    for above in (rng.randrange(4), None):
-        for i in pairs:
-            quoted, answer = clues[i]["text"], clues[i + 1]["text"]
-            question = f'Of the events listed below, which one comes next in the video after "{quoted}"?'
-            if question in asked:
-                continue
-            others = [t for t in dict.fromkeys(c["text"] for c in clues) if t not in (quoted, answer)]
-            rng.shuffle(others)
-            distractors = _alike_distractors(quoted, answer, others, above)
-            if distractors is None:
-                continue
-            rng.shuffle(distractors)
-            # The key is the next of the video's selected events, often a minute or more later: the
-            # wording asks for the listed event that comes next, never for what happens "right after".
-            return question, _place(answer, distractors, target), [clues[i]["clip_id"], clues[i + 1]["clip_id"]]
+    rank = facts.ranks["next_event"].deal()
+    for i in rng.sample(range(n - 1), n - 1):
+        quoted, answer = clues[i], clues[i + 1]
+        if not disjoint(quoted, answer) or not facts.fresh(("next_event", frozenset([quoted["clip_id"],
+                                                                                    answer["clip_id"]]))):
+            continue
+        others = [c["text"] for j, c in enumerate(clues) if j not in (i, i + 1)
+                  and disjoint(c, quoted) and disjoint(c, answer) and c["text"] not in (quoted["text"], answer["text"])]
+        question = words.ask(quoted=quoted["text"])
+        distractors = balanced_distractors(question, answer["text"], others, rank, rng)
+        if distractors is None:
+            continue
+        # The key is the next of the video's selected events, often a minute or more later: the
+        # wording asks for the listed event that comes next, never for what happens "right after".
+        return question, _place(answer["text"], distractors, target), [quoted["clip_id"], answer["clip_id"]]
+    facts.ranks["next_event"].cards.append(rank)
     return None
 
 
-def before_after(clues, rng, target, seconds, duration):
-    if len(clues) < 2:
+def before_after(facts, rng, target, words):
+    """Does A happen before or after B? One question a pair of clues (with `gap`), spans apart."""
+    clues = facts.clues
+    pairs = [(i, j) for i, j in itertools.combinations(range(len(clues)), 2)
+             if disjoint(clues[i], clues[j]) and facts.fresh(pair_key(clues[i]["clip_id"], clues[j]["clip_id"]))]
+    if not pairs:
         return None
-    i, j = sorted(rng.sample(range(len(clues)), 2))  # clue i is earlier
+    i, j = rng.choice(pairs)  # clue i is earlier
     a, b = (clues[i], clues[j]) if target == 0 else (clues[j], clues[i])
-    question = f'Does "{a["text"]}" happen before or after "{b["text"]}"?'
-    return question, ["before", "after"], [clues[i]["clip_id"], clues[j]["clip_id"]]
+    return words.ask(a=a["text"], b=b["text"]), ["before", "after"], [clues[i]["clip_id"], clues[j]["clip_id"]]
 
 
 def timeline(clues):
-    answer = "\n".join(f"{time_range(c['start_s'], c['end_s'])}: {c['text']}" for c in clues)
-    return "List the main events of the video in chronological order, with their times.", answer
+    return "\n".join(f"{time_range(c['start_s'], c['end_s'])}: {c['text']}" for c in clues)
 
 
-def at_time(clues, rng, target, seconds, duration):
-    """What happens at mm:ss? The time is a whole second at least one second inside the clue's
-    window and inside no other clue's, so the shown mm:ss names that clip and no other."""
+def at_time(facts, rng, target, words):
+    """What happens at mm:ss? The second [t, t+1) lies inside the clue's event span and inside no
+    other clue's, so the shown mm:ss names that event and no other. One question a clue."""
+    clues = facts.clues
     if len(clues) < 4:
         return None
-    i = rng.randrange(len(clues))
-    clue = clues[i]
-    inside = [t for t in range(math.floor(clue["start_s"]) + 1, math.ceil(clue["end_s"]))
-              if not any(c["start_s"] <= t <= c["end_s"] for j, c in enumerate(clues) if j != i)]
-    others = list(dict.fromkeys(c["text"] for j, c in enumerate(clues) if j != i and c["text"] != clue["text"]))
-    if not inside or len(others) < 3:
-        return None
-    question = f"What happens at {clock(rng.choice(inside))} in the video?"
-    return question, _place(clue["text"], rng.sample(others, 3), target), [clue["clip_id"]]
+    rank = facts.ranks["at_time"].deal()
+    for i in rng.sample(range(len(clues)), len(clues)):
+        clue = clues[i]
+        if not facts.fresh(("at_time", frozenset([clue["clip_id"]]))):
+            continue
+        start, end = span_of(clue)
+        inside = [t for t in range(math.ceil(start), math.floor(end))
+                  if not any(overlaps(span_of(c), (t, t + 1)) for j, c in enumerate(clues) if j != i)]
+        if not inside:
+            continue
+        question = words.ask(time=clock(rng.choice(inside)))
+        others = [c["text"] for j, c in enumerate(clues) if j != i and c["text"] != clue["text"]]
+        distractors = balanced_distractors(question, clue["text"], others, rank, rng)
+        if distractors is None:
+            continue
+        return question, _place(clue["text"], distractors, target), [clue["clip_id"]]
+    facts.ranks["at_time"].cards.append(rank)
+    return None
 
 
 # Minute buckets of `gap`: fine where a minute matters, coarser where it does not.
@@ -255,21 +412,28 @@ def gap_bucket(gap_s: float) -> int | None:
     return near[0][1] if near[1][0] - near[0][0] >= GAP_MARGIN_MIN else None
 
 
-def gap(clues, rng, target, seconds, duration):
-    """About how much time passes between two clues (start to start)?
+def event_start(clue: dict) -> float:
+    """When a viewer sees the clue's event begin: its span's start."""
+    return span_of(clue)[0]
+
+
+def gap(facts, rng, target, words):
+    """About how much time passes between two clues (the starts of their events)?
 
     Options: 4 consecutive buckets of GAP_MINUTES, in increasing order, no longer than the video;
-    the key is the bucket nearest to the true gap (the two clips' start times), by at least
+    the key is the bucket nearest to the true gap (the two events' start times), by at least
     GAP_MARGIN_MIN, so exactly one option is closest to the truth. The truth sits at the dealt
     letter: the bucket is drawn evenly from those that fit there, then a pair of clues in it,
-    so the options alone do not say where the truth is."""
+    so the options alone do not say where the truth is. One question a pair (with `before_after`)."""
+    clues, duration = facts.clues, facts.duration
     usable = sum(1 for m in GAP_MINUTES if m * 60 <= duration)
     if usable < 4:
         return None
     pairs: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for i, j in itertools.combinations(range(len(clues)), 2):
-        k = gap_bucket(abs(clues[j]["start_s"] - clues[i]["start_s"]))
-        if k is not None and clues[i]["text"] != clues[j]["text"]:
+        k = gap_bucket(abs(event_start(clues[j]) - event_start(clues[i])))
+        if k is not None and clues[i]["text"] != clues[j]["text"] and disjoint(clues[i], clues[j]) \
+                and facts.fresh(pair_key(clues[i]["clip_id"], clues[j]["clip_id"])):
             pairs[k].append((i, j))
     fitting = [k for k in sorted(pairs) if target <= k <= usable - 4 + target]
     if not fitting:
@@ -277,13 +441,8 @@ def gap(clues, rng, target, seconds, duration):
     k = rng.choice(fitting)
     i, j = rng.choice(pairs[k])
     a, b = (clues[i], clues[j]) if rng.random() < 0.5 else (clues[j], clues[i])  # either order: no order given away
-    question = (f'About how much time passes between "{a["text"]}" and "{b["text"]}" '
-                "(from the start of one to the start of the other)?")
     options = [minutes_text(m) for m in GAP_MINUTES[k - target:k - target + 4]]
-    return question, options, [clues[i]["clip_id"], clues[j]["clip_id"]]
-
-
-SUMMARY_QUESTION = "What happens in the video? Summarize it from beginning to end."
+    return words.ask(a=a["text"], b=b["text"]), options, [clues[i]["clip_id"], clues[j]["clip_id"]]
 
 
 def video_summary(summaries: list[dict]) -> dict | None:
@@ -293,6 +452,9 @@ def video_summary(summaries: list[dict]) -> dict | None:
 
 # A quoted line names one moment: at least 3 words (not "Yeah."), at most 30.
 LINE_WORDS = (3, 30)
+# A key event sharing a run of this many words with the line quotes it: the question would be
+# answered by reading, not by watching.
+QUOTE_RUN = 4
 
 
 def subtitle_track(subtitles: list[dict]) -> list[dict]:
@@ -306,9 +468,17 @@ def spoken(text: str) -> str:
     return " ".join((text or "").replace('"', "'").split())
 
 
-def spoken_lines(cues: list[dict], scenes: list[dict], subtitles: list[dict]) -> list[tuple[str, dict]]:
-    """(line, clip) for each cue of the track of LINE_WORDS words lying inside one captioned clip,
-    whose words are said in no other clip (in any track: a line said twice names no one moment)."""
+def quotes(text: str, line: str, run: int = QUOTE_RUN) -> bool:
+    """`text` repeats `run` words in a row of `line` (case and punctuation aside)."""
+    def runs(words):
+        return {tuple(words[k:k + run]) for k in range(len(words) - run + 1)}
+    return bool(runs(re.findall(r"\w+", text.lower())) & runs(re.findall(r"\w+", line.lower())))
+
+
+def spoken_lines(cues: list[dict], scenes: list[dict], subtitles: list[dict]) -> list[tuple[str, dict, dict]]:
+    """(line, clip, cue) for each cue of the track of LINE_WORDS words lying inside one captioned
+    clip's window and its key event's span, whose words are said in no other clip (in any track:
+    a line said twice names no one moment)."""
     def holder(start: float, end: float) -> dict | None:
         return next((c for c in scenes if c["start_s"] <= start and end <= c["end_s"]), None)
 
@@ -321,38 +491,48 @@ def spoken_lines(cues: list[dict], scenes: list[dict], subtitles: list[dict]) ->
     for cue in cues:
         line = spoken(cue["text"])
         clip = holder(cue["start_s"], cue["end_s"]) if cue["end_s"] > cue["start_s"] else None
-        if clip is not None and LINE_WORDS[0] <= len(line.split()) <= LINE_WORDS[1] \
-                and places[line.lower()] == {clip["clip_id"]}:
-            out.append((line, clip))
+        if clip is None or not (LINE_WORDS[0] <= len(line.split()) <= LINE_WORDS[1]) \
+                or places[line.lower()] != {clip["clip_id"]}:
+            continue
+        start, end = span_of(clip)
+        if start <= cue["start_s"] and cue["end_s"] <= end:  # on screen while it is said
+            out.append((line, clip, cue))
     return out
 
 
-def said_when(facts: "VideoFacts", rng, target):
+def said_when(facts, rng, target, words):
     """What is on screen when a line is said? The options are key events of captioned clips; the
-    key is the key event of the clip holding the cue. Distractors are clips further than a clip
-    away (a neighbour often shows the same scene), each with a different key event."""
+    key is the key event of the clip holding the cue, whose event span holds the cue too. A key
+    event quoting the line is not used. Distractors are clips whose spans do not overlap the cue
+    (they show something else then), each with a different key event."""
     scenes = [c for c in facts.captions if (c.get("key_event") or "").strip()]
-    lines = spoken_lines(facts.cues, scenes, facts.subtitles)
+    lines = [(line, clip, cue) for line, clip, cue in spoken_lines(facts.cues, scenes, facts.subtitles)
+             if not quotes(clip["key_event"], line) and facts.fresh(("said_when", frozenset([clip["clip_id"]])))]
     if not lines:
         return None
-    line, clip = rng.choice(lines)
-    key = clip["key_event"].strip()
-    others = list(dict.fromkeys(c["key_event"].strip() for c in scenes
-                                if abs(c["start_s"] - clip["start_s"]) > 1.5 * facts.seconds
-                                and c["key_event"].strip() != key))
-    if len(others) < 3:
-        return None
-    question = f'What is on screen when someone says "{line}"?'
-    return question, _place(key, rng.sample(others, 3), target), [clip["clip_id"]]
+    rank = facts.ranks["said_when"].deal()
+    for line, clip, cue in rng.sample(lines, len(lines)):
+        key = clip["key_event"].strip()
+        others = [c["key_event"].strip() for c in scenes
+                  if not overlaps(span_of(c), (cue["start_s"], cue["end_s"])) and c["key_event"].strip() != key
+                  and not quotes(c["key_event"], line)]
+        question = words.ask(line=line)
+        distractors = balanced_distractors(question, key, others, rank, rng)
+        if distractors is None:
+            continue
+        return question, _place(key, distractors, target), [clip["clip_id"]]
+    facts.ranks["said_when"].cards.append(rank)
+    return None
 
 
-def conversation(question: str, options: list[str], answer: str, lettered: bool) -> list[dict]:
+def conversation(question: str, options: list[str], answer: str, lettered: bool,
+                 answer_line: str = ANSWER_LINES["lettered"][0]) -> list[dict]:
     if lettered:
         human = "<video>\n" + question + "\n" + "\n".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(options)) + \
-            "\nAnswer with the option's letter."
+            "\n" + answer_line
         reply = f"({answer})"
     elif options:
-        human = "<video>\n" + question + f"\nAnswer with {' or '.join(options)}."
+        human = "<video>\n" + question + "\n" + answer_line.format(choices=" or ".join(options))
         reply = answer
     else:
         human, reply = "<video>\n" + question, answer
@@ -365,24 +545,21 @@ class VideoFacts:
     clues: list[dict]
     seconds: float
     duration: float
-    captions: list[dict] = field(default_factory=list)  # clip_id, start_s, end_s, key_event
+    captions: list[dict] = field(default_factory=list)  # clip_id, start_s, end_s, key_event, event span
     cues: list[dict] = field(default_factory=list)  # one subtitle track (subtitle_track)
     subtitles: list[dict] = field(default_factory=list)  # every cue of every track
     summary: dict | None = None  # the level == "video" summaries row
-    asked: set[str] = field(default_factory=set)  # the questions made so far
+    # What was asked so far: (task, or "pair" for before_after and gap; its evidence clip ids).
+    asked: set = field(default_factory=set)
+    # The truth's place by word overlap, dealt evenly per text-option task (balanced_distractors).
+    ranks: dict = field(default_factory=dict)
+
+    def fresh(self, key: tuple) -> bool:
+        return key not in self.asked
 
 
-def _on_clues(build, fresh: bool = False):
-    """A task built from the clues alone, called like the others; a `fresh` builder is also told the
-    questions already made, to choose among clues not asked about yet."""
-    if fresh:
-        return lambda facts, rng, target: build(facts.clues, rng, target, facts.seconds, facts.duration, facts.asked)
-    return lambda facts, rng, target: build(facts.clues, rng, target, facts.seconds, facts.duration)
-
-
-LETTERED = {"event_order": _on_clues(event_order), "clue_time": _on_clues(clue_time, fresh=True),
-            "next_event": _on_clues(next_event, fresh=True), "at_time": _on_clues(at_time), "gap": _on_clues(gap),
-            "said_when": said_when}
+LETTERED = {"event_order": event_order, "clue_time": clue_time, "next_event": next_event, "at_time": at_time,
+            "gap": gap, "said_when": said_when}
 OPEN = ("timeline", "summary")
 # Tasks whose key fits only some letters (a short video has no long gap): they try each letter left in the deck.
 LETTER_BOUND = frozenset({"gap"})
@@ -395,14 +572,14 @@ def tasks_without_input(tasks: list[str], summaries: list[dict], subtitles: list
     return [t for t in tasks if missing.get(t)]
 
 
-def _lettered(task: str, facts: VideoFacts, rng: random.Random, letters: Deck):
+def _lettered(task: str, facts: VideoFacts, rng: random.Random, letters: Deck, words: Wording):
     """(question, options, evidence, index) with the key at a dealt letter, or None (the letter
     goes back on the deck, so the spread stays even)."""
     target = letters.deal()
-    built = LETTERED[task](facts, rng, target)
+    built = LETTERED[task](facts, rng, target, words)
     if built is None and task in LETTER_BOUND:
         for other in reversed(list(letters.cards)):  # the letters left in this deck, in dealing order
-            built = LETTERED[task](facts, rng, other)
+            built = LETTERED[task](facts, rng, other, words)
             if built is not None:
                 letters.cards.remove(other)
                 letters.cards.append(target)
@@ -412,6 +589,12 @@ def _lettered(task: str, facts: VideoFacts, rng: random.Random, letters: Deck):
         letters.cards.append(target)
         return None
     return (*built, target)
+
+
+def question_key(task: str, evidence: list[str]) -> tuple:
+    """What makes two questions the same: the task and its evidence clues (`before_after` and `gap`
+    share one key a pair of clues, in either order)."""
+    return pair_key(*evidence) if task in ("before_after", "gap") else (task, frozenset(evidence))
 
 
 def _answer_source(task: str, summary: dict | None) -> dict:
@@ -426,17 +609,20 @@ def build_questions(video_id: str, clues: list[dict], tasks: list[str], per_task
                     clip_seconds: float, duration_s: float, val_fraction: float,
                     provenance: dict | None = None, *, captions: list[dict] | None = None,
                     summaries: list[dict] | None = None, subtitles: list[dict] | None = None) -> list[dict]:
-    """Every question for one video; `clues` need clip_id, start_s, end_s, text; `provenance`
-    holds caption_engine, caption_model, clue_engine, clue_model. `captions` (clip_id, start_s,
-    end_s, key_event), `summaries` and `subtitles` are the video's rows of those tables."""
+    """Every question for one video; `clues` need clip_id, start_s, end_s, text (and their event
+    span, event_start_s / event_end_s, where known); `provenance` holds caption_engine,
+    caption_model, clue_engine, clue_model. `captions` (clip_id, start_s, end_s, key_event, event
+    span), `summaries` and `subtitles` are the video's rows of those tables."""
     clues = sorted(clues, key=lambda c: (c["start_s"], c["clip_id"]))
     captions = sorted(captions or [], key=lambda c: (c["start_s"], c["clip_id"]))
-    facts = VideoFacts(clues, clip_seconds, duration_s, captions, subtitle_track(subtitles or []),
-                       list(subtitles or []), video_summary(summaries or []))
-    window = {c["clip_id"]: [float(c["start_s"]), float(c["end_s"])] for c in captions + clues}
     if len(clues) < 2:
         return []  # no task can be built on one event
     rng = random.Random(f"{seed}:{video_id}")
+    facts = VideoFacts(clues, clip_seconds, duration_s, captions, subtitle_track(subtitles or []),
+                       list(subtitles or []), video_summary(summaries or []),
+                       ranks={task: Deck(rng, 4) for task in ("next_event", "at_time", "said_when")})
+    # Evidence windows are the evidence events' spans: a frame shown from there shows the event.
+    span = {c["clip_id"]: list(span_of(c)) for c in captions + clues}
     letters, sides = Deck(rng, 4), Deck(rng, 2)
     split = split_for(video_id, val_fraction)
     skipped = set(tasks_without_input(tasks, summaries or [], subtitles or []))
@@ -444,44 +630,47 @@ def build_questions(video_id: str, clues: list[dict], tasks: list[str], per_task
     for task in tasks:
         if task in skipped:
             continue
-        made: set[str] = set()
+        made = 0
         count = 1 if task in OPEN else per_task
         for _ in range(count * 6):
-            if len(made) >= count:
+            if made >= count:
                 break
+            words = wording(task, rng)
             if task == "timeline":
-                question, answer = timeline(clues)
+                question, answer = words.ask(), timeline(clues)
                 options, index, evidence = [], -1, [c["clip_id"] for c in clues]
             elif task == "summary":
                 # The evidence of a summary is the whole video; its clues stand for it.
-                question, answer = SUMMARY_QUESTION, facts.summary["text"].strip()
+                question, answer = words.ask(), facts.summary["text"].strip()
                 options, index, evidence = [], -1, [c["clip_id"] for c in clues]
             elif task == "before_after":
                 target = sides.deal()
-                built = before_after(clues, rng, target, clip_seconds, duration_s)
+                built = before_after(facts, rng, target, words)
                 if built is None:
+                    sides.cards.append(target)
                     break
                 question, options, evidence = built
                 index, answer = target, options[target]
             else:
-                built = _lettered(task, facts, rng, letters)
+                built = _lettered(task, facts, rng, letters, words)
                 if built is None:
                     break
                 question, options, evidence, index = built
                 answer = LETTERS[index]
-            if question in made:
-                if task in LETTERED:
-                    letters.cards.append(index)
-                elif task == "before_after":
-                    sides.cards.append(index)
+            key = question_key(task, evidence)
+            if key in facts.asked:  # the builders choose among fresh evidence; this is the last guard
+                if index >= 0:
+                    (letters if task in LETTERED else sides).cards.append(index)
                 continue
-            made.add(question)
-            facts.asked.add(question)
+            facts.asked.add(key)
+            made += 1
+            lines = ANSWER_LINES["before_after" if task == "before_after" else "lettered"]
             rows.append({
-                "question_id": f"{video_id}-{task}-{len(made):02d}", "video_id": video_id, "task": task,
+                "question_id": f"{video_id}-{task}-{made:02d}", "video_id": video_id, "task": task,
                 "question": question, "options": options, "answer": answer, "answer_index": index,
-                "evidence_clip_ids": evidence, "evidence_windows_s": [window[c] for c in evidence], "split": split,
-                "conversations": conversation(question, options, answer, task in LETTERED),
+                "evidence_clip_ids": evidence, "evidence_windows_s": [span[c] for c in evidence], "split": split,
+                "conversations": conversation(question, options, answer, task in LETTERED, lines[words.answer]),
+                "template_id": words.template_id,
                 "blind_correct": None, **(provenance or {}), **_answer_source(task, facts.summary),
             })
     return rows

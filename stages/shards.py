@@ -48,6 +48,12 @@ QUESTION = pa.struct([
     ("evidence_windows_s", pa.list_(pa.list_(pa.float64()))),
     ("options", pa.list_(pa.string())),
     ("answer_index", pa.int32()),
+    # Where the answer comes from and what the blind filter found (the questions table's columns).
+    ("answer_source", pa.string()),
+    ("answer_engine", pa.string()),
+    ("answer_model", pa.string()),
+    ("blind_correct", pa.int32()),
+    ("template_id", pa.string()),
 ])
 PROVENANCE = ("caption_engine", "caption_model", "clue_engine", "clue_model")
 SHARDS_SCHEMA = pa.schema([
@@ -197,16 +203,21 @@ def _read(uri: str, columns: list[str] | None = None) -> pa.Table:
 
 
 def question_entry(question: dict, windows: dict[str, list[float]]) -> dict:
-    """A question as the shard stores it: its own turns (no time header) and its evidence windows."""
+    """A question as the shard stores it: its own turns (no time header), its evidence windows
+    (the evidence events' spans the question carries; its clips' windows for questions made
+    before spans) and where its answer comes from."""
     evidence = list(question.get("evidence_clip_ids") or [])
+    own = [list(w) for w in question.get("evidence_windows_s") or []]
     return {
         "question_id": question["question_id"],
         "task": question.get("task"),
         "conversations": [{"from": t["from"], "value": t["value"]} for t in question.get("conversations") or []],
         "evidence_clip_ids": evidence,
-        "evidence_windows_s": [windows[c] for c in evidence if c in windows],
+        "evidence_windows_s": own if len(own) == len(evidence) else [windows[c] for c in evidence if c in windows],
         "options": list(question.get("options") or []),
         "answer_index": question.get("answer_index"),
+        **{name: question.get(name) for name in ("answer_source", "answer_engine", "answer_model", "blind_correct",
+                                                 "template_id")},
     }
 
 

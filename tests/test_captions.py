@@ -21,8 +21,11 @@ def test_describe_captions_for_kept_clips_only_in_time_order():
     stage.setup()
     rows = list(stage.process(_item(list(reversed(clips)), kept={0, 2, 3})))
     assert [r["clip_id"] for r in rows] == ["v-00000", "v-00002", "v-00003"]
-    assert all(r["engine"] == "describe" and r["model"] == "describe-v1" and r["prompt_version"] == "v1"
+    assert all(r["engine"] == "describe" and r["model"] == "describe-v1" and r["prompt_version"] == "v2"
                for r in rows)
+    # describe measured every frame: its key event's span is the shots of the clip (one colour a shot)
+    assert all(r["key_event_frames"] == [1, 2, 3, 4] for r in rows)
+    assert all((r["event_start_s"], r["event_end_s"]) == (r["start_s"], r["end_s"]) for r in rows)
     assert "red" in rows[0]["key_event"] and "blue" in rows[1]["key_event"] and "green" in rows[2]["key_event"]
     assert all(r["caption"].startswith("describe engine: measured") for r in rows)
     assert rows[1]["start_s"] == 28.0 and rows[1]["end_s"] == 42.0
@@ -113,7 +116,7 @@ def test_the_cues_of_a_clip_go_into_its_caption_prompt_behind_the_switch(use):
         return
     assert '"Welcome to the workshop."\n"Now grab the saw."' in first and "Mind your" not in first
     assert '"Now grab the saw."' in second and "Welcome" not in second
-    assert third == caption_prompt("v1", clips[2])  # no cue in the clip: the prompt of its version, unchanged
+    assert third == caption_prompt("v2", clips[2])  # no cue in the clip: the prompt of its version, unchanged
 
 
 def test_caption_fingerprint_follows_the_subtitles_stage_only_when_it_reads_them():

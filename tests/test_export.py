@@ -34,9 +34,16 @@ def mmss(seconds: float) -> str:
 def test_export_llava(tmp_path_factory, tmp_path):
     version = demo_version(tmp_path_factory)
     out = str(tmp_path / "llava")
-    done = run_vico("export", version, "--format", "llava", "--out", out)
+    # Demo data is stand-in data: refused in one line, exported only when asked for, and marked.
+    refused = run_vico("export", version, "--format", "llava", "--out", out)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "--allow-stand-in" in refused.stderr
+    assert not os.path.exists(os.path.join(out, "train.json"))
+    done = run_vico("export", version, "--format", "llava", "--out", out, "--allow-stand-in")
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == out
+    assert "STAND-IN DATA" in done.stderr
+    assert json.load(open(os.path.join(out, "export.json")))["stand_in_engines"] == ["describe", "rules", "template"]
 
     questions = rows_by_id(version, "questions", "question_id")
     clips = rows_by_id(version, "clips", "clip_id")
@@ -48,6 +55,11 @@ def test_export_llava(tmp_path_factory, tmp_path):
         q = questions[(sample["id"],)]
         record = sample["record"]
         assert record["video_id"] == q["video_id"] and record["split"] == q["split"] and record["task"] == q["task"]
+        # Provenance and where the answer comes from, as the questions table says.
+        for name in ("caption_engine", "caption_model", "clue_engine", "clue_model", "answer_source",
+                     "answer_engine", "answer_model", "blind_correct", "template_id"):
+            assert record[name] == q[name], name
+        assert (record["caption_engine"], record["clue_engine"]) == ("describe", "template")
         times = json.load(open(os.path.join(out, record["video"], "times.json")))
         # The header names exactly the frames given with the record, in order, and the video's length.
         header = HEADER.match(sample["prompt"])
@@ -58,9 +70,8 @@ def test_export_llava(tmp_path_factory, tmp_path):
         assert 0 < len(record["frames"]) <= 128 and record["frame_times_s"] == sorted(record["frame_times_s"])
         for path, t in zip(record["frames"], record["frame_times_s"]):
             assert times[int(path.rsplit("/", 1)[-1][:-4])] == t  # the path is the frame of that time
-        for clip_id in q["evidence_clip_ids"]:  # every evidence clip keeps a frame
-            clip = clips[(clip_id,)]
-            assert any(clip["start_s"] <= t < clip["end_s"] for t in record["frame_times_s"])
+        for start, end in q["evidence_windows_s"]:  # every evidence event keeps a frame inside its span
+            assert any(start <= t < end for t in record["frame_times_s"])
         assert sample["frames"][0].size[1] == 336 or sample["frames"][0].size[0] == 336
         # The question's own turns after the header; the answer key is the question's.
         assert sample["prompt"][header.end():] == q["conversations"][0]["value"].replace("<video>\n", "", 1)
@@ -81,11 +92,12 @@ def test_export_leaves_out_and_counts_questions_whose_evidence_does_not_fit(tmp_
     too_wide = sorted(q["question_id"] for q in questions if len(set(q["evidence_clip_ids"])) > 1)
     assert too_wide  # event_order, next_event, before_after, timeline have two or more evidence clips
     lines = []
-    out = export_llava(version, str(tmp_path / "one"), max_frames=1, log=lines.append)
+    out = export_llava(version, str(tmp_path / "one"), max_frames=1, log=lines.append, allow_stand_in=True)
     counts = json.load(open(os.path.join(out, "export.json")))
     exported = [r for split in ("train", "val") for r in json.load(open(os.path.join(out, f"{split}.json")))]
     assert counts == {"questions": len(questions), "exported": len(questions) - len(too_wide),
-                      "left_out_evidence_does_not_fit": len(too_wide), "max_frames": 1}
+                      "left_out_evidence_does_not_fit": len(too_wide), "max_frames": 1,
+                      "stand_in_engines": ["describe", "rules", "template"]}
     assert not set(too_wide) & {r["id"] for r in exported}
     assert all(len(r["frames"]) == 1 for r in exported)
     assert f"{len(too_wide)} left out" in lines[-1]
@@ -102,7 +114,7 @@ def test_export_json_has_the_counts(tmp_path_factory, tmp_path, capsys):
 
     version = demo_version(tmp_path_factory)
     out = str(tmp_path / "llava")
-    assert cli.main(["export", version, "--out", out, "--json"]) == 0
+    assert cli.main(["export", version, "--out", out, "--json", "--allow-stand-in"]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)
     counts = result["counts"]

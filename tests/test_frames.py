@@ -73,13 +73,14 @@ def test_clip_files(media, tmp_path, mode):
         assert all(abs(x - 14) <= 2 for x in lengths[:-1])
 
 
-def _numbered_video(path: str, rate: str, vfr: bool) -> str:
-    """Every frame shows its own index n (in the source's frame grid) in its pixels; its true time is n/rate."""
+def _numbered_video(path: str, rate: str, vfr: bool, seconds: int = 30, keep: str = "lt(n,240)+not(mod(n,3))") -> str:
+    """Every frame shows its own index n (in the source's frame grid) in its pixels; its true time is n/rate.
+    VFR: the frames `keep` selects (by default every frame for 8 s, then one in three: the gaps vary)."""
     bits = f"255*mod(floor(N/pow(2,floor(X*{BITS}/W))),2)"
     chain = f"geq=lum='{bits}':cb=128:cr=128"
-    if vfr:  # every frame for 8 s, then one in three: the gaps vary
-        chain += ",select='lt(n,240)+not(mod(n,3))'"
-    ffmpeg("-f", "lavfi", "-i", f"color=c=black:s=256x64:r={rate}:d=30", "-vf", chain,
+    if vfr:
+        chain += f",select='{keep}'"
+    ffmpeg("-f", "lavfi", "-i", f"color=c=black:s=256x64:r={rate}:d={seconds}", "-vf", chain,
            *(["-fps_mode", "vfr"] if vfr else []), "-c:v", "libx264", "-preset", "ultrafast", "-crf", "8",
            "-pix_fmt", "yuv420p", path)
     return path
@@ -111,6 +112,21 @@ def test_recorded_frame_times_are_the_frames_presentation_times(tmp_path, rate, 
     # Sampling follows the clock: one training frame per second, the first at or after each second.
     times = [t for c in clips for t in c["train_frame_times_s"]]
     assert [int(t) for t in times] == list(range(28)) and all(t - int(t) < 3 / fps for t in times)
+
+
+def test_caption_frames_of_a_vfr_source_are_timed_within_half_a_frame_past_half_a_minute(tmp_path):
+    """Issue 19's case: a source mostly at 10 fps (one frame in three of 30) with a burst of every
+    frame from 33 to 34 s; ffmpeg guesses 10 fps for it, and with the encoders' default time base
+    (1/frame rate) the caption frame of 33.267 s was recorded at 33.300 s. At 8 and at 16 caption
+    frames a clip, each frame's recorded time is its own within half a frame."""
+    path = _numbered_video(str(tmp_path / "vfr40.mp4"), "30", True, seconds=40, keep="not(mod(n,3))+between(t,33,34)")
+    for per_clip in (8, 16):
+        config = load_config("configs/demo.yaml")
+        config.caption.frames_per_clip = per_clip
+        clips = list(FramesStage(config).process({"video": _video_row(path)}))
+        pairs = [(t, _index_in(jpeg) / 30) for c in clips for jpeg, t in zip(c["caption_frames"], c["caption_frame_times_s"])]
+        assert any(32.5 <= t <= 34.0 for t, _ in pairs)
+        assert all(abs(t - shown) <= 0.5 / 30 + 1e-3 for t, shown in pairs), [p for p in pairs if abs(p[0] - p[1]) > 0.02]
 
 
 def test_a_decode_that_stalls_is_killed_at_its_deadline(tmp_path, media):

@@ -103,6 +103,8 @@ def test_rejected_answers_are_retried_bounded_then_error_rows_and_the_batch_goes
     errors = {r.item_id: r.error_type for r in rows if isinstance(r, ErrorRow)}
     assert [c["clip_id"] for c in captions] == ["v-00000", "v-00001"]
     assert all(c["answer_format"] == "json" and c["caption"].startswith("A woman") for c in captions)
+    # What a retry fixed is still counted: the caption row names the rejected answer's gate.
+    assert [c["rejected"] for c in captions] == [[], ["caption_unparsed"]]
     assert errors == {"v-00002": "caption_unparsed", "v-00003": "caption_truncated", "v-00004": "caption_refusal"}
     asked = lambda key: sum(key in p for p in stage.engine.prompts)
     assert asked("00:00 to 00:14") == 1 and asked("00:14 to 00:28") == 2
@@ -117,3 +119,20 @@ def test_the_transformers_engine_says_when_it_stopped_at_the_token_limit():
     assert finish_reason([5, 6, 7, 8], 4, 4, eos_token_id=2) == "length"
     assert finish_reason([5, 6, 2, 0], 2, 4, eos_token_id=2) == "stop"
     assert finish_reason([5, 6, 7, 2], 3, 4, eos_token_id=2) == "stop"
+
+
+def test_rejections_a_retry_fixed_are_counted_by_type(tmp_path):
+    """The manifest's stages.caption.rejected_then_retried, from the caption parts' `rejected`."""
+    from stages.base import rows_to_table
+    from stages.caption import CAPTIONS_SCHEMA
+    from vico_pipeline import storage
+    from vico_pipeline.summary import rejected_then_retried
+
+    refs = []
+    for vid, rejected in (("a", [["caption_refusal"], []]), ("b", [["caption_unparsed", "caption_refusal"]])):
+        part = str(tmp_path / f"{vid}.parquet")
+        storage.write_parquet(rows_to_table([{"clip_id": f"{vid}-{i}", "rejected": r} for i, r in enumerate(rejected)],
+                                            CAPTIONS_SCHEMA), part)
+        refs.append({"refs": json.dumps({"caption": part})})
+    refs.append({"refs": json.dumps({"download": "x"})})  # a video that never reached the captions
+    assert rejected_then_retried(refs) == {"caption_refusal": 2, "caption_unparsed": 1}

@@ -10,8 +10,8 @@ import sys
 
 import pyarrow.parquet as pq
 
-from bench.leakage import (leaked_turns, leakage, letter_balance, measure, one_per_sample, over_chance,
-                           rule_accuracy, task_order_packing)
+from bench.leakage import (leaked_turns, leakage, letter_balance, measure, off_chance, one_per_sample,
+                           rule_accuracy, task_order_packing, template_balance)
 from tests.conftest import REPO
 
 
@@ -31,7 +31,29 @@ def test_rules_score_chance_on_ties_and_catch_cues():
     assert acc["clue_time"]["latest"] == 1.0 and acc["clue_time"]["earliest"] == 0.0
     assert acc["clue_time"]["longest"] == 0.25  # all the same length: a uniform guess, chance
     assert acc["event_order"]["never_identity"] == round(1 / 3, 4)  # identity never right: 1/3, not 1/4
-    assert sorted(over_chance(acc)) == ["clue_time/latest", "event_order/never_identity", "next_event/longest"]
+    # Far below chance is a tell too (the inverse rule wins): both directions are flagged.
+    assert sorted(off_chance(acc)) == ["clue_time/earliest", "clue_time/latest", "event_order/identity",
+                                       "event_order/never_identity", "next_event/longest", "next_event/shortest"]
+
+
+def test_least_overlap_is_measured_and_flagged():
+    """The tell of issue 19: the truth shares the FEWEST words with the question."""
+    rows = [q(f"v-o{i}", "next_event", ["a red car drives", "a red car stops", "a blue bird sings", "a red car parks"],
+              2, question='What comes next after "a red car turns"?') for i in range(8)]
+    acc = rule_accuracy(rows)
+    assert acc["next_event"]["least_overlap"] == 1.0 and acc["next_event"]["most_overlap"] == 0.0
+    assert {"next_event/least_overlap", "next_event/most_overlap"} <= set(off_chance(acc))
+
+
+def test_a_wording_that_tells_the_letter_is_found():
+    # The wording q0 always goes with (D); q1 and q2 with every letter in turn.
+    rows = [dict(q(f"v-w{i}", "at_time", ["a", "b", "c", "d"], 3 if i < 8 else i % 4), template_id=f"at_time.q{i // 8}")
+            for i in range(24)]
+    balance = template_balance(rows)["at_time"]
+    assert balance["templates"] == 3 and balance["chance"] == 0.25
+    assert balance["template_rule"] > 0.25 + 0.05  # 8 of 24 always right, the others at most by a tie
+    fair = [dict(r, template_id=f"at_time.q{i % 3}", answer_index=i % 4) for i, r in enumerate(rows)]
+    assert template_balance(fair)["at_time"]["template_rule"] <= 0.25 + 0.05
 
 
 def test_leakage_finds_answers_given_by_earlier_turns():
@@ -94,8 +116,8 @@ def test_leakage_command_on_a_version(tmp_path_factory):
                           capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)["v1"]
-    assert set(result) == {"questions", "rules", "over_chance", "leakage", "letters"}
+    assert set(result) == {"questions", "rules", "off_chance", "worst_rule", "templates", "leakage", "letters"}
     assert result["leakage"]["one_per_sample"]["all"] == 0.0
     table = subprocess.run([sys.executable, os.path.join(REPO, "bench", "leakage.py"), version],
                            capture_output=True, text=True, cwd=REPO, timeout=300).stdout
-    assert table.startswith("| version | task | n | chance | longest | shortest | overlap |")
+    assert table.startswith("| version | task | n | chance | longest | shortest | most_overlap | least_overlap |")

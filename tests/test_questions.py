@@ -11,6 +11,7 @@ from stages.base import ErrorRow
 from stages.questions import LETTERS, QuestionsStage, build_questions, split_for, time_range
 from vico_pipeline.text import overlap
 from vico_pipeline.config import Config
+from vico_pipeline.spans import span_of
 
 TASKS = ["event_order", "clue_time", "next_event", "before_after", "timeline", "at_time", "gap", "summary",
          "said_when"]
@@ -53,7 +54,10 @@ def check_question(q: dict, clues: list[dict], captions=(), summaries=(), subtit
     assert [t["from"] for t in q["conversations"]] == ["human", "gpt"] and human.startswith("<video>\n")
     assert "The video lasts" not in human  # no time header: consumers add it (samples.py)
     window = {c["clip_id"]: [c["start_s"], c["end_s"]] for c in [*captions, *clues]}
-    assert q["evidence_windows_s"] == [window[c] for c in q["evidence_clip_ids"]]
+    # The evidence windows are the evidence events' spans (the clip windows where no span is known).
+    span = {c["clip_id"]: list(span_of(c)) for c in [*captions, *clues]}
+    assert q["evidence_windows_s"] == [span[c] for c in q["evidence_clip_ids"]]
+    assert q["template_id"].startswith(q["task"] + ".")
     assert q["answer_source"] == ("timestamps" if q["task"] != "summary" else q["answer_source"])
     if q["task"] == "summary":  # the video summary's text, marked as written by a model (or a stand-in)
         (summary,) = [s for s in summaries if s["level"] == "video"]
@@ -92,21 +96,23 @@ def check_question(q: dict, clues: list[dict], captions=(), summaries=(), subtit
         assert options[index] == min((o for o in options if start[o] > start[text]), key=start.get)
         assert "right after" not in q["question"] and "comes next" in q["question"]
     elif q["task"] == "at_time":
-        (shown,) = re.findall(r"at ((?:\d+:)?\d+:\d\d) in the video", q["question"])
+        (shown,) = re.findall(r"\b((?:\d+:)?\d+:\d\d)\b", q["question"])
         t = seconds_of(shown)
-        holding = [c for c in clues if c["start_s"] <= t <= c["end_s"]]
+        # The asked second lies inside the key's event span and no other clue's.
+        holding = [c for c in clues if span_of(c)[0] < t + 1 and t < span_of(c)[1]]
         assert len(holding) == 1 and options[index] == holding[0]["text"]
         assert q["evidence_clip_ids"] == [holding[0]["clip_id"]] and set(options) <= set(start)
     elif q["task"] == "gap":
         a, b = quoted(q["question"])
-        truth = abs(start[a] - start[b]) / 60
+        begins = {c["text"]: span_of(c)[0] for c in clues}  # the gap runs between the events' starts
+        truth = abs(begins[a] - begins[b]) / 60
         minutes = [int(re.fullmatch(r"about (\d+) minutes?", o).group(1)) for o in options]
         assert minutes == sorted(set(minutes)) and max(minutes) * 60 <= duration
         distance = sorted(abs(m - truth) for m in minutes)
         assert abs(minutes[index] - truth) == distance[0] and distance[1] - distance[0] >= 0.25
         assert abs(minutes[index] - truth) <= max(0.5, minutes[index] / 6)  # the nearest bucket, not just the nearest option
         assert sorted(q["evidence_clip_ids"], key=lambda c: window[c]) == q["evidence_clip_ids"]
-        assert {window[c][0] for c in q["evidence_clip_ids"]} == {start[a], start[b]}
+        assert {span[c][0] for c in q["evidence_clip_ids"]} == {begins[a], begins[b]}
     elif q["task"] == "said_when":
         (line,) = quoted(q["question"])
         said = [c for c in subtitles if " ".join(c["text"].replace('"', "'").split()).lower() == line.lower()]

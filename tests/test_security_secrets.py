@@ -116,7 +116,7 @@ def test_no_secret_reaches_any_output_file_or_log(tmp_path, http_server):
         assert b"http://***@127.0.0.1" in _all_bytes(os.path.join(version, "videos"))
         assert b'"api_keys": ["***", "***"]' in open(os.path.join(version, "manifest.json"), "rb").read()
         report = run_vico("report", version, "--out", str(tmp_path / "report.html"))
-        export = run_vico("export", version, "--out", str(tmp_path / "export"))
+        export = run_vico("export", version, "--out", str(tmp_path / "export"), "--allow-stand-in")
         # The job config `vico submit` would upload: refused, naming keys, never values (nothing is sent).
         submit = run_vico("submit", "configs/demo.yaml", *settings, "--address", "http://127.0.0.1:9")
         assert submit.returncode == 2 and "hold credentials" in submit.stderr, submit.stderr[-2000:]

@@ -94,7 +94,7 @@ def test_the_summaries_fingerprint_follows_captions_not_clue_settings():
         return stage_fingerprints(load_config(None, list(settings)), stage_specs())
 
     base = fps()
-    assert fps("caption.prompt_version=v2")["summaries"] != base["summaries"]  # captions changed
+    assert fps("caption.prompt_version=v1")["summaries"] != base["summaries"]  # captions changed (v2 is the default)
     assert fps("summaries.segment_clips=5")["summaries"] != base["summaries"]
     assert fps("clues.model=another")["summaries"] != base["summaries"]  # the engine that writes them
     assert fps("clues.max_clues=5")["summaries"] == base["summaries"]  # clue selection does not touch them

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 
 import pyarrow as pa
@@ -61,13 +62,21 @@ def table_parts(refs: list[dict]) -> dict[str, list[str]]:
     return out
 
 
+# Tables a stage writes beside its own: {table: the stage writing it}.
+SIDE_TABLES = {"clue_candidates": "clues", "shots": "frames"}
+
+
 def side_table_parts(refs: list[dict], roots: dict[str, str]) -> dict[str, list[str]]:
-    """Tables a stage writes beside its own: `clue_candidates`, for every video the clue stage saw."""
-    if "clues" not in roots:
-        return {}
-    root = storage.join(roots["clues"], "clue_candidates")
-    uris = [layout.part_uri(root, r["video_id"]) for r in refs if "clues" in json.loads(r["stats"])]
-    return {"clue_candidates": sorted(u for u in set(uris) if storage.exists(u))}
+    """Tables a stage writes beside its own (SIDE_TABLES), for every video that stage saw:
+    `clue_candidates` (the clue stage), `shots` (the frames stage)."""
+    out = {}
+    for table, stage in SIDE_TABLES.items():
+        if stage not in roots:
+            continue
+        root = storage.join(roots[stage], table)
+        uris = [layout.part_uri(root, r["video_id"]) for r in refs if stage in json.loads(r["stats"])]
+        out[table] = sorted(u for u in set(uris) if storage.exists(u))
+    return out
 
 
 def assemble(version_root: str, refs: list[dict], roots: dict[str, str] | None = None
@@ -80,10 +89,12 @@ def assemble(version_root: str, refs: list[dict], roots: dict[str, str] | None =
     so a reader sees a table's old folder or its new one, never a half-filled one.
     """
     from stages.clues import CLUE_CANDIDATES_SCHEMA
+    from stages.frames import SHOTS_SCHEMA
 
     counts, part_rows = {}, {}
     schemas = {spec.table: spec.schema for spec in stage_specs()}
     schemas["clue_candidates"] = CLUE_CANDIDATES_SCHEMA
+    schemas["shots"] = SHOTS_SCHEMA
     tables = {**table_parts(refs), **side_table_parts(refs, roots or {})}
     for name in storage.listdir(version_root):  # a killed assembly's leftovers (this run owns the folder)
         if name.startswith(".staging-"):
@@ -117,6 +128,50 @@ def assemble(version_root: str, refs: list[dict], roots: dict[str, str] | None =
     storage.remove(staging)
     order = {t: i for i, t in enumerate(layout.TABLES)}
     return dict(sorted(counts.items(), key=lambda kv: order.get(kv[0], 99))), part_rows, errors
+
+
+# Stages a duplicate video keeps: what it took to find it is a copy.
+KEPT_BY_DUPLICATES = ("download", "subtitles", "frames")
+
+
+def drop_duplicates(version_root: str, refs: list[dict]) -> tuple[list[dict], dict[str, str], float]:
+    """Videos of the run that copy another one (vico_pipeline/dedup.py), dropped: each keeps its
+    download, subtitles and frames (clips, shots), loses every later stage (so it is in neither
+    train nor val), and gets a `dedup` error row `duplicate_of` naming the copy kept.
+    Returns (refs, {dropped: kept}, seconds)."""
+    from vico_pipeline.dedup import duplicates, video
+
+    started = time.time()
+    videos = []
+    for row in refs:
+        parts = json.loads(row["refs"])
+        if not parts.get("frames") or not parts.get("download"):
+            continue
+        clips = storage.read_parquet([parts["frames"]], skip=("train_frames", "caption_frames")).to_pylist()
+        meta = next((v for v in storage.read_parquet([parts["download"]]).to_pylist()
+                     if v["video_id"] == row["video_id"]), {})
+        clips.sort(key=lambda c: c["start_s"])
+        videos.append(video(row["video_id"], meta.get("duration_s"), (meta.get("width") or 0) * (meta.get("height") or 0),
+                            [h for c in clips for h in c.get("train_frame_hashes") or []],
+                            [h for c in clips for h in c.get("train_frame_colours") or []]))
+    found = duplicates(videos)
+    out = []
+    for row in refs:
+        if row["video_id"] not in found:
+            out.append(row)
+            continue
+        kept, match = found[row["video_id"]]
+        # A dot folder: readers skip it; the errors table gets the row at assembly.
+        error = storage.join(version_root, ".dedup", f"{row['video_id']}.parquet")
+        storage.write_parquet(rows_to_table([{
+            "stage": "dedup", "item_id": row["video_id"], "source": row["source"], "error_type": "duplicate_of",
+            "message": f"duplicate_of {kept}: {match.share:.0%} of {match.overlap} overlapping frames match "
+                       f"(offset {match.offset} frames)"}], ERRORS_SCHEMA), error)
+        parts = {k: v for k, v in json.loads(row["refs"]).items() if k in KEPT_BY_DUPLICATES}
+        stats = {k: v for k, v in json.loads(row["stats"]).items() if k in KEPT_BY_DUPLICATES}
+        out.append({**row, "refs": json.dumps(parts), "stats": json.dumps(stats),
+                    "error_parts": json.dumps(sorted(set(json.loads(row["error_parts"])) | {error}))})
+    return out, {vid: kept for vid, (kept, _) in found.items()}, round(time.time() - started, 3)
 
 
 def assemble_errors(refs: list[dict]) -> pa.Table:

@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("version", help="a complete version folder")
     p.add_argument("--format", default="llava", choices=["llava"], help="the export format (llava: LLaVA / Video-XL JSON)")
     p.add_argument("--out", required=True, help="the export folder")
+    p.add_argument("--allow-stand-in", action="store_true",
+                   help="export data that stand-in engines (describe, template, rules) made, marked as such")
 
     p = with_config("submit", "submit the run as a Ray job to a running cluster", "clips.seconds=10")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
@@ -135,7 +137,7 @@ def _dispatch(args) -> int:
     if args.command == "export":
         from vico_pipeline.export import export_llava
         from vico_pipeline import storage
-        path = export_llava(args.version, args.out)
+        path = export_llava(args.version, args.out, allow_stand_in=args.allow_stand_in)
         if args.json:  # the counts the text line gives: N of N questions exported, M left out
             counts = storage.read_json(storage.join(path, "export.json"))
             _say({"export": path, "format": args.format, "version_dir": args.version.rstrip("/"), "counts": counts})

@@ -119,6 +119,8 @@ class FramesConfig(Section):
     ffmpeg_threads: int = 0
     # Total seconds one ffmpeg decode (or clip cut) of a video may take.
     deadline_s: float = Field(default=6 * 3600.0, gt=0)
+    # ffmpeg's scene score (0-1) from which a frame starts a new shot (the `shots` table).
+    scene_threshold: float = Field(default=0.3, gt=0, lt=1)
 
 
 class FilterConfig(Section):
@@ -181,6 +183,8 @@ class EngineSection(Section):
 
 class CaptionConfig(EngineSection):
     engine: Literal["describe", "transformers", "openai", "vllm"] = "describe"
+    # v2 also asks which frames show the key event (its span: the shots of those frames).
+    prompt_version: str = "v2"
     frames_per_clip: int = 8
     frame_size: int = 448
     # Times a clip is asked again when the caption gates reject its answer (then it is an error row).
@@ -317,6 +321,12 @@ class AsrConfig(Section):
         return model
 
 
+class DedupConfig(Section):
+    # Drop a video that copies another of the version (re-upload, re-encode, trim): the training
+    # frames' perceptual hashes (vico_pipeline/dedup.py). The copy kept: the longest, then largest.
+    enabled: bool = True
+
+
 class ExportConfig(Section):
     # Frames an exported sample shows (evenly spread, one in every evidence window); 0: all.
     max_frames: int = Field(default=128, ge=0)
@@ -347,6 +357,7 @@ class Config(Section):
     subtitles: SubtitlesConfig = SubtitlesConfig()
     asr: AsrConfig = AsrConfig()
     shards: ShardsConfig = ShardsConfig()
+    dedup: DedupConfig = DedupConfig()
     export: ExportConfig = ExportConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()

@@ -4,8 +4,14 @@
     DIR/frames/{video_id}/times.json     their timestamps in seconds
     DIR/train.json  DIR/val.json         one record per question (one question a sample):
         {"id", "video": "frames/{video_id}", "frames": [paths of the frames shown, relative to DIR],
-         "frame_times_s": [their times], "conversations": [{from, value}], "video_id", "task", "split"}
-    DIR/export.json                      counts: questions, exported, left out
+         "frame_times_s": [their times], "conversations": [{from, value}], "video_id", "task", "split",
+         "caption_engine", "caption_model", "clue_engine", "clue_model",       (provenance)
+         "answer_source", "answer_engine", "answer_model", "blind_correct", "template_id"}
+    DIR/export.json                      counts: questions, exported, left out; stand-in engines
+
+Data that stand-in engines made (`describe`, `template`, `rules`; a stand-in summary as an
+answer) is for demos and tests: like `vico train`, the export refuses it (one line, exit 2)
+unless `allow_stand_in` (`--allow-stand-in`), and then says so on stderr and in export.json.
 
 Records are built from the version's shards, the trainer's input, through
 `samples.question_sample`: the human turn opens with the time header (the
@@ -63,8 +69,26 @@ def write_frames(out_dir: str, row: dict) -> None:
     storage.write_json(storage.join(out_dir, "frames", vid, "times.json"), row["frame_times_s"])
 
 
+PROVENANCE = ("caption_engine", "caption_model", "clue_engine", "clue_model")
+ANSWER_FIELDS = ("answer_source", "answer_engine", "answer_model", "blind_correct", "template_id")
+STAND_IN_ENGINES = frozenset({"describe", "template", "rules"})
+
+
+def stand_in_engines(version_root: str, manifest: dict) -> list[str]:
+    """The stand-in engines that made a version's data: the shard rows' caption and clue engines,
+    the engines of stand-in answers (a stand-in summary), the blind filter's; sorted."""
+    found = set()
+    for row in shard_rows(version_root, manifest):
+        found.update(row.get(k) for k in ("caption_engine", "clue_engine"))
+        found.update(q.get("answer_engine") for q in row["questions"] if q.get("answer_source") == "stand-in")
+    blind = (manifest.get("config") or {}).get("blind") or {}
+    if blind.get("enabled", True):
+        found.add(blind.get("engine"))
+    return sorted(e for e in found if e in STAND_IN_ENGINES)
+
+
 def export_llava(version_root: str, out_dir: str, max_frames: int | None = None,
-                 log=lambda msg: print(msg, file=sys.stderr)) -> str:
+                 log=lambda msg: print(msg, file=sys.stderr), allow_stand_in: bool = False) -> str:
     """Export a complete version; returns `out_dir`."""
     manifest = open_version(version_root)
     budget = export_budget(manifest) if max_frames is None else max_frames
@@ -72,8 +96,15 @@ def export_llava(version_root: str, out_dir: str, max_frames: int | None = None,
     reason = storage.unwritable(out_dir)
     if reason:
         raise UserError(f"export folder is not writable: {out_dir} ({reason})")
+    stand_ins = stand_in_engines(version_root, manifest)
+    if stand_ins and not allow_stand_in:
+        raise UserError(f"{version_root} was made by stand-in engines ({', '.join(stand_ins)}), not by models; "
+                        "pass --allow-stand-in to export it anyway (for demos and tests)")
+    if stand_ins:
+        log(f"export: STAND-IN DATA: made by {', '.join(stand_ins)} (no model); every record says so")
     records: dict[str, list[dict]] = {"train": [], "val": []}
-    counts = {"questions": 0, "exported": 0, "left_out_evidence_does_not_fit": 0, "max_frames": budget}
+    counts = {"questions": 0, "exported": 0, "left_out_evidence_does_not_fit": 0, "max_frames": budget,
+              "stand_in_engines": stand_ins}
     for row in shard_rows(version_root, manifest):
         if not row["frames"]:
             continue
@@ -94,6 +125,8 @@ def export_llava(version_root: str, out_dir: str, max_frames: int | None = None,
                 "video_id": vid,
                 "task": question["task"],
                 "split": split,
+                **{name: row.get(name) for name in PROVENANCE},
+                **{name: question.get(name) for name in ANSWER_FIELDS},
             })
     for split, rows in records.items():
         rows.sort(key=lambda r: r["id"])

@@ -13,7 +13,7 @@ import re
 
 from vico_pipeline.storage import join
 
-TABLES = ("videos", "clips", "filtered", "captions", "summaries", "subtitles", "clue_candidates", "clues", "questions", "errors")
+TABLES = ("videos", "clips", "shots", "filtered", "captions", "summaries", "subtitles", "clue_candidates", "clues", "questions", "errors")
 MANIFEST = "manifest.json"
 
 

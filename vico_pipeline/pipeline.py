@@ -224,8 +224,9 @@ def _run_task(row: dict, spec: StageSpec, config, stage_root: str, runner_cls=St
 # the answers are grouped back per video, parsed by the caption stage's code and written to the
 # video's part like any stage's. docs/engines.md has the trade-off.
 REFERENCE_COLUMNS = ("video_id", "source", "refs", "stats", "error_parts")
-CLIP_COLUMNS = ("clip_id", "clip_index", "start_s", "end_s")
-ANSWER_CARRY = REFERENCE_COLUMNS + CLIP_COLUMNS  # what a request row carries to its answer
+CLIP_COLUMNS = ("clip_id", "clip_index", "start_s", "end_s", "caption_frame_times_s")
+# What a request row carries to its answer; `shots_s`: its video's shots, for the key event's span.
+ANSWER_CARRY = REFERENCE_COLUMNS + CLIP_COLUMNS + ("shots_s",)
 MAX_GROUP_PARTITIONS = 64  # the regrouping's hash partitions (Ray's default: 200, whatever the videos)
 
 
@@ -250,13 +251,16 @@ def _caption_requests(row: dict, use_subtitles: bool = False) -> list[dict]:
     """One request row per clip the filter kept, carrying its video's reference row (and the
     subtitle lines of the clip for its prompt, `caption.use_subtitles`)."""
     from stages.caption import clip_subtitles, kept_clips
+    from vico_pipeline.spans import video_shots
 
     refs = json.loads(row["refs"])
     video = {name: row[name] for name in REFERENCE_COLUMNS}
     cues = _read_rows(refs["subtitles"]) if use_subtitles and refs.get("subtitles") else []
+    clips = _read_rows(refs["frames"])
+    shots = [list(s) for s in video_shots(clips, _read_rows(refs["download"], row["video_id"])[0]["duration_s"])]
     return [{**video, **{name: clip[name] for name in CLIP_COLUMNS}, "caption_frames": clip["caption_frames"],
-             "subtitles": clip_subtitles(cues, clip["start_s"], clip["end_s"])}
-            for clip in kept_clips(_read_rows(refs["frames"]), _read_rows(refs["filter"]))]
+             "subtitles": clip_subtitles(cues, clip["start_s"], clip["end_s"]), "shots_s": shots}
+            for clip in kept_clips(clips, _read_rows(refs["filter"]))]
 
 
 def _write_captions(answers: pa.Table, spec: StageSpec, config, stage_root: str) -> dict:

@@ -55,7 +55,7 @@ def _download(config, root):
 
 def _frames(config, root):
     from stages.frames import FramesStage
-    return FramesStage(config, clip_root=join(root, "clips"))
+    return FramesStage(config, clip_root=join(root, "clips"), shots_root=join(root, "shots"))
 
 
 def _download_resources(config):
@@ -162,14 +162,16 @@ def stage_specs() -> list[StageSpec]:
                    "subtitles.max_cues"), _subtitles_resources,
                   code_version="2"),  # 2: plain text (unescape, strip, no control characters), cues in range
         StageSpec("frames", "clips", CLIPS_SCHEMA, ("download",), _frames,
-                  ("clips", "frames.fps", "frames.size", "frames.jpeg_quality",
+                  ("clips", "frames.fps", "frames.size", "frames.jpeg_quality", "frames.scene_threshold",
                    "caption.frames_per_clip", "caption.frame_size"), _frames_resources,
-                  code_version="2"),  # 2: frame times are the frames' presentation times
+                  # 2: frame times are the frames' presentation times; 3: cuts_s (the shots), frame hashes
+                  code_version="3"),
         StageSpec("filter", "filtered", FILTERED_SCHEMA, ("download", "frames"), _filter,
                   ("filter",), _light_resources, unread_columns=("train_frames", "caption_frames")),
         StageSpec("caption", "captions", CAPTIONS_SCHEMA, ("download", "frames", "filter"), _caption,
                   tuple(f"caption.{k}" for k in _ENGINE_KEYS) + ("caption.answer_retries", "caption.use_subtitles"),
-                  _caption_resources, code_version="3", optional_inputs=(("subtitles", "caption.use_subtitles"),),
+                  _caption_resources, code_version="4",  # 4: key event frames, event span, rejected answers
+                  optional_inputs=(("subtitles", "caption.use_subtitles"),),
                   unread_columns=("train_frames",)),
         # Segment and video summaries, written by the clues engine from the captions.
         StageSpec("summaries", "summaries", SUMMARIES_SCHEMA, ("download", "caption"), _summaries,
@@ -182,10 +184,12 @@ def stage_specs() -> list[StageSpec]:
                       "clues.validation_retries", "clues.max_caption_chars", "clues.grounding",
                       "clues.context_tokens", "clues.seconds_per_clue", "clues.use_subtitles",
                       "summaries.segment_clips"), _clues_resources,
-                  code_version="3", optional_inputs=(("summaries", None), ("subtitles", "clues.use_subtitles"))),
+                  code_version="4",  # 4: event spans
+                  optional_inputs=(("summaries", None), ("subtitles", "clues.use_subtitles"))),
         # summary needs the video summary, said_when the subtitle cues: a video without them gets the other tasks.
         StageSpec("questions", "questions", QUESTIONS_SCHEMA, ("download", "clues", "caption"), _questions,
-                  ("questions", "clips.seconds", "shards.val_fraction"), _light_resources, code_version="5",
+                  ("questions", "clips.seconds", "shards.val_fraction"), _light_resources,
+                  code_version="6",  # 6: keys judged on event spans, no repeats, balanced options, templates
                   optional_inputs=(("summaries", None), ("subtitles", None))),
         # Its output replaces the questions stage's in the version's `questions` table (last one wins).
         StageSpec("blind", "questions", BLIND_SCHEMA, ("download", "questions"), _blind,

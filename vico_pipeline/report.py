@@ -215,6 +215,9 @@ def _stage_table(manifest: dict) -> str:
         r = reused.get(stage)
         where = f'{r.get("version") or "interrupted run"} ({r.get("videos")}/{r.get("of")})' if r else ""
         kinds = ", ".join(f"{k} {v}" for k, v in (s.get("error_types") or {}).items())
+        retried = ", ".join(f"{k} {v}" for k, v in (s.get("rejected_then_retried") or {}).items())
+        if retried:  # what the gates caught although a retry fixed it (no error row is left of it)
+            kinds = f"{kinds}; rejected, then fixed by a retry: {retried}".lstrip("; ")
         rows.append(f"<tr><td>{_e(stage)}</td><td>{_e(s.get('items_in'))}</td><td>{_e(s.get('items_out'))}</td>"
                     f"<td>{_e(s.get('failed'))}</td><td>{_e(kinds)}</td><td>{_e(s.get('cached'))}</td>"
                     f"<td>{_e(s.get('seconds'))}</td><td>{_e(where)}</td></tr>")

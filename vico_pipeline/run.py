@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from stages.manifest import read_manifest
 from vico_pipeline import __version__, layout, storage
-from vico_pipeline.assemble import assemble, write_question_splits, write_version_shards
+from vico_pipeline.assemble import assemble, drop_duplicates, write_question_splits, write_version_shards
 from vico_pipeline.claim import Heartbeat, claim_version, new_owner
 from vico_pipeline.config import to_plain
 from vico_pipeline.errors import RunError
@@ -29,7 +29,8 @@ from vico_pipeline.fingerprint import version_fingerprint
 from vico_pipeline.redact import redact, redact_text
 from vico_pipeline.registry import stage_specs
 from vico_pipeline.runtime import ray_ready
-from vico_pipeline.summary import blind_stats, reused_map, stage_stats, tasks_without_input_stats, transient_failures
+from vico_pipeline.summary import (blind_stats, rejected_then_retried, reused_map, stage_stats,
+                                   tasks_without_input_stats, transient_failures)
 from vico_pipeline.versions import CLAIM, is_complete, list_versions
 CARD = "README.md"
 
@@ -107,6 +108,11 @@ def _run(config, log, retry_failed: bool, heartbeats: list) -> str:
     t_dag = time.time()
     refs = run_stages(manifest_rows, config, roots, log=log) if light is None \
         else run_inline(manifest_rows, config, roots)
+    dropped, dedup_s = {}, 0.0
+    if config.dedup.enabled:  # one copy of each video (vico_pipeline/dedup.py)
+        refs, dropped, dedup_s = drop_duplicates(version_root, refs)
+        for vid, kept in sorted(dropped.items()):
+            log(f"dedup: video {vid} is a copy of {kept}: dropped (kept {kept})")
     t_assemble = time.time()
     _still_ours(version_root, heartbeat)
     counts, part_rows, errors = assemble(version_root, refs, roots)
@@ -122,6 +128,12 @@ def _run(config, log, retry_failed: bool, heartbeats: list) -> str:
         stats["blind"]["accuracy_by_task"] = blind_stats(refs)
     if "questions" in stats:
         stats["questions"]["tasks_without_input"] = tasks_without_input_stats(refs, config.questions.tasks)
+    if "caption" in stats:
+        stats["caption"]["rejected_then_retried"] = rejected_then_retried(refs)
+    if config.dedup.enabled:
+        stats["dedup"] = {"items_in": stats.get("frames", {}).get("items_in", 0), "items_out": len(dropped),
+                          "failed": len(dropped), "cached": 0, "seconds": dedup_s,
+                          "duplicate_of": dict(sorted(dropped.items()))}
     stats["shards"] = {"items_in": counts["questions"]["rows"] if "questions" in counts else 0,
                        "items_out": counts["shards"]["rows"], "failed": 0, "cached": 0,
                        "seconds": round(finished - t_shards, 3)}

@@ -9,8 +9,9 @@ the list of its questions. The trainer, the eval and the export each turn one
     {the question}
 
 Under a frame budget the frames are spread evenly (one from each equal stretch
-of the video), and every evidence clip of the question keeps at least one frame
-inside its window, placed so that it cannot be told from the others; a question
+of the video), and every evidence event of the question keeps at least one frame
+inside its window (the event's span, `evidence_windows_s`: a frame there shows the
+event), placed so that it cannot be told from the others; a question
 whose evidence cannot fit gets no sample (None), and the caller counts it.
 No torch, no Ray: plain lists.
 """

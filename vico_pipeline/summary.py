@@ -158,6 +158,18 @@ def blind_stats(refs: list[dict]) -> dict:
     return blind_accuracy(before, after)
 
 
+def rejected_then_retried(refs: list[dict]) -> dict[str, int]:
+    """Caption answers the gates rejected whose clip a retry then fixed, by error type (the caption
+    rows' `rejected`): what the gates caught, though no error row is left of it."""
+    counts: dict[str, int] = {}
+    parts = sorted({json.loads(r["refs"]).get("caption") for r in refs} - {None})
+    if parts:
+        for rejected in storage.read_parquet(parts).column("rejected").to_pylist():
+            for kind in rejected or []:
+                counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def tasks_without_input_stats(refs: list[dict], tasks: list[str]) -> dict[str, int]:
     """Per task that needs a table besides the clues (`summary`, `said_when`): the videos that
     reached the questions stage without its rows (no video summary, no subtitle cue). The task

@@ -122,7 +122,8 @@ def describe(jpegs: list[bytes]) -> dict:
     if m["mover"]:
         key += f" where a {m['mover'][0]} region {m['mover'][1]}"
     key += f", {brightness}, {motion} motion"
-    return {"caption": " ".join(parts), "key_event": key}
+    # The key event names every shot it measured: all the frames show it.
+    return {"caption": " ".join(parts), "key_event": key, "key_event_frames": list(range(1, m["frames"] + 1))}
 
 
 class DescribeEngine(Engine):

@@ -127,5 +127,7 @@ def synthetic_clips(video_id: str, colours: list[tuple[int, int, int]], seconds:
                      "caption_frames": images,
                      "caption_frame_times_s": [index * seconds + f * seconds / frames for f in range(frames)],
                      "train_frames": [], "train_frame_times_s": [],
+                     # a cut where the colour changes: each colour is one shot
+                     "cuts_s": [index * seconds] if index and colour != colours[index - 1] else [],
                      "brightness": 100.0, "motion": 3.0, "dup_similarity": 0.5})
     return rows
