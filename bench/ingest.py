@@ -61,9 +61,8 @@ def bare_decode(path: str, config) -> float:
     from fractions import Fraction
 
     rate = Fraction(config.caption.frames_per_clip) / Fraction(config.clips.seconds).limit_denominator(1000)
-    train, caption = decode_graph(path, config.frames.fps, config.frames.size, rate, config.caption.frame_size)
-    args = ffmpeg_command(ffmpeg_python.merge_outputs(ffmpeg_python.output(train, "-", format="null"),
-                                                      ffmpeg_python.output(caption, "-", format="null")))
+    branches = decode_graph(path, config.frames.fps, config.frames.size, rate, config.caption.frame_size)
+    args = ffmpeg_command(ffmpeg_python.merge_outputs(*(ffmpeg_python.output(b, "-", format="null") for b in branches)))
     start = time.perf_counter()
     subprocess.run(args, check=True)
     return time.perf_counter() - start

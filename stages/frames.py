@@ -5,8 +5,9 @@ three: training frames (`frames.fps`, short side `frames.size`) and caption fram
 (`caption.frames_per_clip` spread over each window, short side
 `caption.frame_size`), both JPEG-encoded by ffmpeg, and every frame shrunk to a
 few hundred raw RGB pixels for the shot changes (`cuts_s`, the `shots` table),
-all in one NUT stream on a pipe. Each training frame also gets a perceptual hash
-(`train_frame_hashes`) for finding the same footage uploaded twice.
+all in one NUT stream on a pipe. Each training frame also gets a perceptual hash and a
+colour code (`train_frame_hashes`, `train_frame_colours`) for finding the same footage
+uploaded twice (vico_pipeline/dedup.py).
 We demux the pipe as it fills (PyAV) and yield each clip as soon as both streams
 have passed its end, so memory holds a few clips, never the decoded video.
 
