@@ -136,3 +136,12 @@ def test_rejections_a_retry_fixed_are_counted_by_type(tmp_path):
         refs.append({"refs": json.dumps({"caption": part})})
     refs.append({"refs": json.dumps({"download": "x"})})  # a video that never reached the captions
     assert rejected_then_retried(refs) == {"caption_refusal": 2, "caption_unparsed": 1}
+
+
+def test_the_report_stage_table_shows_what_a_retry_fixed():
+    from vico_pipeline.report import _stage_table
+
+    html = _stage_table({"stages": {"caption": {"items_in": 2, "items_out": 5, "failed": 1,
+                                                "error_types": {"caption_unparsed": 1},
+                                                "rejected_then_retried": {"caption_refusal": 2}}}})
+    assert "caption_unparsed 1; rejected, then fixed by a retry: caption_refusal 2" in html
