@@ -86,7 +86,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="resume the run folder's last checkpoint even under a changed config "
                         "(as --set train.resume=true); the same config always resumes")
+    p.add_argument("--plan", action="store_true",
+                   help="print the memory a GPU needs for this model and train.strategy (parameters, gradients, "
+                        "optimizer state, activations) without building the model, and stop")
     with_config("eval", "validate a Video-XL checkpoint (VICO QA, needle grid)", "eval.needle_frames=[4,16]")
+
+    p = add("export-checkpoint", "a training run's checkpoint as one safetensors folder (the authors' key layout, "
+                                 "a complete config.json); prints the folder")
+    p.add_argument("run", help="a run folder (its latest checkpoint) or a checkpoint folder")
+    p.add_argument("--out", required=True, help="the folder to write (new, or empty)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="the weights' type (default float32, as trained)")
     return parser
 
 
@@ -152,6 +161,12 @@ def _dispatch(args) -> int:
                       retry_failed=args.retry_failed, insecure=args.insecure)
     if args.command in ("train", "eval"):
         return _model(args)
+    if args.command == "export-checkpoint":
+        require_model_extra(args.command)
+        from vico_pipeline.model.export import export_checkpoint
+        path = str(export_checkpoint(args.run, args.out, args.dtype))
+        _say({"export": path, "run": args.run, "dtype": args.dtype} if args.json else path)
+        return 0
     raise AssertionError(args.command)
 
 
@@ -221,6 +236,8 @@ def _model(args) -> int:
 
     overrides = args.overrides + (["train.resume=true"] if getattr(args, "resume", False) else [])
     config = load_config(args.config, overrides)
+    if getattr(args, "plan", False):
+        return model_cli.plan_main(config, args.json)
     entry = model_cli.train_main if args.command == "train" else model_cli.eval_main
     if not args.json:
         return entry(config)

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, load_model, save_model
 
 from .config import ModelConfig, ModelUserError
 from .decoder import Decoder, DecoderDims
+from .portable import is_portable, model_config_of, write_config
 from .vision import VisionSide
 from .vst import VideoXL
 
@@ -66,6 +67,9 @@ def vision_tower(cfg: ModelConfig, weights: bool):
         if weights:
             return CLIPVisionModel.from_pretrained(cfg.vision_path, torch_dtype=torch.float32)
         return CLIPVisionModel(CLIPVisionConfig.from_pretrained(cfg.vision_path))
+    spec = llm_config(cfg).get("vision_config")
+    if spec:  # a portable checkpoint's config.json carries its tower's config (portable.py)
+        return CLIPVisionModel(CLIPVisionConfig.from_dict(spec))
     return CLIPVisionModel(CLIPVisionConfig(
         hidden_size=cfg.vision_hidden_size, intermediate_size=cfg.vision_intermediate_size,
         num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
@@ -163,56 +167,137 @@ def load_videoxl_state(model: VideoXL, state: dict[str, torch.Tensor]) -> list[s
 
 
 # --- our checkpoints ----------------------------------------------------------------------
+#
+# A training checkpoint is one folder a step, `checkpoints/step-NNNNNNN/`:
+#   .metadata, __R_0.distcp  model and optimizer state, written by every worker
+#                            (torch.distributed.checkpoint): each writes its own shards, and the
+#                            files hold whole tensors' layout, so any worker count can read them
+#   state.pt                 step, LR schedule, every worker's RNG states
+#   config.json              the whole model (portable.py), model_config.json the settings it came from
+#   tokenizer/, done         the tokenizer; `done` last, then the folder is renamed into place
+# Older checkpoints (model.safetensors, optimizer in state.pt) still load.
+
 
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step-{step:07d}"
 
 
+def has_weights(folder: Path) -> bool:
+    """A sharded checkpoint, or a safetensors folder (our older checkpoints, an export)."""
+    return any((folder / name).exists() for name in (".metadata", "model.safetensors", "model.safetensors.index.json"))
+
+
 def latest_checkpoint(path: str | Path) -> Path | None:
     """A checkpoint folder itself, or the newest complete one under a run folder."""
     path = Path(path)
-    if (path / "model.safetensors").exists():
+    if has_weights(path):
         return path
     found = sorted(p for p in (path / "checkpoints").glob("step-*") if (p / "done").exists()) if (path / "checkpoints").exists() else []
     return found[-1] if found else None
 
 
+def _dist():
+    """(rank, world) when a process group is up, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if _dist()[1] > 1:
+        torch.distributed.barrier()
+
+
 def save_checkpoint(run_dir, step: int, model, optimizer, scheduler, trainer_state: dict, model_cfg: ModelConfig,
                     tokenizer, keep: int = 2) -> Path:
-    """Writes into a temporary folder and renames, so a crash never leaves a half checkpoint."""
+    """Called by every worker. All write their shards into a temporary folder, which rank 0
+    completes and renames, so a crash never leaves a half checkpoint."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    rank, _ = _dist()
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **trainer_state}, tmp / "state.pt")
-    (tmp / "model_config.json").write_text(model_cfg.model_dump_json(indent=2))
-    tokenizer.save_pretrained(str(tmp / "tokenizer"))
-    (tmp / "done").write_text(str(step))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    old = sorted(p for p in final.parent.glob("step-*") if not p.name.endswith(".tmp"))
-    for p in old[:-keep] if keep > 0 else []:
-        shutil.rmtree(p, ignore_errors=True)
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp))
+    if rank == 0:
+        torch.save({"scheduler": scheduler.state_dict(), **trainer_state}, tmp / "state.pt")
+        (tmp / "model_config.json").write_text(model_cfg.model_dump_json(indent=2))
+        write_config(tmp, model, model_cfg)
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        (tmp / "done").write_text(str(step))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        old = sorted(p for p in final.parent.glob("step-*") if not p.name.endswith(".tmp"))
+        for p in old[:-keep] if keep > 0 else []:
+            shutil.rmtree(p, ignore_errors=True)
+    _barrier()
     return final
 
 
+def load_training_state(model, optimizer, ckpt: Path) -> dict:
+    """Weights and optimizer state into a model wrapped for training (any strategy, any worker
+    count); returns state.pt (step, schedule, RNG states)."""
+    state = torch.load(ckpt / "state.pt", weights_only=False)
+    if not (ckpt / ".metadata").exists():  # an older checkpoint: whole tensors, optimizer in state.pt
+        if any(hasattr(p, "to_local") for p in model.parameters()):
+            raise ModelUserError(f"{ckpt} is an older, unsharded checkpoint; resume it with train.strategy: ddp")
+        load_model(model, str(ckpt / "model.safetensors"))
+        optimizer.load_state_dict(state["optimizer"])
+        return state
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    model_state, optim_state = get_state_dict(model, optimizer)  # the shapes to read into (creates AdamW's state)
+    # A parameter that never had a gradient (the last layer's VST query projection: its output is
+    # never read) has no AdamW state in the checkpoint; it gets none here either.
+    saved = dcp.FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
+    optim_state["state"] = {k: v for k, v in optim_state["state"].items() if f"optimizer.state.{k}.step" in saved}
+    both = {"model": model_state, "optimizer": optim_state}
+    dcp.load(both, checkpoint_id=str(ckpt))
+    set_model_state_dict(model, both["model"])  # dcp.load has already required every weight
+    set_optimizer_state_dict(model, optimizer, both["optimizer"], options=StateDictOptions(strict=False))
+    return state
+
+
 def load_weights(model, ckpt: Path) -> None:
+    """Weights only, into an unwrapped model: a sharded checkpoint, or our older model.safetensors."""
+    if (ckpt / ".metadata").exists():
+        import torch.distributed.checkpoint as dcp
+
+        weights = model.state_dict()
+        dcp.load({"model": weights}, checkpoint_id=str(ckpt))  # reads every shard, in this one process
+        model.load_state_dict(weights)
+        return
     load_model(model, str(ckpt / "model.safetensors"))
 
 
 def load_for_eval(path: str | Path):
-    """(model, tokenizer, model config, checkpoint folder) from a run folder or a checkpoint folder."""
+    """(model, tokenizer, model config, checkpoint folder) from a run folder, a checkpoint folder or
+    an exported folder (`vico export-checkpoint`: the authors' key layout)."""
     from transformers import AutoTokenizer
 
     ckpt = latest_checkpoint(path)
     if ckpt is None:
         raise ModelUserError(f"eval.checkpoint: no checkpoint found in {path}")
-    saved = json.loads((ckpt / "model_config.json").read_text())
-    # Checkpoints written before the layer became a setting always read the second-to-last layer.
-    saved.setdefault("vision_select_layer", -2)
-    cfg = ModelConfig.model_validate(saved)
+    if is_portable(ckpt):  # its own config.json: no base model folder is read
+        cfg = model_config_of(ckpt)
+    else:
+        saved = json.loads((ckpt / "model_config.json").read_text())
+        # Checkpoints written before the layer became a setting always read the second-to-last layer.
+        saved.setdefault("vision_select_layer", -2)
+        cfg = ModelConfig.model_validate(saved)
     tokenizer = AutoTokenizer.from_pretrained(str(ckpt / "tokenizer"))
     model = build_model(cfg, tokenizer.eos_token_id, weights=False)
-    load_weights(model, ckpt)
+    if (ckpt / ".metadata").exists() or (ckpt / "model_config.json").exists():
+        load_weights(model, ckpt)
+    else:  # an export: the authors' names
+        load_videoxl_state(model, read_safetensors_dir(ckpt))
     return model.eval(), tokenizer, cfg, ckpt

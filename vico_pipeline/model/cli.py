@@ -1,4 +1,4 @@
-"""Entry points the `vico` CLI calls: `vico train CONFIG` and `vico eval CONFIG`.
+"""Entry points the `vico` CLI calls: `vico train CONFIG` (`--plan`) and `vico eval CONFIG`.
 
 `config` is the root config object with `.model`, `.train` and `.eval` sections. A user's
 mistake raises `ModelUserError`, which the CLI prints as one line. The output folder is checked
@@ -27,6 +27,17 @@ def train_main(config) -> int:
 
     out = run_training(config.model, config.train)
     print(out)
+    return 0
+
+
+def plan_main(config, as_json: bool = False) -> int:
+    """`vico train CONFIG --plan`: the memory plan, as a table (or one JSON object)."""
+    import json
+
+    from .plan import memory_plan, plan_table
+
+    plan = memory_plan(config.model, config.train)
+    print(json.dumps(plan) if as_json else plan_table(plan))
     return 0
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vico_pipeline.errors import ModelUserError
 
@@ -91,8 +93,15 @@ class TrainConfig(BaseModel):
     resume: bool = False
     pack_questions: bool = False  # several questions a conversation, none answerable from an earlier turn
     allow_stand_in_data: bool = False  # train on data that stand-in engines (describe, template, rules) made
-    gradient_checkpointing: bool = False
-    bf16: bool = True  # autocast on CUDA only
+    # Recompute each decoder layer's and CLIP layer's activations in the backward pass
+    # (`gradient_checkpointing` is the older name of the same key).
+    activation_checkpointing: bool = Field(False, validation_alias=AliasChoices("activation_checkpointing",
+                                                                                "gradient_checkpointing"))
+    bf16: bool = True  # on CUDA: autocast (ddp) or bf16 parameters and compute with fp32 reduction (fsdp)
+    # How workers share the model: ddp (a whole copy each, gradients averaged) or fsdp (PyTorch FSDP2:
+    # parameters, gradients and optimizer state sharded, one unit a decoder layer and a CLIP layer).
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    cpu_offload: bool = False  # fsdp: keep the parameter, gradient and optimizer shards in CPU memory
     workers: int = 0  # Ray Train workers; 0 or 1 trains in this process
     use_gpu: bool = False
     ray_address: str | None = None  # None starts a local Ray for workers > 1

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import build_model, latest_checkpoint, load_weights, save_checkpoint
+from .checkpoint import build_model, latest_checkpoint, load_training_state, save_checkpoint
 from .config import ModelConfig, ModelUserError, TrainConfig
 from .data import QuestionSamples, ShardRows, draw_ratios, encode_conversation, load_tokenizer, stand_in_engines, train_tokenizer
+from .sharding import full_value, gradient_sync, held_bytes, local_process_group, wrap
 from .vision import frames_to_pixels
 
 
@@ -124,10 +125,13 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(tcfg.seed)
 
     model = build_model(mcfg, tokenizer.eos_token_id)
-    model.set_gradient_checkpointing(tcfg.gradient_checkpointing)
+    model.set_gradient_checkpointing(tcfg.activation_checkpointing)
     vision_lr = tcfg.lr if tcfg.vision_lr is None else tcfg.vision_lr
     if vision_lr == 0:
         model.vision.tower.requires_grad_(False)
+    resume = Path(config["resume"]) if config.get("resume") else None
+    train_model = wrap(model, tcfg.strategy, world, device, tcfg.bf16, tcfg.cpu_offload)
+    # After wrapping: with fsdp the optimizer holds (and keeps state for) this worker's shards only.
     groups = [{"params": [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("vision.tower.")], "lr": tcfg.lr},
               {"params": [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("vision.tower.")], "lr": vision_lr}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=tcfg.betas, weight_decay=tcfg.weight_decay)
@@ -135,11 +139,8 @@ def train_loop(config: dict) -> None:
     schedule = Schedule.of(tcfg)
 
     step = 0
-    if config.get("resume"):
-        ckpt = Path(config["resume"])
-        load_weights(model, ckpt)
-        state = torch.load(ckpt / "state.pt", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
+    if resume:
+        state = load_training_state(model, optimizer, resume)
         for group in optimizer.param_groups:  # the config being run sets the hyperparameters, not the old run's
             group.update(betas=tcfg.betas, weight_decay=tcfg.weight_decay)
         step = state["step"]
@@ -147,22 +148,15 @@ def train_loop(config: dict) -> None:
         same = (saved.total, saved.warmup) == (schedule.total, schedule.warmup)
         schedule = saved if same else saved.continued(step, tcfg.max_steps)
         _set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
-    model.to(device)
     if rank == 0:
         _trim_metrics(out / "metrics.jsonl", step)
 
-    train_model = model
-    if world > 1:
-        import ray.train.torch
-
-        # A window-less sample leaves the VST projections unused; DDP must not wait for them.
-        train_model = ray.train.torch.prepare_model(model, move_to_device=False,
-                                                    parallel_strategy_kwargs={"find_unused_parameters": True})
     ratios = tcfg.ratios or mcfg.ratios
-    use_bf16 = tcfg.bf16 and device.type == "cuda"
+    use_bf16 = tcfg.bf16 and device.type == "cuda" and tcfg.strategy == "ddp"  # fsdp casts by its own policy
     stop_at = config.get("stop_at")
     progress = Progress(step, tcfg.max_steps) if rank == 0 else None
     model.train()
+    first_step = step
     while step < tcfg.max_steps and (stop_at is None or step < stop_at):
         t0 = time.time()
         lr = schedule.factor(step)
@@ -171,25 +165,28 @@ def train_loop(config: dict) -> None:
         total, frames = 0.0, 0
         for micro in range(tcfg.grad_accum):
             position = step * tcfg.grad_accum + micro
-            rng = random.Random(f"{tcfg.seed}-{rank}-{position}")
+            # Seeded by the sample's place in the global batch: runs of any worker count with equal
+            # workers x grad_accum draw the same ratios for the same samples.
+            rng = random.Random(f"{tcfg.seed}-{position * world + rank}")
             row, sample = samples[sample_index(position, len(samples), rank, world, tcfg.seed)]
             s = prepare_sample(row, sample, tokenizer, model, mcfg, tcfg.max_text_tokens, ratios, rng, device)
             frames += s["pixels"].shape[0]
             sync = micro == tcfg.grad_accum - 1 or world == 1
-            ctx = train_model.no_sync() if not sync else _null()
-            with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            with gradient_sync(train_model, sync), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 loss = train_model(s["pre_ids"], s["pixels"], s["post_ids"], s["labels"], s["ratios"])
             (loss / tcfg.grad_accum).backward()
             total += loss.item() / tcfg.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip) if tcfg.grad_clip > 0 else torch.tensor(0.0)
         optimizer.step()
+        if step == first_step:  # the first step of this process: gradients and AdamW state now exist
+            _write_held_bytes(out / "memory.json", model, optimizer, tcfg.strategy, rank, world)
         optimizer.zero_grad(set_to_none=True)
         step += 1
         if world > 1:
             t = torch.tensor([total, frames], dtype=torch.float64)
             torch.distributed.all_reduce(t)
             total, frames = t[0].item() / world, int(t[1].item())
-        metrics = {"step": step, "loss": total, "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
+        metrics = {"step": step, "loss": total, "lr": optimizer.param_groups[0]["lr"], "grad_norm": full_value(grad_norm),
                    "frames": frames, "seconds": round(time.time() - t0, 4), "workers": world}
         if progress is not None:
             progress.update(metrics)
@@ -202,10 +199,10 @@ def train_loop(config: dict) -> None:
             if world > 1:
                 rng_states = [None] * world
                 torch.distributed.all_gather_object(rng_states, _rng_state())
-            if rank == 0:
-                save_checkpoint(out, step, model, optimizer, schedule, {"step": step, "rng": rng_states,
-                                "schedule": schedule.state_dict()}, mcfg, tokenizer, tcfg.keep_checkpoints)
-        if world > 1:
+            # Every worker writes its shards (torch.distributed.checkpoint); rank 0 the rest.
+            save_checkpoint(out, step, model, optimizer, schedule, {"step": step, "rng": rng_states,
+                            "schedule": schedule.state_dict()}, mcfg, tokenizer, tcfg.keep_checkpoints)
+        if config.get("ray"):
             import ray.train
 
             ray.train.report(metrics)
@@ -240,12 +237,17 @@ def clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
+def _write_held_bytes(path: Path, model, optimizer, strategy: str, rank: int, world: int) -> None:
+    """memory.json: the bytes each worker holds of parameters, gradients and optimizer state (its
+    local shards under fsdp), measured after the first optimizer step of this process."""
+    held = held_bytes(model, optimizer)
+    every = [held]
+    if world > 1:
+        every = [None] * world
+        torch.distributed.all_gather_object(every, held)
+    if rank == 0:
+        path.write_text(json.dumps({"strategy": strategy, "workers": world,
+                                    **{k: [h[k] for h in every] for k in held}}, indent=2) + "\n")
 
 
 def _trim_metrics(path: Path, step: int) -> None:
@@ -275,7 +277,9 @@ def run_training(mcfg: ModelConfig, tcfg: TrainConfig, stop_at: int | None = Non
     config = {"model": mcfg.model_dump(), "train": tcfg.model_dump(), "tokenizer": prepare_tokenizer(mcfg, tcfg),
               "resume": str(resume) if resume else None, "stop_at": stop_at}
     if tcfg.workers <= 1:
-        with cpu_threads(tcfg.cpu_threads):
+        device = torch.device("cuda" if tcfg.use_gpu and torch.cuda.is_available() else "cpu")
+        group = local_process_group(device) if tcfg.strategy == "fsdp" else _null()
+        with cpu_threads(tcfg.cpu_threads), group:
             train_loop(config)
     else:
         _train_with_ray(config, tcfg)
@@ -366,7 +370,15 @@ def _train_with_ray(config: dict, tcfg: TrainConfig) -> None:
 
 def _ray_worker(config: dict) -> None:
     torch.set_num_threads(config["train"].get("cpu_threads") or 1)  # several workers share the machine's CPUs
-    train_loop(config)
+    train_loop(config | {"ray": True})
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
 
 
 class cpu_threads:

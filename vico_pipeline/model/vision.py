@@ -39,6 +39,7 @@ class VisionSide(nn.Module):
         if select_feature not in ("patch", "cls_patch"):
             raise ValueError(f"vision select feature {select_feature!r}: use patch or cls_patch")
         self.tower = keep_layers(tower, select_layer)
+        self.select_layer = select_layer  # as LLaVA counts it, on the uncut tower (its config keeps the full count)
         self.keep_cls = select_feature == "cls_patch"
         self.image_size, self.grid = image_size, image_size // patch_size
         vision_width = tower.config.hidden_size
