@@ -101,6 +101,12 @@ def prepare_sample(row: dict, sample: dict, tokenizer, model, mcfg: ModelConfig,
     }
 
 
+def freeze(model, tcfg: TrainConfig) -> None:
+    """Parameters that get no gradient and no optimizer state (the memory plan applies it too)."""
+    if tcfg.vision_lr == 0:
+        model.vision.tower.requires_grad_(False)
+
+
 def _rng_state() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
@@ -127,8 +133,7 @@ def train_loop(config: dict) -> None:
     model = build_model(mcfg, tokenizer.eos_token_id)
     model.set_gradient_checkpointing(tcfg.activation_checkpointing)
     vision_lr = tcfg.lr if tcfg.vision_lr is None else tcfg.vision_lr
-    if vision_lr == 0:
-        model.vision.tower.requires_grad_(False)
+    freeze(model, tcfg)
     resume = Path(config["resume"]) if config.get("resume") else None
     train_model = wrap(model, tcfg.strategy, world, device, tcfg.bf16, tcfg.cpu_offload)
     # After wrapping: with fsdp the optimizer holds (and keeps state for) this worker's shards only.

@@ -43,13 +43,14 @@ def vst_positions(n_visual: int, ratio: int | None) -> list[int]:
 def interleave(visual: torch.Tensor, vst: torch.Tensor, ratio: int | None):
     """visual [B,L,D] -> window chunk [B, L+L/r, D] as [r visual][VST][r visual][VST]..., and the VST indices."""
     b, n, d = visual.shape
-    vst_idx = torch.tensor(vst_positions(n, ratio), dtype=torch.long, device=visual.device)
-    if not vst_idx.numel():
+    positions = vst_positions(n, ratio)
+    vst_idx = torch.tensor(positions, dtype=torch.long, device=visual.device)
+    if not positions:
         return visual, vst_idx
-    total = n + vst_idx.numel()
-    is_vst = torch.zeros(total, dtype=torch.bool, device=visual.device)
-    is_vst[vst_idx] = True
-    vis_idx = (~is_vst).nonzero().squeeze(1)
+    total = n + len(positions)
+    # The visual slots from Python ints: no nonzero(), which would wait on the GPU (and has no meta kernel).
+    taken = set(positions)
+    vis_idx = torch.tensor([i for i in range(total) if i not in taken], dtype=torch.long, device=visual.device)
     chunk = visual.new_zeros(b, total, d)
     chunk = chunk.index_copy(1, vis_idx, visual).index_copy(1, vst_idx, vst.expand(b, vst_idx.numel(), d))
     return chunk, vst_idx
