@@ -16,6 +16,9 @@ def test_tiny_configs_validate():
         raw = yaml.safe_load((ROOT / "configs" / name).read_text())
         assert set(raw) == {"model", "train", "eval"}
         ModelConfig(**raw["model"]), TrainConfig(**raw["train"]), EvalConfig(**raw["eval"])
+    raw = yaml.safe_load((ROOT / "configs" / "train-7b.yaml").read_text())
+    train = TrainConfig(**raw["train"])
+    assert ModelConfig(**raw["model"]).llm_path and (train.strategy, train.workers, train.use_gpu) == ("fsdp", 8, True)
 
 
 def test_defaults_and_no_torch_import():

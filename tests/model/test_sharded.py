@@ -1,7 +1,7 @@
-"""Sharded training (`train.strategy: fsdp`, PyTorch FSDP2 on gloo, CPU): two workers under Ray
-Train match one process on the same global batch, each holds half of the training state, and
-sharded checkpoints resume with another worker count (2 -> 1 and 1 -> 2, the latter through the
-real `vico train`). No GPU here: bf16 mixed precision (CUDA only) is not exercised."""
+"""Sharded training (`train.strategy: fsdp`, PyTorch FSDP2 on gloo, CPU): two worker processes
+match one process on the same global batch, each holds half of the training state, and sharded
+checkpoints resume with another worker count (2 -> 1; 1 -> 2 through the real `vico train` with
+Ray Train). No GPU here: bf16 mixed precision (CUDA only) is not exercised."""
 
 import json
 import os
@@ -23,15 +23,30 @@ ROOT = Path(__file__).resolve().parents[2]
 COMMON = dict(max_steps=5, lr=1e-3, warmup_ratio=0.0, checkpoint_every=2, keep_checkpoints=5, max_frames=4, cpu_threads=1)
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray for the module's runs (run_training leaves a running Ray alone)."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
+def _worker(rank: int, config: dict, world: int, port: int) -> None:
+    import torch.distributed as dist
 
-    ray.init(address="local", num_cpus=3, include_dashboard=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    yield
-    ray.shutdown()
+    from vico_pipeline.model.train import train_loop
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        train_loop(config)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_workers(config: dict, tcfg) -> None:
+    """Starts train.workers processes with torch.multiprocessing (gloo on loopback) instead of Ray
+    Train: the same training function, without Ray's start-up (the CLI test below runs Ray)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(config, tcfg.workers, port), nprocs=tcfg.workers)
 
 
 def resume_copy(run: Path, step: int, dest: Path) -> Path:
@@ -44,12 +59,12 @@ def resume_copy(run: Path, step: int, dest: Path) -> Path:
     return dest
 
 
-def test_two_fsdp_workers_match_one_process_hold_half_and_resume_with_one(tmp_path, tiny_model_config, local_ray):
+def test_two_fsdp_workers_match_one_process_hold_half_and_resume_with_one(tmp_path, tiny_model_config):
     version = write_shards(tmp_path / "v1", n_train=2, n_frames=6, questions_per_video=2)
     mcfg = tiny_model_config()
     one = run_training(mcfg, TrainConfig(data=str(version), output=str(tmp_path / "one"), grad_accum=2, **COMMON))
     two = run_training(mcfg, TrainConfig(data=str(version), output=str(tmp_path / "two"), strategy="fsdp", workers=2,
-                                         grad_accum=1, **COMMON))
+                                         grad_accum=1, **COMMON), launch=spawn_workers)
     a, b = losses(one), losses(two)
     diff = max(abs(x - y) for x, y in zip(a, b))
     print(f"ddp x1 losses {a}\nfsdp x2 losses {b}\nmax abs diff {diff:.3g}")

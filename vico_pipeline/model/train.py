@@ -263,8 +263,9 @@ def _trim_metrics(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def run_training(mcfg: ModelConfig, tcfg: TrainConfig, stop_at: int | None = None) -> Path:
-    """`vico train`: in this process (workers <= 1) or under Ray Train's TorchTrainer. Returns the run folder."""
+def run_training(mcfg: ModelConfig, tcfg: TrainConfig, stop_at: int | None = None, launch=None) -> Path:
+    """`vico train`: in this process (workers <= 1) or under Ray Train's TorchTrainer (`launch(config, tcfg)`
+    starts the workers another way: tests use torch.multiprocessing). Returns the run folder."""
     # Absolute paths: Ray Train workers run in their own working directories.
     tcfg = tcfg.model_copy(update={"data": str(Path(tcfg.data).resolve()), "output": str(Path(tcfg.output).resolve())})
     out = Path(tcfg.output)
@@ -287,7 +288,7 @@ def run_training(mcfg: ModelConfig, tcfg: TrainConfig, stop_at: int | None = Non
         with cpu_threads(tcfg.cpu_threads), group:
             train_loop(config)
     else:
-        _train_with_ray(config, tcfg)
+        (launch or _train_with_ray)(config, tcfg)
     return out
 
 
