@@ -122,7 +122,7 @@ def test_plan_for_qwen2_7b_and_clip_l_fsdp_on_8_gpus_fits_where_ddp_on_1_does_no
                                capture_output=True, text=True, cwd=ROOT).stdout
         print(table)
     fsdp, ddp = plans["fsdp8"], plans["ddp1"]
-    assert 8.0e9 < fsdp["parameters"] < 8.2e9  # Qwen2-7B 7.6 B + VST q/k/v 0.46 B + CLIP-L cut at -2 + projector
+    assert 8.3e9 < fsdp["parameters"] < 8.5e9  # Qwen2-7B 7.62 B + VST q/k/v 0.46 B + CLIP-L cut at -2 0.30 B + projector
     gib = 1024**3
     assert ddp["param_bytes"] + ddp["grad_bytes"] + ddp["optimizer_bytes"] > 120 * gib  # ~16 bytes a parameter
     assert fsdp["param_bytes"] + fsdp["grad_bytes"] + fsdp["optimizer_bytes"] < 17 * gib  # 1/8 of it
