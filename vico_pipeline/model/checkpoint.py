@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, load_model, save_model
+from safetensors.torch import load_file, load_model
 
 from .config import ModelConfig, ModelUserError
 from .decoder import Decoder, DecoderDims
