@@ -56,6 +56,10 @@ class RayConfig(Section):
     # have work left for at most this many videos: a clue-only regeneration skips Ray's start-up.
     # 0: always use Ray.
     inline_max_videos: int = Field(default=64, ge=0)
+    # Embedded local Ray only: while it starts, download and decode this many videos (the first
+    # of the manifest) in the driver; the DAG goes on from their parts (vico_pipeline/headstart.py).
+    # 0: the DAG does all the work.
+    head_start_videos: int = Field(default=1, ge=0)
 
 
 class DownloadConfig(Section):

@@ -91,13 +91,16 @@ class StageRunner:
             self._stage.setup()
         return self._stage
 
-    def __call__(self, row: dict) -> dict:
+    def __call__(self, row: dict, done_here: dict | None = None) -> dict:
+        """`done_here`: {part uri: stats} of parts this run wrote before the DAG (headstart.py):
+        such a part is this run's work, reported with its stats, not as a cached part."""
         refs = json.loads(row["refs"])
         if not all(refs.get(name) for name in self.spec.inputs):
             stage_progress.report(self.spec.name, done=0, dropped=1)
             return row  # the video failed upstream; its error row is already written
-        if storage.exists(layout.part_uri(self.stage_root, row["video_id"])):
-            return self.finish(row, {"cached": True})
+        part = layout.part_uri(self.stage_root, row["video_id"])
+        if storage.exists(part):
+            return self.finish(row, (done_here or {}).get(part) or {"cached": True})
         reset_peak_memory()  # the stats' peak_rss_bytes is this video's, not the worker's lifetime
         started = time.perf_counter()
         item = self.item(row, refs)
@@ -152,15 +155,16 @@ class StageRunner:
 class DownloadRunner(StageRunner):
     """The first stage: a manifest line in, one reference row per video out."""
 
-    def __call__(self, line: dict) -> list[dict]:
+    def __call__(self, line: dict, done_here: dict | None = None) -> list[dict]:
         unit = download_unit(line["url"])
         part = layout.part_uri(self.stage_root, unit)
         errors = layout.errors_uri(self.stage_root, unit)
         started = time.perf_counter()
-        if storage.exists(part) and transient_failure(part, errors):
+        done_here = done_here or {}
+        if storage.exists(part) and part not in done_here and transient_failure(part, errors):
             storage.remove(part)  # the unit is to do again; write_part replaces its error rows
         if storage.exists(part):
-            stats = {"cached": True}
+            stats = done_here.get(part) or {"cached": True}
         else:
             reset_peak_memory()
             count, failed = write_part(self.stage.safe_process(line, unit, line["url"]), self.stage.schema,
@@ -212,8 +216,9 @@ def _runner(spec: StageSpec, config, stage_root: str, runner_cls=StageRunner) ->
     return _RUNNERS[key]
 
 
-def _run_task(row: dict, spec: StageSpec, config, stage_root: str, runner_cls=StageRunner):
-    return _runner(spec, config, stage_root, runner_cls)(row)
+def _run_task(row: dict, spec: StageSpec, config, stage_root: str, runner_cls=StageRunner,
+              done_here: dict | None = None):
+    return _runner(spec, config, stage_root, runner_cls)(row, done_here)
 
 
 # --------------------------------------------------------------------------- caption on ray.data.llm
@@ -313,7 +318,8 @@ def caption_with_processor(ds, spec: StageSpec, config, stage_root: str, make_pr
 
 
 # --------------------------------------------------------------------------- the DAG
-def build_dataset(manifest_rows: list[dict], config, stage_roots: dict[str, str]):
+def build_dataset(manifest_rows: list[dict], config, stage_roots: dict[str, str], done_here: dict | None = None):
+    """The DAG on Ray Data; `done_here`: parts this run wrote before it (StageRunner.__call__)."""
     import ray.data
 
     specs = stage_specs()
@@ -341,14 +347,16 @@ def build_dataset(manifest_rows: list[dict], config, stage_roots: dict[str, str]
                     size = min(size, max(1, len(manifest_rows)))
                 kwargs["compute"] = ray.data.TaskPoolStrategy(size=size)
             ds = apply(_run_task, fn_kwargs={"spec": spec, "config": config,
-                                             "stage_root": stage_roots[spec.name], "runner_cls": runner_cls},
+                                             "stage_root": stage_roots[spec.name], "runner_cls": runner_cls,
+                                             "done_here": done_here},
                        **kwargs)
     return ds
 
 
 def run_stages(manifest_rows: list[dict], config, stage_roots: dict[str, str], progress: bool = True,
-               log=None) -> list[dict]:
+               log=None, done_here: dict | None = None) -> list[dict]:
     """Run the DAG to the end; returns the reference rows, one per video, in source order.
+    `done_here`: {part uri: stats} of the parts a head start wrote (headstart.py).
 
     While it runs, a line per stage (vico_pipeline/progress.py) goes to the terminal, or to `log`
     every `ray.status_every_s` seconds when stderr is not a terminal."""
@@ -357,7 +365,7 @@ def run_stages(manifest_rows: list[dict], config, stage_roots: dict[str, str], p
 
     unique = {download_unit(line["url"]): line for line in reversed(manifest_rows)}  # a line listed twice runs once
     lines = [unique[u] for u in dict.fromkeys(download_unit(l["url"]) for l in manifest_rows)]
-    ds = build_dataset(lines, config, stage_roots)
+    ds = build_dataset(lines, config, stage_roots, done_here)
     tally = stage_progress.start_tally([spec.name for spec in stage_specs()], len(lines), use_ray=True)
     log = log or (lambda msg: print(msg, file=sys.stderr))
     # With Ray's own bars on (ray.progress, `-v`), vico's lines are plain lines, never redrawn over Ray's.

@@ -57,6 +57,7 @@ def _run(config, log, retry_failed: bool, heartbeats: list) -> str:
     retries those downloads and reuses everything else."""
     from vico_pipeline.inline import describe as describe_inline, light_work, run_inline
     from vico_pipeline.pipeline import run_stages, stage_roots_for
+    from vico_pipeline.headstart import HeadStart
     from vico_pipeline.runtime import configure_data_context, init_ray
 
     started = time.time()
@@ -96,17 +97,22 @@ def _run(config, log, retry_failed: bool, heartbeats: list) -> str:
 
     roots, stage_fps = stage_roots_for(config)
     light = None if ray_ready() else light_work(manifest_rows, config, roots)
+    done_here: dict = {}
+    head_start_s = None
     if light is None:
-        log("starting Ray…")  # its start takes seconds: say so before, not after
-        log(init_ray(config.ray))
-        configure_data_context(config.ray.progress)
-        from vico_pipeline.resources import check_resources
-        check_resources(config, log)  # actor pools that take every CPU would hang the run: say so instead
+        with HeadStart(manifest_rows, config, roots) as early:  # the first video's decode while Ray starts
+            log("starting Ray…")  # its start takes seconds: say so before, not after
+            log(init_ray(config.ray))
+            configure_data_context(config.ray.progress)
+            from vico_pipeline.resources import check_resources
+            check_resources(config, log)  # actor pools that take every CPU would hang the run: say so instead
+            done_here = early.result()
+        head_start_s = early.seconds
     else:
         log(describe_inline(light))
     log(f"{'resuming' if resumed else 'writing'} {version_root} from {len(manifest_rows)} manifest lines")
     t_dag = time.time()
-    refs = run_stages(manifest_rows, config, roots, log=log) if light is None \
+    refs = run_stages(manifest_rows, config, roots, log=log, done_here=done_here) if light is None \
         else run_inline(manifest_rows, config, roots)
     dropped, dedup_s = {}, 0.0
     if config.dedup.enabled:  # one copy of each video (vico_pipeline/dedup.py)
@@ -146,8 +152,11 @@ def _run(config, log, retry_failed: bool, heartbeats: list) -> str:
         "created": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(),
         "finished": dt.datetime.fromtimestamp(finished, dt.timezone.utc).isoformat(),
         "seconds": round(finished - started, 2),
-        "phases_s": {"stages": round(t_assemble - t_dag, 2), "assemble": round(t_shards - t_assemble, 2),
-                     "shards": round(finished - t_shards, 2)},
+        # start: manifest, claim and Ray's start; head_start: the part of it spent downloading and
+        # decoding the first videos meanwhile (vico_pipeline/headstart.py), when there was one.
+        "phases_s": {"start": round(t_dag - started, 2), "stages": round(t_assemble - t_dag, 2),
+                     "assemble": round(t_shards - t_assemble, 2), "shards": round(finished - t_shards, 2),
+                     **({"head_start": head_start_s} if head_start_s is not None else {})},
         # Wall-clock rate of the stage DAG over the whole cluster (what a bigger cluster should raise).
         "throughput": {"videos_per_s": round(len(refs) / max(t_assemble - t_dag, 1e-9), 4),
                        "clip_rows_per_s": round(counts.get("clips", {}).get("rows", 0) / max(t_assemble - t_dag, 1e-9), 3)},

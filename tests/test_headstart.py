@@ -1,0 +1,164 @@
+"""The head start (vico_pipeline/headstart.py): the first video's download and decode while Ray
+starts. It must make the same version as a run without it, count its work as this run's, stop
+cleanly when the run fails or is interrupted, and leave no process behind."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from stages.manifest import read_manifest
+from tests.procs import pids_with_env
+from vico_pipeline import headstart, layout, runtime
+from vico_pipeline.config import load_config
+from vico_pipeline.demo import make_demo_videos
+from vico_pipeline.pipeline import DownloadRunner, StageRunner, download_unit, stage_roots_for
+from vico_pipeline.registry import stage_specs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def one_video(tmp_path_factory):
+    """A manifest naming one 1-minute demo video (5 clips of 14 s)."""
+    return make_demo_videos(str(tmp_path_factory.mktemp("headstart")), count=1, minutes=1.0, progress=False)
+
+
+def _config(manifest: str, out: str, *more: str):
+    return load_config(os.path.join(REPO, "configs/demo.yaml"),
+                       [f"sources.manifest={manifest}", f"output.root={out}", *more])
+
+
+@pytest.fixture
+def no_ray_yet(monkeypatch):
+    """As in a fresh `vico run`: Ray not started (another test may have started it in this process)."""
+    monkeypatch.setattr(runtime, "ray_ready", lambda: False)
+
+
+def test_the_head_start_writes_the_dags_parts_and_hands_on_their_stats(one_video, tmp_path, no_ray_yet):
+    config = _config(one_video, str(tmp_path / "out"))
+    rows = read_manifest(config.sources.manifest)
+    roots, _ = stage_roots_for(config)
+    with headstart.HeadStart(rows, config, roots) as early:
+        done = early.result()
+    assert early.seconds is not None and early.seconds > 0
+    video_id = download_unit(rows[0]["url"])  # a file is one video: the download unit is its id
+    download_part = layout.part_uri(roots["download"], video_id)
+    frames_part = layout.part_uri(roots["frames"], video_id)
+    assert set(done) == {download_part, frames_part}
+    assert done[frames_part]["rows"] == 5 and done[frames_part]["errors"] == 0 and "seconds" in done[frames_part]
+    assert pq.read_table(frames_part).num_rows == 5
+
+    # The DAG's runners find the parts: with the head start's stats they report this run's work...
+    specs = {spec.name: spec for spec in stage_specs()}
+    download = DownloadRunner(specs["download"], config, roots["download"])
+    frames = StageRunner(specs["frames"], config, roots["frames"])
+    row = download(rows[0], done)[0]
+    assert json.loads(row["stats"])["download"] == done[download_part]
+    row = frames(row, done)
+    assert json.loads(row["stats"])["frames"] == done[frames_part]
+    assert json.loads(row["refs"])["frames"] == frames_part
+    # ...and without them (a later run, or a part found before this one) a cached part.
+    row = frames(download(rows[0])[0])
+    assert json.loads(row["stats"])["frames"] == {"cached": True}
+
+
+def test_a_head_start_finds_cached_parts_and_claims_none_of_them(one_video, tmp_path, no_ray_yet):
+    config = _config(one_video, str(tmp_path / "out"))
+    rows = read_manifest(config.sources.manifest)
+    roots, _ = stage_roots_for(config)
+    with headstart.HeadStart(rows, config, roots) as early:
+        assert early.result()
+    with headstart.HeadStart(rows, config, roots) as again:  # a resumed run: every part already there
+        assert again.result() == {}
+
+
+def test_no_head_start_when_off_or_when_ray_is_up(one_video, tmp_path, monkeypatch):
+    config = _config(one_video, str(tmp_path / "out"), "ray.head_start_videos=0")
+    rows = read_manifest(config.sources.manifest)
+    roots, _ = stage_roots_for(config)
+    with headstart.HeadStart(rows, config, roots) as early:
+        assert early.result() == {} and early.seconds is None
+    monkeypatch.setattr(runtime, "ray_ready", lambda: True)
+    with headstart.HeadStart(rows, _config(one_video, str(tmp_path / "out")), roots) as early:
+        assert early.result() == {} and early.seconds is None
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_an_interrupted_head_start_stops_its_decode_and_writes_no_half_part(one_video, tmp_path, no_ray_yet,
+                                                                             monkeypatch):
+    """Ctrl-C (or a failed Ray start) while the first video decodes: the decode stops at the next clip."""
+    config = _config(one_video, str(tmp_path / "out"))
+    rows = read_manifest(config.sources.manifest)
+    roots, _ = stage_roots_for(config)
+    first_clip = threading.Event()
+    until = headstart._until
+
+    def held_after_the_first_clip(stop, clips):
+        for clip in until(stop, clips):
+            first_clip.set()
+            stop.wait(60)  # the decode is mid-video until the run stops (deterministic, no race)
+            yield clip
+
+    monkeypatch.setattr(headstart, "_until", held_after_the_first_clip)
+    with pytest.raises(KeyboardInterrupt):
+        with headstart.HeadStart(rows, config, roots) as early:
+            assert first_clip.wait(120)
+            raise KeyboardInterrupt
+    assert not early.thread.is_alive()
+    video_id = download_unit(rows[0]["url"])
+    assert os.path.exists(layout.part_uri(roots["download"], video_id))  # finished before the stop: kept
+    assert not os.path.exists(layout.part_uri(roots["frames"], video_id))
+    assert list(early.done) == [layout.part_uri(roots["download"], video_id)]
+    assert early.error is None  # a stop is not an error
+
+
+@pytest.mark.slow
+def test_a_run_with_a_head_start_makes_the_same_version_as_one_without(one_video, tmp_path, vico):
+    versions = {}
+    for videos in (1, 0):
+        out = tmp_path / f"out{videos}"
+        proc = vico("run", "configs/demo.yaml", "--set", f"sources.manifest={one_video}", "--set", f"output.root={out}",
+                    "--set", f"ray.head_start_videos={videos}", "--set", "ray.num_cpus=2",
+                    env={"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+        assert proc.returncode in (0, 3), proc.stderr
+        versions[videos] = proc.stdout.strip().splitlines()[-1]
+    manifests = {k: json.load(open(os.path.join(v, "manifest.json"))) for k, v in versions.items()}
+    on, off = manifests[1], manifests[0]
+    assert on["phases_s"]["head_start"] > 0 and "head_start" not in off["phases_s"]
+    assert on["fingerprint"] == off["fingerprint"] and on["stage_fingerprints"] == off["stage_fingerprints"]
+    assert on["reused"] == off["reused"] == {}
+    for stage in off["stages"]:  # the head start's work counted as this run's, not as cached parts
+        for key in ("items_in", "items_out", "failed", "cached", "error_types"):
+            assert on["stages"][stage].get(key) == off["stages"][stage].get(key), (stage, key)
+    assert on["stages"]["frames"]["seconds"] > 0
+    assert on["tables"].keys() == off["tables"].keys()
+    for table in off["tables"]:
+        a = pq.read_table(layout.table_dir(versions[1], table))
+        b = pq.read_table(layout.table_dir(versions[0], table))
+        key = [c for c in ("clip_id", "question_id", "clue_id", "video_id") if c in b.column_names][:1]
+        if key:
+            a, b = a.sort_by([(key[0], "ascending")]), b.sort_by([(key[0], "ascending")])
+        assert a.equals(b), table
+
+
+def test_a_mistake_found_after_ray_starts_is_one_line_and_leaves_no_process(one_video, tmp_path, vico):
+    """check_resources runs while the head start decodes: exit 2, one line, Ray and ffmpeg gone."""
+    marker = f"VICO_TEST_HEADSTART={tmp_path}"
+    proc = vico("run", "configs/demo.yaml", "--set", f"sources.manifest={one_video}",
+                "--set", f"output.root={tmp_path / 'out'}", "--set", "ray.num_cpus=2",
+                "--set", "caption.engine=openai", "--set", "caption.model=m",
+                "--set", "caption.base_url=http://127.0.0.1:9/v1", "--set", "caption.num_cpus=2",
+                env={"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "VICO_TEST_HEADSTART": str(tmp_path)})
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("vico: error:")]
+    assert len(errors) == 1 and "CPUs" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    deadline = time.monotonic() + 30  # Ray's processes end with the driver; give them a moment
+    while pids_with_env(marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert pids_with_env(marker) == []

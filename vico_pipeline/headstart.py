@@ -1,0 +1,137 @@
+"""A head start: the first videos' download and decode while the embedded Ray starts.
+
+Starting a local Ray takes seconds (its processes, their imports, the prestarted
+workers) in which no stage can run, and on a run of one long video the decode is
+most of the rest. The heavy stages before the models, download and frames, do not
+need Ray: run here, in a thread of the driver, with the DAG's own runners
+(`pipeline.DownloadRunner`, `StageRunner`), they write the very part files the DAG
+would have written. The DAG then finds those parts and goes on from them.
+
+So that the version says what happened, the stats the head start measured are
+handed to the DAG's runners (`done_here`: {part uri: stats}) and reported as this
+run's work, not as cached parts: the manifest, the summary and the progress lines
+read as they would without a head start.
+
+Ray itself still starts on the main thread (it installs its signal handlers
+there). When the start fails, or the user interrupts it, the head start stops at
+the next clip (its ffmpeg is killed) and writes no half part.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from vico_pipeline.pipeline import DownloadRunner, StageRunner, download_unit, write_part
+from vico_pipeline.registry import stage_specs
+from vico_pipeline import layout
+
+HEAD_START_STAGES = ("download", "frames")  # what a video needs before anything that uses a model
+
+
+class Cancelled(Exception):
+    """The run stopped while the head start worked: leave its part unwritten."""
+
+
+class _StoppableRunner(StageRunner):
+    """A StageRunner whose rows stop coming when the run no longer wants them."""
+
+    def __init__(self, spec, config, stage_root, stop: threading.Event):
+        super().__init__(spec, config, stage_root)
+        self.stop = stop
+
+    def write(self, row: dict, item: dict) -> tuple[int, int]:
+        vid = row["video_id"]
+        rows = self.stage.safe_process(item, vid, row["source"])
+        return write_part(_until(self.stop, rows), self.spec.schema, layout.part_uri(self.stage_root, vid),
+                          layout.errors_uri(self.stage_root, vid), self.spec.name)
+
+
+def _until(stop: threading.Event, rows):
+    for row in rows:
+        if stop.is_set():
+            rows.close()  # the stage's generator cleans up: the frames stage kills its ffmpeg
+            raise Cancelled()
+        yield row
+
+
+class HeadStart:
+    """`with HeadStart(...) as early: <start Ray>; done_here = early.result()`.
+
+    A no-op (result `{}`) when there is nothing to overlap: Ray already up, a cluster to
+    join (the driver may not be where the work should run), or `ray.head_start_videos: 0`.
+    """
+
+    def __init__(self, manifest_rows: list[dict], config, stage_roots: dict[str, str]):
+        from vico_pipeline.runtime import cluster_address, ray_ready
+
+        self.done: dict[str, dict] = {}
+        self.error: BaseException | None = None
+        self.seconds: float | None = None  # how long the head start worked (None: there was none)
+        self.stop = threading.Event()
+        count = config.ray.head_start_videos
+        if not count or ray_ready() or cluster_address(config.ray):
+            self.thread = None
+            return
+        # The lines in the DAG's order, each unit once (pipeline.run_stages).
+        first_lines = {download_unit(line["url"]): line for line in reversed(manifest_rows)}
+        lines = [first_lines[u] for u in dict.fromkeys(download_unit(l["url"]) for l in manifest_rows)][:count]
+        self.thread = threading.Thread(target=self._work, args=(lines, config, stage_roots),
+                                       name="vico-head-start", daemon=True)
+
+    def __enter__(self) -> "HeadStart":
+        if self.thread is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if exc is not None and self.thread is not None:
+            self.stop.set()  # the run failed or was interrupted: no more work, and no half part
+            self.thread.join(timeout=10)
+
+    def result(self) -> dict[str, dict]:
+        """Waits for the head start; {part uri: stats} of the parts it wrote (for the DAG's runners)."""
+        if self.thread is not None:
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return dict(self.done)
+
+    def _work(self, lines: list[dict], config, stage_roots: dict[str, str]) -> None:
+        started = time.perf_counter()
+        try:
+            specs = {spec.name: spec for spec in stage_specs()}
+            download = DownloadRunner(specs["download"], config, stage_roots["download"])
+            later = [_StoppableRunner(specs[name], config, stage_roots[name], self.stop)
+                     for name in HEAD_START_STAGES[1:] if _runs_here(specs[name], config)]
+            for line in lines:
+                if self.stop.is_set():
+                    return
+                rows = download(line)
+                self._record("download", layout.part_uri(stage_roots["download"], download_unit(line["url"])),
+                             rows[0])
+                for row in rows:
+                    for runner in later:
+                        row = runner(row)
+                        self._record(runner.spec.name, layout.part_uri(runner.stage_root, row["video_id"]), row)
+        except Cancelled:
+            pass
+        except BaseException as exc:  # handed to the main thread by result()
+            self.error = exc
+        finally:
+            self.seconds = round(time.perf_counter() - started, 2)
+
+    def _record(self, stage: str, part: str, row: dict) -> None:
+        import json
+
+        stats = json.loads(row["stats"]).get(stage)
+        if stats is not None and not stats.get("cached"):  # a part found before this run stays "cached"
+            self.done[part] = stats
+
+
+def _runs_here(spec, config) -> bool:
+    """A plain task stage (no actor, no GPU): one the driver can run as a worker would."""
+    res = spec.resources(config)
+    return not res.get("actor") and not res.get("num_gpus")
+
+
+__all__ = ["HeadStart", "HEAD_START_STAGES"]
