@@ -1,11 +1,12 @@
 """Install benchmark: the locked uv install (scripts/install.sh) against the pip install it replaced.
 
-For each install (demo: the pipeline alone, as scripts/demo.sh; model: README's "from nothing to
-a trained tiny model"; test: everything the tests need, as scripts/test.sh) and each way (pip, as
+For each install (demo: the pipeline alone, as scripts/demo.sh; test: everything the tests need,
+as scripts/test.sh; model: README's "from nothing to a trained tiny model") and each way (pip, as
 the scripts did before the lock; uv + lock, scripts/install.sh), on a fresh copy of this checkout
 with a new venv:
     cold: empty uv and pip caches (fresh folders under --work, so no one else's cache is touched);
     warm: the same again right after, a new venv, those caches now filled.
+model is measured warm only, with the caches the test install filled (a superset of its packages).
 The baseline is measured in the same run; the ratio is uv / pip. Runs one install at a time.
 
     python bench/install.py [--cases demo model test] [--ways pip uv] [--work /tmp/vico-bench-install]
@@ -62,7 +63,7 @@ def timed_install(command: str, src: str, cache: str, timeout_s: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--cases", nargs="+", default=["demo", "model", "test"], choices=list(UV))
+    parser.add_argument("--cases", nargs="+", default=["demo", "test", "model"], choices=list(UV))
     parser.add_argument("--ways", nargs="+", default=["pip", "uv"], choices=["pip", "uv"])
     parser.add_argument("--work", default="/tmp/vico-bench-install")
     parser.add_argument("--timeout-s", type=float, default=1800)
@@ -70,17 +71,25 @@ def main() -> None:
     results: dict = {}
     for case in args.cases:
         for way in args.ways:
-            cache = os.path.join(args.work, f"cache-{case}-{way}")
-            shutil.rmtree(cache, ignore_errors=True)  # cold: empty caches of our own
+            if case == "model":  # warm, from the test install's caches
+                cache, states = os.path.join(args.work, f"cache-test-{way}"), ("warm",)
+                if not os.path.isdir(cache):
+                    raise SystemExit("the model case needs the test case first (its caches)")
+            else:
+                cache, states = os.path.join(args.work, f"cache-{case}-{way}"), ("cold", "warm")
+                shutil.rmtree(cache, ignore_errors=True)  # cold: empty caches of our own
             src = os.path.join(args.work, "src")
             command = (PIP if way == "pip" else UV)[case]
-            for state in ("cold", "warm"):
+            for state in states:
                 fresh_checkout(src)
                 result = timed_install(command, src, cache, args.timeout_s)
                 results.setdefault(case, {}).setdefault(way, {})[state] = result
                 print(json.dumps({"case": case, "way": way, "cache": state, **result}), file=sys.stderr, flush=True)
             shutil.rmtree(src, ignore_errors=True)
-            shutil.rmtree(cache, ignore_errors=True)
+            if case == "demo":
+                shutil.rmtree(cache, ignore_errors=True)
+    for way in args.ways:
+        shutil.rmtree(os.path.join(args.work, f"cache-test-{way}"), ignore_errors=True)
         for state in ("cold", "warm"):
             pip_s = results[case].get("pip", {}).get(state, {}).get("seconds")
             uv_s = results[case].get("uv", {}).get(state, {}).get("seconds")
