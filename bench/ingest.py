@@ -16,7 +16,7 @@ Ratio (a)/(b); goal <= 1.15.
 Then the end-to-end `vico run` of the demo against the sum of its stages' own
 seconds (from the version manifest).
 
-    python bench/ingest.py [--minutes 8] [--height 720] [--repeat 2] [--skip-run] [--skip-demo]
+    python bench/ingest.py [--minutes 8] [--height 720] [--repeat 2] [--skip-run] [--skip-demo] [--skip-frames-stage]
 """
 from __future__ import annotations
 
@@ -85,7 +85,9 @@ def one_run(manifest: str, out: str, head_start_videos: int) -> dict:
                           cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode not in (0, 3):  # 3: no question (template clues on a test pattern may find none)
-        raise RuntimeError(f"vico run failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        # On a loaded machine Ray's start can time out (its raylet has 30 s to register): say so, go on.
+        print(f"vico run failed ({proc.returncode}): {proc.stderr[-600:]}", file=sys.stderr)
+        return {"wall_s": float("inf"), "failed": proc.stderr.strip().splitlines()[-1][:200]}
     manifest_json = json.load(open(os.path.join(proc.stdout.strip().splitlines()[-1], "manifest.json")))
     return {"wall_s": round(wall, 2), "process_s": round(wall - manifest_json["seconds"], 2),
             **manifest_json["phases_s"]}
@@ -106,9 +108,13 @@ def whole_run(path: str, work: str, floors: list[float], repeat: int, config) ->
     out = {"bare_ffmpeg_s": round(floor_s, 2)}
     for name, results in runs.items():
         best = min(results, key=lambda r: r["wall_s"])
+        if "failed" in best:
+            out[name] = {"failed": [r.get("failed") for r in results]}
+            continue
         out[name] = {**best, "whole_run_ratio": round(best["wall_s"] / floor_s, 3),
                      "stage_ratio": round(best["stages"] / floor_s, 3), "walls_s": [r["wall_s"] for r in results]}
-    out["after_over_before"] = round(out["head_start"]["wall_s"] / out["no_head_start"]["wall_s"], 3)
+    if "wall_s" in out["head_start"] and "wall_s" in out["no_head_start"]:
+        out["after_over_before"] = round(out["head_start"]["wall_s"] / out["no_head_start"]["wall_s"], 3)
     return out
 
 
@@ -135,6 +141,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--skip-run", action="store_true", help="leave out (c), the whole `vico run`")
     parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument("--skip-frames-stage", action="store_true", help="leave out (a): floors only")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "vico-bench-ingest"))
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
@@ -144,11 +151,13 @@ def main() -> None:
     stage_times, floor_times = [], []
     for _ in range(args.repeat):  # interleaved, so both see the same machine noise
         floor_times.append(bare_decode(path, config))
-        seconds, clips = frames_stage(path, config)
-        stage_times.append(seconds)
-    result = {"video": f"{args.minutes:g} min {args.height}p H.264 30 fps", "clips": clips,
-              "frames_stage_s": round(min(stage_times), 2), "bare_ffmpeg_s": round(min(floor_times), 2),
-              "ratio": round(min(stage_times) / min(floor_times), 3)}
+        if not args.skip_frames_stage:
+            seconds, clips = frames_stage(path, config)
+            stage_times.append(seconds)
+    result = {"video": f"{args.minutes:g} min {args.height}p H.264 30 fps", "bare_ffmpeg_s": round(min(floor_times), 2)}
+    if stage_times:
+        result.update({"clips": clips, "frames_stage_s": round(min(stage_times), 2),
+                       "ratio": round(min(stage_times) / min(floor_times), 3)})
     if not args.skip_run:
         result["vico_run"] = whole_run(path, args.work, floor_times, args.repeat, config)
     if not args.skip_demo:
