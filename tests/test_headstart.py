@@ -108,6 +108,10 @@ def test_an_interrupted_head_start_stops_its_decode_and_writes_no_half_part(one_
     with pytest.raises(KeyboardInterrupt):
         with headstart.HeadStart(rows, config, roots) as early:
             assert first_clip.wait(120)
+            # Ray's start on the main thread comes first: the head start's thread is niced.
+            assert os.getpriority(os.PRIO_PROCESS, early.thread.native_id) == \
+                os.getpriority(os.PRIO_PROCESS, 0) + headstart.NICENESS or \
+                os.getpriority(os.PRIO_PROCESS, early.thread.native_id) == 19
             raise KeyboardInterrupt
     assert not early.thread.is_alive()
     video_id = download_unit(rows[0]["url"])

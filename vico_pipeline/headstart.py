@@ -18,6 +18,7 @@ the next clip (its ffmpeg is killed) and writes no half part.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -26,6 +27,10 @@ from vico_pipeline.registry import stage_specs
 from vico_pipeline import layout
 
 HEAD_START_STAGES = ("download", "frames")  # what a video needs before anything that uses a model
+# Ray's start comes first: its raylet has 30 s to register, which a loaded machine can miss. The
+# head start's thread (and the ffmpeg it starts, the threads it makes) runs at this niceness, so
+# it takes only the CPU that Ray's start leaves. Linux keeps a niceness per thread.
+NICENESS = 10
 
 
 class Cancelled(Exception):
@@ -98,6 +103,10 @@ class HeadStart:
 
     def _work(self, lines: list[dict], config, stage_roots: dict[str, str]) -> None:
         started = time.perf_counter()
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
+        except (AttributeError, OSError):  # not Linux: the same work, at the same priority
+            pass
         try:
             specs = {spec.name: spec for spec in stage_specs()}
             download = DownloadRunner(specs["download"], config, stage_roots["download"])
