@@ -89,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", action="store_true",
                    help="print the memory a GPU needs for this model and train.strategy (parameters, gradients, "
                         "optimizer state, activations) without building the model, and stop")
+    p.add_argument("--new-schedule", action="store_true",
+                   help="with --resume and a larger train.max_steps on a run whose schedule has ended: a fresh "
+                        "warm-up and cosine from train.lr over the added steps (as --set train.new_schedule=true)")
     with_config("eval", "validate a Video-XL checkpoint (VICO QA, needle grid)", "eval.needle_frames=[4,16]")
 
     p = add("export-checkpoint", "a training run's checkpoint as one safetensors folder (the authors' key layout, "
@@ -235,6 +238,7 @@ def _model(args) -> int:
     from vico_pipeline.model import cli as model_cli
 
     overrides = args.overrides + (["train.resume=true"] if getattr(args, "resume", False) else [])
+    overrides += ["train.new_schedule=true"] if getattr(args, "new_schedule", False) else []
     config = load_config(args.config, overrides)
     if getattr(args, "plan", False):
         return model_cli.plan_main(config, args.json)

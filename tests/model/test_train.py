@@ -299,3 +299,43 @@ def test_shard_rows_read_by_row_group_across_files(tmp_path):
     assert [rows[i]["video_id"] for i in (6, 0, 3, 4, 1, 5, 2)] == ["v6", "v0", "v3", "v4", "v1", "v5", "v2"]
     with pytest.raises(IndexError):
         rows[7]
+
+
+def test_resume_schedule_choices(tmp_path):
+    """Which schedule a resumed run follows: its own, a continuation, a fresh one, or a refusal."""
+    from vico_pipeline.model.schedule import resumed_schedule
+
+    cfg = TrainConfig(max_steps=20, warmup_ratio=0.1)
+    finished = Schedule.of(cfg)
+    assert finished.factor(19) > 0 and finished.factor(20) == 0.0
+    longer = cfg.model_copy(update={"max_steps": 30})
+    with pytest.raises(ModelUserError, match="ended at step 20.*steps 21-30 would train nothing.*--new-schedule"):
+        resumed_schedule(finished, 20, longer, tmp_path)
+    fresh, how = resumed_schedule(finished, 20, longer.model_copy(update={"new_schedule": True}), tmp_path)
+    assert "new schedule" in how and fresh.warmup == 1 and fresh.total == 30
+    assert fresh.factor(20) == 1.0 and 0 < fresh.factor(25) < 1 and fresh.factor(30) == 0.0
+    # An interrupted --new-schedule run resumes along that same new schedule, not a second one.
+    assert resumed_schedule(fresh, 25, longer.model_copy(update={"new_schedule": True}), tmp_path)[0] == fresh
+    # Unfinished: the rate goes on from where it was (no jump, no refusal).
+    going_on, _ = resumed_schedule(finished, 10, longer, tmp_path)
+    assert going_on.factor(10) == pytest.approx(finished.factor(10)) and going_on.factor(29) > 0
+    # A horizon set from the start: resuming to it is the run's own schedule.
+    horizon = cfg.model_copy(update={"schedule_steps": 30})
+    own = Schedule.of(horizon)
+    assert own.factor(19) > 0 and resumed_schedule(own, 20, horizon.model_copy(update={"max_steps": 30}), tmp_path)[0] == own
+    with pytest.raises(ValueError, match="schedule_steps=10 is below train.max_steps=20"):
+        TrainConfig(max_steps=20, schedule_steps=10)
+
+
+def test_schedule_steps_make_an_extended_run_equal_a_straight_one(tmp_path, tiny_model_config):
+    version = write_shards(tmp_path / "v1", n_frames=4)
+    mcfg = tiny_model_config()
+    common = dict(cpu_threads=1, data=str(version), lr=1e-3, warmup_ratio=0.2, checkpoint_every=2, max_frames=4,
+                  schedule_steps=6)
+    straight = run_training(mcfg, TrainConfig(output=str(tmp_path / "a"), max_steps=6, **common))
+    short = TrainConfig(output=str(tmp_path / "b"), max_steps=4, **common)
+    run_training(mcfg, short)
+    assert metrics(tmp_path / "b")[-1]["lr"] > 0  # stopped before its horizon: the rate is not 0
+    extended = run_training(mcfg, short.model_copy(update={"max_steps": 6, "resume": True}))
+    assert losses(extended) == losses(straight)
+    assert [m["lr"] for m in metrics(extended)] == [m["lr"] for m in metrics(straight)]

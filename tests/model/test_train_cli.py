@@ -1,5 +1,6 @@
 """`vico train` as a user runs it (issue 13): progress on stderr, and `--set train.max_steps=N` on a
-finished run refused in one line (exit 2) until `--resume`, which says so and goes on."""
+finished run refused in one line (exit 2) until `--resume`, which says so and goes on; a finished
+schedule needs `--new-schedule` (issue 17)."""
 
 import json
 import os
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 from tests.model.test_train import write_shards  # noqa: E402
 
@@ -41,9 +42,48 @@ def test_more_steps_on_a_finished_run_is_refused_until_resume(tmp_path):
     assert len(lines) == 1 and "train.max_steps: 4 -> 6" in lines[0] and "--resume" in lines[0], refused.stderr
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
 
-    resumed = vico_train(config, "--set", "train.max_steps=6", "--resume")
+    # The 4-step schedule has ended: --resume alone would train at a rate of 0 (test below); --new-schedule warms up again.
+    resumed = vico_train(config, "--set", "train.max_steps=6", "--resume", "--new-schedule")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "from its step-4 checkpoint under a changed config" in resumed.stderr
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]
-    assert steps[4]["lr"] <= steps[3]["lr"]  # the 4-step cosine had reached its end: the rate does not jump back up
+    assert steps[4]["lr"] == pytest.approx(0.001)
+
+
+def test_readme_example_trains_on_after_a_finished_run(tmp_path):
+    """README: `vico train configs/train-tiny.yaml --set train.max_steps=30 --resume` after a 20-step run. The
+    20-step schedule has reached a rate of 0 there: without --new-schedule it stops in one line (exit 2);
+    with it, steps 21-30 train at a positive rate and the weights change."""
+    from safetensors.torch import load_file
+
+    version = write_shards(tmp_path / "v1", n_frames=4)
+    run = tmp_path / "run"
+    config = ROOT / "configs" / "train-tiny.yaml"
+    paths = ["--set", f"train.data={version}", "--set", f"train.output={run}"]
+    first = vico_train(config, *paths)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 20
+
+    refused = vico_train(config, *paths, "--set", "train.max_steps=30", "--resume")
+    assert refused.returncode == 2
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ended at step 20" in lines[0] and "--new-schedule" in lines[0], refused.stderr
+    assert "train.schedule_steps" in lines[0]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 20  # nothing was trained
+
+    resumed = vico_train(config, *paths, "--set", "train.max_steps=30", "--resume", "--new-schedule")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "a new schedule" in resumed.stderr
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, 31))
+    assert steps[19]["lr"] < 0.01 * 0.001  # the first run's last step used a rate near 0 (0 after it) ...
+    assert all(s["lr"] > 0 for s in steps[20:29])  # ... the new schedule warms up and decays over 21-30
+    assert max(s["lr"] for s in steps[20:]) == pytest.approx(0.001, rel=0.05)
+    before = load_file(str(run / "checkpoints" / "step-0000020" / "model.safetensors"))
+    after = load_file(str(run / "checkpoints" / "step-0000030" / "model.safetensors"))
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) > len(before) // 2, changed
+
+    again = vico_train(config, *paths, "--set", "train.max_steps=30", "--resume", "--new-schedule")
+    assert again.returncode == 0 and "already trained to step 30" in again.stderr

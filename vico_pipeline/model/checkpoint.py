@@ -229,6 +229,7 @@ def save_checkpoint(run_dir, step: int, model, optimizer, scheduler, trainer_sta
     if rank == 0:
         torch.save({"scheduler": scheduler.state_dict(), **trainer_state}, tmp / "state.pt")
         (tmp / "model_config.json").write_text(model_cfg.model_dump_json(indent=2))
+        (tmp / "schedule.json").write_text(json.dumps(trainer_state.get("schedule")))  # read on resume without state.pt
         write_config(tmp, model, model_cfg)
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         (tmp / "done").write_text(str(step))

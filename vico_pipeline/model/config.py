@@ -74,6 +74,9 @@ class TrainConfig(BaseModel):
     data: str = "output/demo/v1"
     output: str = "output/runs/tiny"
     max_steps: int = 20
+    # The step where the cosine reaches 0 (None: max_steps). A run meant to be extended later sets it to
+    # the final step count, so `--resume` with a larger max_steps goes on along the same schedule.
+    schedule_steps: int | None = None
     lr: float = 1e-4
     vision_lr: float | None = None  # None: same as lr; 0 freezes the vision tower
     weight_decay: float = 0.0
@@ -91,6 +94,16 @@ class TrainConfig(BaseModel):
     # A run folder with checkpoints is resumed when its config is the same; `resume: true` (`--resume`)
     # also resumes it under a changed config, the learning rate going on from where it was.
     resume: bool = False
+    # `--new-schedule`: a resumed run whose schedule ends before max_steps gets a fresh warm-up and cosine
+    # from lr over the added steps (without it, such a run is refused rather than trained at a rate of 0).
+    new_schedule: bool = False
+    # Parts that do not train (no gradient, no optimizer state): vision (the CLIP tower), projector,
+    # llm (the decoder without its VST parts), vst (the VST embedding and projections). Video-XL's
+    # stage 1 is [vision, llm]: projector and VST only.
+    freeze: list[str] = Field(default_factory=list)
+    # A run folder or checkpoint whose weights start this run (stage 2 from stage 1): weights only, a new
+    # optimizer and schedule; its tokenizer is used. Ignored once this run has checkpoints of its own.
+    init_from: str | None = None
     pack_questions: bool = False  # several questions a conversation, none answerable from an earlier turn
     allow_stand_in_data: bool = False  # train on data that stand-in engines (describe, template, rules) made
     # Recompute each decoder layer's and CLIP layer's activations in the backward pass
@@ -106,6 +119,24 @@ class TrainConfig(BaseModel):
     use_gpu: bool = False
     ray_address: str | None = None  # None starts a local Ray for workers > 1
     cpu_threads: int | None = None  # torch intra-op threads on CPU; 1 is fastest on a small, busy machine
+    # DataLoader worker processes that decode and normalise frames ahead of the step (0: in the training
+    # process), and how many samples each keeps ready.
+    loader_workers: int = 0
+    loader_prefetch: int = 2
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        parts = ("vision", "projector", "llm", "vst")
+        if set(self.freeze) - set(parts) or len(set(self.freeze)) < len(self.freeze):
+            raise ValueError(f"train.freeze: {self.freeze}; use distinct values among {', '.join(parts)}")
+        if len(self.freeze) == len(parts):
+            raise ValueError("train.freeze: every part is frozen, nothing would train")
+        if self.schedule_steps is not None and self.schedule_steps < self.max_steps:
+            raise ValueError(f"train.schedule_steps={self.schedule_steps} is below train.max_steps={self.max_steps}: "
+                             "the rate would be 0 for the last steps")
+        if self.loader_workers < 0 or self.loader_prefetch < 1:
+            raise ValueError("train.loader_workers must be >= 0 and train.loader_prefetch >= 1")
+        return self
 
 
 class EvalConfig(BaseModel):

@@ -10,7 +10,6 @@ repeats exactly what an uninterrupted one would have done.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import sys
@@ -22,6 +21,7 @@ import torch
 
 from .checkpoint import build_model, latest_checkpoint, load_training_state, save_checkpoint
 from .config import ModelConfig, ModelUserError, TrainConfig
+from .schedule import Schedule, resumed_schedule, saved_schedule
 from .data import QuestionSamples, ShardRows, draw_ratios, encode_conversation, load_tokenizer, stand_in_engines, train_tokenizer
 from .sharding import full_value, gradient_sync, held_bytes, local_process_group, wrap
 from .vision import frames_to_pixels
@@ -38,41 +38,6 @@ def prepare_tokenizer(mcfg: ModelConfig, tcfg: TrainConfig) -> str:
         raise ModelUserError(f"tokenizer has {len(tok)} tokens, more than model.vocab_size={mcfg.vocab_size}")
     tok.save_pretrained(str(out))
     return str(out)
-
-
-class Schedule:
-    """The learning rate's factor at each step: linear warm-up, then cosine decay to zero at `total`.
-
-    After a resume under a changed config (`restart` = (step, factor)) the factor goes on from the
-    value it had at that step and decays to zero at the new total: it never jumps.
-    A pure function of the step, saved with every checkpoint.
-    """
-
-    def __init__(self, warmup: int, total: int, restart: tuple[int, float] | None = None):
-        self.warmup, self.total, self.restart = warmup, total, tuple(restart) if restart else None
-
-    def factor(self, step: int) -> float:
-        """The factor for the step that follows `step` finished steps."""
-        if self.restart and step >= self.restart[0]:
-            start, value = self.restart
-            return value * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - start) / max(1, self.total - start))))
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        progress = (step - self.warmup) / max(1, self.total - self.warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    def continued(self, step: int, total: int) -> "Schedule":
-        """This schedule going on from `step` to a new total, without a jump."""
-        if step < self.warmup and not self.restart:
-            return Schedule(self.warmup, total)  # the warm-up does not depend on the total
-        return Schedule(self.warmup, total, (step, self.factor(step)))
-
-    def state_dict(self) -> dict:
-        return {"warmup": self.warmup, "total": self.total, "restart": list(self.restart) if self.restart else None}
-
-    @classmethod
-    def of(cls, tcfg: TrainConfig) -> "Schedule":
-        return cls(max(1, math.ceil(tcfg.warmup_ratio * tcfg.max_steps)), tcfg.max_steps)
 
 
 def sample_index(position: int, n: int, rank: int, world: int, seed: int) -> int:
@@ -141,7 +106,7 @@ def train_loop(config: dict) -> None:
               {"params": [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("vision.tower.")], "lr": vision_lr}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=tcfg.betas, weight_decay=tcfg.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    schedule = Schedule.of(tcfg)
+    schedule = Schedule(**config["schedule"]) if config.get("schedule") else Schedule.of(tcfg)  # run_training chose it
 
     step = 0
     if resume:
@@ -149,9 +114,6 @@ def train_loop(config: dict) -> None:
         for group in optimizer.param_groups:  # the config being run sets the hyperparameters, not the old run's
             group.update(betas=tcfg.betas, weight_decay=tcfg.weight_decay)
         step = state["step"]
-        saved = Schedule(**state["schedule"]) if state.get("schedule") else schedule
-        same = (saved.total, saved.warmup) == (schedule.total, schedule.warmup)
-        schedule = saved if same else saved.continued(step, tcfg.max_steps)
         _set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
     if rank == 0:
         _trim_metrics(out / "metrics.jsonl", step)
@@ -270,7 +232,7 @@ def run_training(mcfg: ModelConfig, tcfg: TrainConfig, stop_at: int | None = Non
     tcfg = tcfg.model_copy(update={"data": str(Path(tcfg.data).resolve()), "output": str(Path(tcfg.output).resolve())})
     out = Path(tcfg.output)
     check_provenance(tcfg)
-    resume = resume_from(out, mcfg, tcfg)  # refusals first: a refused run prints nothing else
+    resume, schedule = resume_from(out, mcfg, tcfg)  # refusals first: a refused run prints nothing else
     samples = QuestionSamples(tcfg.data, "train", tcfg.max_frames, tcfg.pack_questions, tcfg.seed)
     if not len(samples):
         raise ModelUserError(f"no training sample in {tcfg.data}: no question's evidence fits in "
@@ -281,7 +243,7 @@ def run_training(mcfg: ModelConfig, tcfg: TrainConfig, stop_at: int | None = Non
 
     (out / "config.yaml").write_text(yaml.safe_dump({"model": mcfg.model_dump(mode="json"), "train": tcfg.model_dump(mode="json")}, sort_keys=False))
     config = {"model": mcfg.model_dump(), "train": tcfg.model_dump(), "tokenizer": prepare_tokenizer(mcfg, tcfg),
-              "resume": str(resume) if resume else None, "stop_at": stop_at}
+              "resume": str(resume) if resume else None, "stop_at": stop_at, "schedule": schedule.state_dict()}
     if tcfg.workers <= 1:
         device = torch.device("cuda" if tcfg.use_gpu and torch.cuda.is_available() else "cpu")
         group = local_process_group(device) if tcfg.strategy == "fsdp" else _null()
@@ -305,8 +267,8 @@ def check_provenance(tcfg: TrainConfig) -> None:
 
 
 # Keys that change how a run is carried out, not what it computes: a run resumes across them.
-OPERATIONAL_KEYS = frozenset({"output", "resume", "cpu_threads", "log_every", "checkpoint_every", "keep_checkpoints",
-                              "ray_address", "allow_stand_in_data"})
+OPERATIONAL_KEYS = frozenset({"output", "resume", "new_schedule", "cpu_threads", "log_every", "checkpoint_every",
+                              "keep_checkpoints", "ray_address", "allow_stand_in_data", "loader_workers", "loader_prefetch"})
 
 
 def config_changes(saved: dict, mcfg: ModelConfig, tcfg: TrainConfig) -> tuple[list[str], list[str]]:
@@ -320,30 +282,30 @@ def config_changes(saved: dict, mcfg: ModelConfig, tcfg: TrainConfig) -> tuple[l
             diff("train", TrainConfig, tcfg.model_dump(mode="json"), OPERATIONAL_KEYS))
 
 
-def resume_from(out: Path, mcfg: ModelConfig, tcfg: TrainConfig) -> Path | None:
-    """The checkpoint to go on from (None: a fresh run), said in one line; a run folder that holds
-    a run with another config is refused unless train.resume (`--resume`) is set."""
+def resume_from(out: Path, mcfg: ModelConfig, tcfg: TrainConfig) -> tuple[Path | None, Schedule]:
+    """The checkpoint to go on from (None: a fresh run) and the schedule to follow, said in one line;
+    a run folder that holds a run with another config is refused unless train.resume (`--resume`) is set."""
     import yaml
 
     ckpt = latest_checkpoint(out) if (out / "checkpoints").exists() else None
     if ckpt is None:
-        return None
+        return None, Schedule.of(tcfg)
     step = int((ckpt / "done").read_text())
     saved = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").exists() else {}
     model_changes, train_changes = config_changes(saved or {}, mcfg, tcfg)
     if model_changes:
         raise ModelUserError(f"train.output {out} holds a run of another model ({'; '.join(model_changes[:3])}); "
                              "use a new train.output")
+    if train_changes and not tcfg.resume:
+        raise ModelUserError(f"train.output {out} holds a run at step {step} with another config "
+                             f"({'; '.join(train_changes[:3])}); use a new train.output, or --resume to continue it")
+    schedule, how = resumed_schedule(saved_schedule(ckpt), step, tcfg, out)
     if not train_changes:
         say(f"resuming {out} from its step-{step} checkpoint (same config)" if step < tcfg.max_steps
             else f"{out} is already trained to step {step} of train.max_steps={tcfg.max_steps}: nothing to do")
-        return ckpt
-    if not tcfg.resume:
-        raise ModelUserError(f"train.output {out} holds a run at step {step} with another config "
-                             f"({'; '.join(train_changes[:3])}); use a new train.output, or --resume to continue it")
-    say(f"resuming {out} from its step-{step} checkpoint under a changed config ({'; '.join(train_changes[:3])}): "
-        f"the learning rate goes on from its step-{step} value and decays to 0 at step {tcfg.max_steps}")
-    return ckpt
+    else:
+        say(f"resuming {out} from its step-{step} checkpoint under a changed config ({'; '.join(train_changes[:3])}): {how}")
+    return ckpt, schedule
 
 
 def _train_with_ray(config: dict, tcfg: TrainConfig) -> None:
