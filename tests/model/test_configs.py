@@ -19,6 +19,10 @@ def test_tiny_configs_validate():
     raw = yaml.safe_load((ROOT / "configs" / "train-7b.yaml").read_text())
     train = TrainConfig(**raw["train"])
     assert ModelConfig(**raw["model"]).llm_path and (train.strategy, train.workers, train.use_gpu) == ("fsdp", 8, True)
+    stages = [yaml.safe_load((ROOT / "configs" / f"train-stage{n}.yaml").read_text()) for n in (1, 2)]
+    assert stages[0]["model"] == stages[1]["model"]  # stage 2 loads stage 1's weights
+    one, two = (TrainConfig(**s["train"]) for s in stages)
+    assert one.freeze == ["vision", "llm"] and two.freeze == [] and two.init_from == one.output
 
 
 def test_defaults_and_no_torch_import():

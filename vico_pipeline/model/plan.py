@@ -40,14 +40,14 @@ def memory_plan(mcfg: ModelConfig, tcfg: TrainConfig, text_tokens: int | None = 
     """The plan as a dict of byte counts (per GPU, or per process on CPU)."""
     from .checkpoint import build_model
     from .sharding import fsdp_units
-    from .train import freeze
+    from .freeze import freeze, frozen_parts
 
     world = max(1, tcfg.workers)
     gpu = tcfg.use_gpu
     compute = torch.bfloat16 if gpu and tcfg.bf16 else torch.float32
     with torch.device("meta"):
         model = build_model(mcfg, None, weights=False)
-    freeze(model, tcfg)
+    freeze(model, frozen_parts(tcfg))  # frozen parts: no gradient, no optimizer state
     params = list({id(p): p for p in model.parameters()}.values())
     trainable = [p for p in params if p.requires_grad]
     n_params, n_trainable = sum(p.numel() for p in params), sum(p.numel() for p in trainable)

@@ -19,20 +19,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import build_model, latest_checkpoint, load_training_state, save_checkpoint
+from .checkpoint import build_model, latest_checkpoint, load_training_state, load_weights, save_checkpoint
 from .config import ModelConfig, ModelUserError, TrainConfig
-from .schedule import Schedule, resumed_schedule, saved_schedule
 from .data import QuestionSamples, ShardRows, draw_ratios, encode_conversation, load_tokenizer, stand_in_engines, train_tokenizer
+from .freeze import freeze, frozen_parts, init_checkpoint, param_groups
+from .schedule import Schedule, resumed_schedule, saved_schedule
 from .sharding import full_value, gradient_sync, held_bytes, local_process_group, wrap
 from .vision import frames_to_pixels
 
 
-def prepare_tokenizer(mcfg: ModelConfig, tcfg: TrainConfig) -> str:
-    """The run's tokenizer folder: the configured one, else a BPE trained once on the shards' text."""
+def prepare_tokenizer(mcfg: ModelConfig, tcfg: TrainConfig, init: Path | None = None) -> str:
+    """The run's tokenizer folder: the configured one, else that of the checkpoint the run starts
+    from (`init`), else a BPE trained once on the shards' text."""
     out = Path(tcfg.output) / "tokenizer"
     if (out / "tokenizer.json").exists():
         return str(out)
-    source = mcfg.tokenizer_path or mcfg.llm_path
+    source = mcfg.tokenizer_path or (str(init / "tokenizer") if init else None) or mcfg.llm_path
     tok = load_tokenizer(source) if source else train_tokenizer(ShardRows(tcfg.data, "train").texts(), mcfg.vocab_size)
     if len(tok) > (mcfg.vocab_size if not mcfg.llm_path else 1 << 30):
         raise ModelUserError(f"tokenizer has {len(tok)} tokens, more than model.vocab_size={mcfg.vocab_size}")
@@ -66,12 +68,6 @@ def prepare_sample(row: dict, sample: dict, tokenizer, model, mcfg: ModelConfig,
     }
 
 
-def freeze(model, tcfg: TrainConfig) -> None:
-    """Parameters that get no gradient and no optimizer state (the memory plan applies it too)."""
-    if tcfg.vision_lr == 0:
-        model.vision.tower.requires_grad_(False)
-
-
 def _rng_state() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
@@ -97,14 +93,13 @@ def train_loop(config: dict) -> None:
 
     model = build_model(mcfg, tokenizer.eos_token_id)
     model.set_gradient_checkpointing(tcfg.activation_checkpointing)
-    vision_lr = tcfg.lr if tcfg.vision_lr is None else tcfg.vision_lr
-    freeze(model, tcfg)
+    if config.get("init") and not config.get("resume"):  # a stage starting from the previous stage's weights
+        load_weights(model, Path(config["init"]))
+    freeze(model, frozen_parts(tcfg))
     resume = Path(config["resume"]) if config.get("resume") else None
     train_model = wrap(model, tcfg.strategy, world, device, tcfg.bf16, tcfg.cpu_offload)
     # After wrapping: with fsdp the optimizer holds (and keeps state for) this worker's shards only.
-    groups = [{"params": [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("vision.tower.")], "lr": tcfg.lr},
-              {"params": [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("vision.tower.")], "lr": vision_lr}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=tcfg.betas, weight_decay=tcfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, tcfg), betas=tcfg.betas, weight_decay=tcfg.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     schedule = Schedule(**config["schedule"]) if config.get("schedule") else Schedule.of(tcfg)  # run_training chose it
 
@@ -229,10 +224,12 @@ def run_training(mcfg: ModelConfig, tcfg: TrainConfig, stop_at: int | None = Non
     """`vico train`: in this process (workers <= 1) or under Ray Train's TorchTrainer (`launch(config, tcfg)`
     starts the workers another way: tests use torch.multiprocessing). Returns the run folder."""
     # Absolute paths: Ray Train workers run in their own working directories.
-    tcfg = tcfg.model_copy(update={"data": str(Path(tcfg.data).resolve()), "output": str(Path(tcfg.output).resolve())})
+    tcfg = tcfg.model_copy(update={"data": str(Path(tcfg.data).resolve()), "output": str(Path(tcfg.output).resolve()),
+                                   "init_from": str(Path(tcfg.init_from).resolve()) if tcfg.init_from else None})
     out = Path(tcfg.output)
     check_provenance(tcfg)
     resume, schedule = resume_from(out, mcfg, tcfg)  # refusals first: a refused run prints nothing else
+    init = init_checkpoint(tcfg, mcfg)
     samples = QuestionSamples(tcfg.data, "train", tcfg.max_frames, tcfg.pack_questions, tcfg.seed)
     if not len(samples):
         raise ModelUserError(f"no training sample in {tcfg.data}: no question's evidence fits in "
@@ -242,8 +239,8 @@ def run_training(mcfg: ModelConfig, tcfg: TrainConfig, stop_at: int | None = Non
     import yaml
 
     (out / "config.yaml").write_text(yaml.safe_dump({"model": mcfg.model_dump(mode="json"), "train": tcfg.model_dump(mode="json")}, sort_keys=False))
-    config = {"model": mcfg.model_dump(), "train": tcfg.model_dump(), "tokenizer": prepare_tokenizer(mcfg, tcfg),
-              "resume": str(resume) if resume else None, "stop_at": stop_at, "schedule": schedule.state_dict()}
+    config = {"model": mcfg.model_dump(), "train": tcfg.model_dump(), "tokenizer": prepare_tokenizer(mcfg, tcfg, init),
+              "resume": str(resume) if resume else None, "init": str(init) if init else None, "stop_at": stop_at, "schedule": schedule.state_dict()}
     if tcfg.workers <= 1:
         device = torch.device("cuda" if tcfg.use_gpu and torch.cuda.is_available() else "cpu")
         group = local_process_group(device) if tcfg.strategy == "fsdp" else _null()
