@@ -195,3 +195,41 @@ def test_vico_qa_frames_and_time_header_are_the_same_for_every_question():
                                    "duration_s": 8.5}, 4)
     assert frames == ["b", "d", "f", "h"]
     assert header == "The video lasts 00:08. Its 4 frames shown here were taken at 00:01, 00:03, 00:05, 00:07."
+
+
+def test_vico_qa_survives_an_out_of_memory_task(tmp_path, tiny_model_config, version_dir, monkeypatch):
+    """An out-of-memory error while answering one task's questions is recorded for that task
+    (status oom, no accuracy); the other task, and the needle grid, go on."""
+    from vico_pipeline.model import evaluate
+
+    run = tiny_checkpoint(tmp_path / "run", tiny_model_config())
+    out = tmp_path / "eval"
+    ecfg = EvalConfig(cpu_threads=1, checkpoint=str(run), data=str(version_dir), output=str(out), train_frames=4,
+                      methods=["vst"], ratios=[2], needle_frames=[4], needle_depths=[0.0], needle_trials=1)
+    real, asked = evaluate.Evaluator.likelihood, []
+
+    def oom_on_counting(ev, memory, question, options, header=""):
+        asked.append(question)
+        if "(counting)" in question:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.25 GiB (GPU 0; 79.1 GiB total)")
+        return real(ev, memory, question, options, header)
+
+    monkeypatch.setattr(evaluate.Evaluator, "likelihood", oom_on_counting)
+    evaluate.run_eval(ecfg)
+    results = json.loads((out / "results.json").read_text())
+    assert len(asked) == 4  # every question was tried: two videos, two tasks each
+    assert results["vico_qa_status"] == {"temporal_order": "ok", "counting": "oom"}
+    assert results["vico_qa_oom"] == {"counting": 2} and results["vico_qa_memory_requested_bytes"] == int(1.25 * 2**30)
+    assert results["vico_qa"]["counting"] is None and results["vico_qa_letter"]["counting"] is None
+    assert 0 <= results["vico_qa"]["temporal_order"] <= 1 and results["vico_qa_count"] == {"temporal_order": 2, "counting": 0}
+    assert [c["status"] for c in results["needle"]] == ["ok"]  # the needle grid ran after it
+
+    # A rerun keeps the QA part as it is; with retry_oom it answers the questions again.
+    asked.clear()
+    evaluate.run_eval(ecfg)
+    assert asked == []
+    monkeypatch.setattr(evaluate.Evaluator, "likelihood", real)
+    evaluate.run_eval(ecfg.model_copy(update={"retry_oom": True}))
+    again = json.loads((out / "results.json").read_text())
+    assert again["vico_qa_status"] == {"temporal_order": "ok", "counting": "ok"} and again["vico_qa_oom"] == {}
+    assert again["vico_qa"]["temporal_order"] == results["vico_qa"]["temporal_order"]

@@ -106,10 +106,12 @@ class Evaluator:
 
 def vico_qa(ev: Evaluator, version: Path, ecfg: EvalConfig, max_frames: int) -> dict:
     """Accuracy per task on the version's val questions, by option likelihood and by generated letter.
-    Each video is encoded and compressed once; all its questions read that one memory."""
+    Each video is encoded and compressed once; all its questions read that one memory. An out-of-memory
+    error loses only the video (its memory) or the question it happened in: the task's status says
+    `oom`, and the rest goes on, as a needle cell does."""
     import pyarrow.parquet as pq
 
-    empty = {"vico_qa": {}, "vico_qa_chance": {}, "vico_qa_letter": {}, "vico_qa_count": {}}
+    empty = {"vico_qa": {}, "vico_qa_chance": {}, "vico_qa_letter": {}, "vico_qa_count": {}, "vico_qa_status": {}}
     qdir = version / "questions"
     if not qdir.exists():
         return empty | {"note": f"no questions table in {version}"}
@@ -127,28 +129,58 @@ def vico_qa(ev: Evaluator, version: Path, ecfg: EvalConfig, max_frames: int) -> 
     for q in questions:
         by_video[q["video_id"]].append(q)
     right, right_letter, count, chance = defaultdict(int), defaultdict(int), defaultdict(int), defaultdict(float)
+    lost, requested = defaultdict(int), []  # questions lost to out-of-memory errors, per task
     prefill = answer = 0.0
     for video_id, video_questions in by_video.items():
         t0 = time.perf_counter()
         frames, header = shown_frames(video_of[video_id], max_frames)
-        memory = ev.memory(ev.pixels(frames), ev.mcfg.ratio)
+        memory = out_of_memory(lambda: ev.memory(ev.pixels(frames), ev.mcfg.ratio), ev.device, requested)
         t1 = time.perf_counter()
         for q in video_questions:
             task = q["task"]
-            count[task] += 1
             chance[task] += 1 / len(q["options"])
-            right[task] += ev.likelihood(memory, q["question"], q["options"], header) == q["answer_index"]
-            if ecfg.generate_letter:
-                got = ev.free_letter(memory, q["question"], q["options"], ecfg.max_new_tokens, header)
-                right_letter[task] += got == q["answer_index"]
+            got = None if memory is None else out_of_memory(lambda: answer_question(ev, memory, q, header, ecfg),
+                                                          ev.device, requested)
+            if got is None:
+                lost[task] += 1
+                continue
+            count[task] += 1
+            right[task] += got[0]
+            right_letter[task] += got[1]
+        del memory
         prefill, answer = prefill + t1 - t0, answer + time.perf_counter() - t1
-    return {"vico_qa": {t: right[t] / n for t, n in count.items()},
-            "vico_qa_chance": {t: chance[t] / n for t, n in count.items()},  # a uniform guess among each question's options
-            "vico_qa_letter": {t: right_letter[t] / n for t, n in count.items()} if ecfg.generate_letter else {},
-            "vico_qa_count": dict(count),
+    tasks = list(dict.fromkeys(q["task"] for q in questions))
+    score = lambda hits, t: hits[t] / count[t] if count[t] else None  # noqa: E731 (None: every question lost)
+    return {"vico_qa": {t: score(right, t) for t in tasks},
+            "vico_qa_chance": {t: chance[t] / (count[t] + lost[t]) for t in tasks},  # a uniform guess among the options
+            "vico_qa_letter": {t: score(right_letter, t) for t in tasks} if ecfg.generate_letter else {},
+            "vico_qa_count": {t: count[t] for t in tasks},
+            # ok, or oom: some of the task's questions (vico_qa_oom of them) hit an out-of-memory error and
+            # are not in its accuracy; memory_requested_bytes is the largest allocation that failed.
+            "vico_qa_status": {t: "oom" if lost[t] else "ok" for t in tasks},
+            "vico_qa_oom": {t: lost[t] for t in tasks if lost[t]},
+            **({"vico_qa_memory_requested_bytes": max((b for b in requested if b), default=None)} if lost else {}),
             "vico_qa_timing": {"videos": len(by_video), "questions": len(questions),
                                "prefill_seconds": round(prefill / max(1, len(by_video)), 4),
                                "answer_seconds": round(answer / max(1, len(questions)), 4)}}
+
+
+def answer_question(ev: Evaluator, memory, q: dict, header: str, ecfg: EvalConfig) -> tuple[bool, bool]:
+    """(right by option likelihood, right by the generated letter) for one VICO question."""
+    by_likelihood = ev.likelihood(memory, q["question"], q["options"], header) == q["answer_index"]
+    by_letter = ecfg.generate_letter and ev.free_letter(memory, q["question"], q["options"], ecfg.max_new_tokens,
+                                                        header) == q["answer_index"]
+    return by_likelihood, bool(by_letter)
+
+
+def out_of_memory(work, device, requested: list):
+    """work(), or None after an out-of-memory error (its allocation noted in `requested`, the memory freed)."""
+    try:
+        return work()
+    except torch.OutOfMemoryError as err:
+        requested.append(requested_bytes(str(err)))
+    free_device_memory(device)  # outside the except block, so the failed work's tensors can be freed
+    return None
 
 
 def shown_frames(row: dict, max_frames: int) -> tuple[list, str]:
@@ -467,7 +499,8 @@ def _run_eval(ecfg: EvalConfig, fallback_data: str | None, fallback_train_frames
                               "rotate_options": ecfg.rotate_options, "videos": ecfg.needle_videos, "seed": ecfg.seed}}
     earlier = earlier_results(path, setup)
     results = dict(setup)
-    if "vico_qa" in earlier:  # resumed: the QA part finished before
+    qa_oom = "oom" in earlier.get("vico_qa_status", {}).values()
+    if "vico_qa" in earlier and not (ecfg.retry_oom and qa_oom):  # resumed: the QA part finished before
         results |= {k: v for k, v in earlier.items() if k.startswith("vico_qa") or k == "note"}
     else:
         results |= vico_qa(ev, version, ecfg, ecfg.max_frames or train_frames)
