@@ -174,6 +174,24 @@ def test_resume_is_exact(tmp_path, tiny_model_config):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_loader_workers_change_nothing_and_resume_stays_exact(tmp_path, tiny_model_config):
+    """Samples made in two DataLoader worker processes: the same losses and weights as in-process
+    loading, and a run stopped and resumed with workers equals the straight run."""
+    from safetensors.torch import load_file
+
+    version = write_shards(tmp_path / "v1", n_train=3, n_frames=6)
+    mcfg = tiny_model_config()
+    common = dict(cpu_threads=1, data=str(version), max_steps=5, lr=1e-3, grad_accum=2, checkpoint_every=2, max_frames=5)
+    in_process = run_training(mcfg, TrainConfig(output=str(tmp_path / "a"), **common))
+    with_workers = TrainConfig(output=str(tmp_path / "b"), loader_workers=2, loader_prefetch=2, **common)
+    run_training(mcfg, with_workers, stop_at=3)  # stops after step 3, last checkpoint at step 2
+    resumed = run_training(mcfg, with_workers)
+    assert len(losses(in_process)) == 5 and losses(resumed) == losses(in_process)
+    a = load_file(str(in_process / "checkpoints" / "step-0000005" / "model.safetensors"))
+    b = load_file(str(resumed / "checkpoints" / "step-0000005" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_changed_config_is_refused_unless_resume_and_lr_goes_on(tmp_path, tiny_model_config, capsys):
     version = write_shards(tmp_path / "v1", n_frames=4)
     mcfg = tiny_model_config()
@@ -263,7 +281,7 @@ def test_prepare_sample_feeds_exactly_the_frames_its_header_names(tmp_path, tiny
 
     from vico_pipeline.model.checkpoint import build_model
     from vico_pipeline.model.data import ShardRows
-    from vico_pipeline.model.train import prepare_sample
+    from vico_pipeline.model.loader import FrameLayout, prepare_sample
     from vico_pipeline.model.vision import frames_to_pixels
 
     version = write_shards(tmp_path / "v1", n_train=1, n_frames=12, questions_per_video=3)
@@ -273,7 +291,7 @@ def test_prepare_sample_feeds_exactly_the_frames_its_header_names(tmp_path, tiny
     model = build_model(mcfg, tok.eos_token_id)
     for i in range(len(samples)):
         row, sample = samples[i]
-        s = prepare_sample(row, sample, tok, model, mcfg, 1024, [2, 4], random.Random(0), torch.device("cpu"))
+        s = prepare_sample(row, sample, tok, FrameLayout.of(model), mcfg.system_prompt, 1024, [2, 4], random.Random(0))
         assert s["pixels"].shape[0] == len(sample["frame_indices"]) == 5
         expected = frames_to_pixels([row["frames"][k] for k in sample["frame_indices"]], model.vision.image_size)
         assert torch.equal(s["pixels"], expected)

@@ -147,7 +147,7 @@ def vico_qa(ev: Evaluator, version: Path, ecfg: EvalConfig, max_frames: int) -> 
             count[task] += 1
             right[task] += got[0]
             right_letter[task] += got[1]
-        del memory
+        memory = None  # freed before the next video's is built
         prefill, answer = prefill + t1 - t0, answer + time.perf_counter() - t1
     tasks = list(dict.fromkeys(q["task"] for q in questions))
     score = lambda hits, t: hits[t] / count[t] if count[t] else None  # noqa: E731 (None: every question lost)

@@ -21,11 +21,11 @@ import torch
 
 from .checkpoint import build_model, latest_checkpoint, load_training_state, load_weights, save_checkpoint
 from .config import ModelConfig, ModelUserError, TrainConfig
-from .data import QuestionSamples, ShardRows, draw_ratios, encode_conversation, load_tokenizer, stand_in_engines, train_tokenizer
+from .data import QuestionSamples, ShardRows, load_tokenizer, stand_in_engines, train_tokenizer
 from .freeze import freeze, frozen_parts, init_checkpoint, param_groups
+from .loader import FrameLayout, PositionSamples, training_samples
 from .schedule import Schedule, resumed_schedule, saved_schedule
 from .sharding import full_value, gradient_sync, held_bytes, local_process_group, wrap
-from .vision import frames_to_pixels
 
 
 def prepare_tokenizer(mcfg: ModelConfig, tcfg: TrainConfig, init: Path | None = None) -> str:
@@ -42,32 +42,6 @@ def prepare_tokenizer(mcfg: ModelConfig, tcfg: TrainConfig, init: Path | None = 
     return str(out)
 
 
-def sample_index(position: int, n: int, rank: int, world: int, seed: int) -> int:
-    """Row for a worker's `position`-th sample: a fresh shuffle each epoch, workers interleaved."""
-    per_worker = max(1, n // world)
-    epoch, i = divmod(position, per_worker)
-    order = list(range(n))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return order[(i * world + rank) % n]
-
-
-def prepare_sample(row: dict, sample: dict, tokenizer, model, mcfg: ModelConfig, max_text_tokens: int,
-                   ratios: list[int], rng: random.Random, device) -> dict:
-    """Tensors for one sample: the frames it names (its time header lists exactly these) and its text."""
-    frames = row["frames"] or []
-    keep = sample["frame_indices"]
-    size = model.vision.image_size
-    pixels = frames_to_pixels([frames[i] for i in keep], size) if keep else torch.zeros(0, 3, size, size)
-    text = encode_conversation(tokenizer, sample["conversations"], mcfg.system_prompt, max_text_tokens)
-    return {
-        "pre_ids": torch.tensor([text.pre_ids], device=device),
-        "pixels": pixels.to(device),
-        "post_ids": torch.tensor([text.post_ids], device=device),
-        "labels": torch.tensor([text.labels], device=device),
-        "ratios": draw_ratios(model.window_lengths(len(keep)), ratios, rng),
-    }
-
-
 def _rng_state() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
@@ -82,6 +56,7 @@ def train_loop(config: dict) -> None:
     """One worker's training. config: {"model": dict, "train": dict, "tokenizer": folder,
     "resume": checkpoint folder or None, "stop_at": int|None}."""
     mcfg, tcfg = ModelConfig(**config["model"]), TrainConfig(**config["train"])
+    stop_at = config.get("stop_at")
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if distributed else 0
     world = torch.distributed.get_world_size() if distributed else 1
@@ -113,9 +88,10 @@ def train_loop(config: dict) -> None:
     if rank == 0:
         _trim_metrics(out / "metrics.jsonl", step)
 
-    ratios = tcfg.ratios or mcfg.ratios
+    end = min(tcfg.max_steps, stop_at if stop_at is not None else tcfg.max_steps)
+    batches = training_samples(PositionSamples(samples, tokenizer, FrameLayout.of(model), mcfg, tcfg, rank, world),
+                               step * tcfg.grad_accum, max(step, end) * tcfg.grad_accum, tcfg, device.type == "cuda")
     use_bf16 = tcfg.bf16 and device.type == "cuda" and tcfg.strategy == "ddp"  # fsdp casts by its own policy
-    stop_at = config.get("stop_at")
     progress = Progress(step, tcfg.max_steps) if rank == 0 else None
     model.train()
     first_step = step
@@ -126,12 +102,7 @@ def train_loop(config: dict) -> None:
             group["lr"] = base * lr
         total, frames = 0.0, 0
         for micro in range(tcfg.grad_accum):
-            position = step * tcfg.grad_accum + micro
-            # Seeded by the sample's place in the global batch: runs of any worker count with equal
-            # workers x grad_accum draw the same ratios for the same samples.
-            rng = random.Random(f"{tcfg.seed}-{position * world + rank}")
-            row, sample = samples[sample_index(position, len(samples), rank, world, tcfg.seed)]
-            s = prepare_sample(row, sample, tokenizer, model, mcfg, tcfg.max_text_tokens, ratios, rng, device)
+            s = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in next(batches).items()}
             frames += s["pixels"].shape[0]
             sync = micro == tcfg.grad_accum - 1 or world == 1
             with gradient_sync(train_model, sync), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):

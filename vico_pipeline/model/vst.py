@@ -64,6 +64,11 @@ def append(memory: KV | None, kv: KV, keep: torch.Tensor | None = None) -> KV:
     return [(torch.cat([mk, k], 2), torch.cat([mv, v], 2)) for (mk, mv), (k, v) in zip(memory, kv)]
 
 
+def window_lengths(n_frames: int, window_frames: int, tokens_per_frame: int) -> list[int]:
+    """Visual tokens in each window of `window_frames` frames for n_frames frames."""
+    return [min(window_frames, n_frames - s) * tokens_per_frame for s in range(0, n_frames, window_frames)]
+
+
 class VideoXL(nn.Module):
     def __init__(self, decoder: Decoder, vision: VisionSide, window_tokens: int = 1440):
         super().__init__()
@@ -91,8 +96,7 @@ class VideoXL(nn.Module):
 
     def window_lengths(self, n_frames: int) -> list[int]:
         """Visual tokens in each window for n_frames frames."""
-        wf, p = self.window_frames, self.vision.tokens_per_frame
-        return [min(wf, n_frames - s) * p for s in range(0, n_frames, wf)]
+        return window_lengths(n_frames, self.window_frames, self.vision.tokens_per_frame)
 
     def encode_video(self, pre_ids, pixels=None, ratios=None, rope_base=None, visual=None) -> Memory:
         """Sink + compressed video. pixels [N,3,H,W] (or precomputed `visual` [N,P,D]);
