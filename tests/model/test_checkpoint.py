@@ -158,3 +158,84 @@ def test_checkpoints_from_before_the_setting_load_with_the_second_to_last_layer(
     loaded, _, mcfg, _ = load_for_eval(tmp_path)
     assert mcfg.vision_select_layer == -2
     assert torch.equal(loaded.vision.projector[0].weight, model.vision.projector[0].weight)
+
+
+def test_unknown_keys_of_an_authors_checkpoint_are_an_error_naming_them(tiny_model_config):
+    """A checkpoint trained with an extra projection must not load as another model."""
+    cfg = tiny_model_config()
+    state = authors_state_dict(cfg)
+    state["model.layers.0.self_attn.beacon_o_proj.weight"] = torch.zeros(cfg.hidden_size, cfg.hidden_size)
+    with pytest.raises(ModelUserError) as err:
+        load_videoxl_state(build_model(cfg), state)
+    message = str(err.value)
+    assert "1 keys this model has no place for: model.layers.0.self_attn.beacon_o_proj.weight" in message
+    assert "\n" not in message
+    state = authors_state_dict(cfg)
+    state["model.mm_projector.0.bias"] = torch.zeros(cfg.hidden_size + 1)
+    with pytest.raises(ModelUserError, match=r"1 of another shape: model.mm_projector.0.bias \(33,\) \(ours \(32,\)\)"):
+        load_videoxl_state(build_model(cfg), state)
+    # What is dropped on purpose is said: tower layers after the one read, buffers the model recomputes.
+    state = authors_state_dict(cfg) | {"model.layers.0.self_attn.rotary_emb.inv_freq": torch.ones(4)}
+    skipped = load_videoxl_state(build_model(cfg.model_copy(update={"vision_select_layer": -2})), state)
+    assert "model.layers.0.self_attn.rotary_emb.inv_freq" in skipped
+    assert all("encoder.layers.1." in k or "inv_freq" in k for k in skipped)
+
+
+def test_beacon_settings_come_from_the_authors_config(tmp_path, tiny_model_config):
+    from vico_pipeline.model.checkpoint import resolved
+
+    cfg = tiny_model_config()
+    beacon = dict(beacon_window=24, beacon_stride=24, beacon_attn="full-coverage", beacon_ratio=[2, 4, 8],
+                  beacon_param=["q", "k", "v"], beacon_embed_init="eos")
+    with_path = cfg.model_copy(update={"llm_path": qwen2_folder(tmp_path, cfg, **beacon)})
+    got = resolved(with_path)
+    assert (got.window_tokens, got.ratios, got.vst_init) == (24, [2, 4, 8], "eos")
+    assert build_model(with_path, weights=False).window_tokens == 24
+    assert (got.vision_select_layer, got.vision_select_feature, got.rope_theta) == (-1, "patch", 1e6)
+    for bad, match in ((dict(beacon_param="q k v o"), "beacon_param .*'o'.*q, k and v projections only"),
+                       (dict(beacon_stride=12), "beacon_stride 12 != beacon_window 24"),
+                       (dict(beacon_attn="segmentation"), "beacon_attn 'segmentation'")):
+        folder = qwen2_folder(tmp_path, cfg, **(beacon | bad))
+        with pytest.raises(ModelUserError, match=match):
+            resolved(cfg.model_copy(update={"llm_path": folder}))
+
+
+def test_a_trained_checkpoint_loads_after_its_base_folders_are_gone(tmp_path, tiny_model_config):
+    """model_config.json records the shapes and the resolved feature layer: eval needs neither llm_path
+    nor vision_path once the run has trained."""
+    import json
+    import shutil
+
+    import transformers
+
+    from tests.model.test_train import write_shards
+    from vico_pipeline.model.checkpoint import load_for_eval
+    from vico_pipeline.model.config import TrainConfig
+    from vico_pipeline.model.data import ShardRows, train_tokenizer
+    from vico_pipeline.model.train import run_training
+
+    version = write_shards(tmp_path / "v1", n_frames=4)
+    base = tmp_path / "base"
+    llm = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        vocab_size=400, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, rope_theta=5e5, max_position_embeddings=4096))
+    llm.save_pretrained(base / "llm")
+    transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
+        hidden_size=40, intermediate_size=80, num_hidden_layers=3, num_attention_heads=2, image_size=56,
+        patch_size=14)).save_pretrained(base / "clip")
+    train_tokenizer(ShardRows(version, "train").texts(), 384).save_pretrained(str(base / "tok"))
+    mcfg = tiny_model_config(llm_path=str(base / "llm"), vision_path=str(base / "clip"), tokenizer_path=str(base / "tok"))
+    run = run_training(mcfg, TrainConfig(cpu_threads=1, data=str(version), output=str(tmp_path / "run"), max_steps=1,
+                                         checkpoint_every=1, max_frames=4))
+    ckpt = run / "checkpoints" / "step-0000001"
+    saved = json.loads((ckpt / "model_config.json").read_text())
+    assert (saved["vision_select_layer"], saved["vision_select_feature"]) == (-1, "patch")
+    assert (saved["hidden_size"], saved["vocab_size"], saved["rope_theta"], saved["max_position_embeddings"]) == (48, 400, 5e5, 4096)
+    assert (saved["vision_hidden_size"], saved["vision_layers"]) == (40, 3)
+    before, _, _, _ = load_for_eval(run)
+    shutil.rmtree(base)
+    after, _, _, _ = load_for_eval(run)
+    pre, post, pixels = torch.tensor([[1, 2, 3]]), torch.tensor([[4, 5]]), torch.randn(4, 3, 56, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(after.read(after.encode_video(pre, pixels, 2), post)[0],
+                                   before.read(before.encode_video(pre, pixels, 2), post)[0], rtol=0, atol=0)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, load_model
 from .config import ModelConfig, ModelUserError
 from .decoder import Decoder, DecoderDims
 from .portable import is_portable, model_config_of, write_config
-from .vision import VisionSide
+from .vision import VisionSide, encoder_of
 from .vst import VideoXL
 
 
@@ -37,7 +37,7 @@ def decoder_dims(cfg: ModelConfig) -> DecoderDims:
         num_layers=cfg.num_layers, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
         head_dim=cfg.head_dim or cfg.hidden_size // cfg.num_heads, rope_theta=cfg.rope_theta,
         rms_norm_eps=cfg.rms_norm_eps, tie_word_embeddings=cfg.tie_word_embeddings,
-        max_position_embeddings=cfg.max_position_embeddings,
+        max_position_embeddings=cfg.max_position_embeddings, rope_linear_factor=cfg.rope_linear_factor,
     )
 
 
@@ -56,6 +56,51 @@ def vision_select(cfg: ModelConfig) -> tuple[int, str]:
     if feature not in ("patch", "cls_patch"):
         raise ModelUserError(f"mm_vision_select_feature {feature!r} is not supported (patch or cls_patch)")
     return int(layer), feature
+
+
+def beacon_settings(found: dict) -> dict:
+    """ModelConfig values from the authors' `beacon_*` keys of a checkpoint's config.json ({} where it
+    has none). Settings our VST memory does not implement are refused, not ignored."""
+    if "beacon_window" not in found:
+        return {}
+    window = int(found["beacon_window"])
+    stride = int(found.get("beacon_stride") or window)
+    if stride != window:
+        raise ModelUserError(f"beacon_stride {stride} != beacon_window {window} in the checkpoint's config.json: "
+                             "overlapping windows are not implemented")
+    attn = found.get("beacon_attn", "full-coverage")
+    if attn != "full-coverage":
+        raise ModelUserError(f"beacon_attn {attn!r} in the checkpoint's config.json is not implemented (full-coverage is)")
+    param = found.get("beacon_param", ["q", "k", "v"])
+    param = param.split() if isinstance(param, str) else list(param)
+    if set(param) != {"q", "k", "v"}:
+        raise ModelUserError(f"beacon_param {param} in the checkpoint's config.json: this model's VST has its own "
+                             "q, k and v projections only (o_proj and the MLP are shared)")
+    ratios = found.get("beacon_ratio") or [2, 4, 8, 12, 16]
+    return {"window_tokens": window, "ratios": [int(r) for r in (ratios if isinstance(ratios, list) else [ratios])],
+            "vst_init": "eos" if found.get("beacon_embed_init", "eos") == "eos" else "random"}
+
+
+def resolved(cfg: ModelConfig) -> ModelConfig:
+    """The config with everything read from llm_path / vision_path written into it: the LLM's and the
+    tower's shapes, the feature layer and kind, the authors' beacon settings. A checkpoint that saves
+    it is self-contained: it builds without those folders."""
+    found = llm_config(cfg)
+    layer, feature = vision_select(cfg)
+    update: dict = {"vision_select_layer": layer, "vision_select_feature": feature, **beacon_settings(found)}
+    if cfg.llm_path:
+        d = decoder_dims(cfg)
+        update |= {"vocab_size": d.vocab_size, "hidden_size": d.hidden_size, "intermediate_size": d.intermediate_size,
+                   "num_layers": d.num_layers, "num_heads": d.num_heads, "num_kv_heads": d.num_kv_heads,
+                   "head_dim": d.head_dim, "rope_theta": d.rope_theta, "rms_norm_eps": d.rms_norm_eps,
+                   "tie_word_embeddings": d.tie_word_embeddings, "max_position_embeddings": d.max_position_embeddings,
+                   "rope_linear_factor": d.rope_linear_factor}
+    if cfg.vision_path:
+        v = vision_tower(cfg, weights=False).config
+        update |= {"image_size": v.image_size, "patch_size": v.patch_size, "vision_hidden_size": v.hidden_size,
+                   "vision_layers": v.num_hidden_layers, "vision_heads": v.num_attention_heads,
+                   "vision_intermediate_size": v.intermediate_size}
+    return cfg.model_copy(update=update)
 
 
 def vision_tower(cfg: ModelConfig, weights: bool):
@@ -80,6 +125,7 @@ def vision_tower(cfg: ModelConfig, weights: bool):
 def build_model(cfg: ModelConfig, eos_id: int | None = None, weights: bool = True) -> VideoXL:
     """A Video-XL model from the config: random dims, or `from_pretrained` local folders when
     llm_path / vision_path are set (weights=False builds the shapes only, for loading a checkpoint)."""
+    cfg = cfg.model_copy(update=beacon_settings(llm_config(cfg)))  # an authors' checkpoint sets its own windows
     torch.manual_seed(cfg.seed)
     decoder = Decoder(decoder_dims(cfg))
     if cfg.llm_path and weights:
@@ -143,22 +189,40 @@ def author_name(name: str) -> str:
     return name
 
 
+# Buffers some saved checkpoints carry that the model computes itself.
+RECOMPUTED_BUFFERS = ("rotary_emb.inv_freq", "embeddings.position_ids")
+
+
 def load_videoxl_state(model: VideoXL, state: dict[str, torch.Tensor]) -> list[str]:
-    """Loads the authors' Video-XL state dict by name into ours; returns the names it skipped
-    (the tower layers after the selected one, which never run). Raises when a weight of ours is missing."""
+    """Loads the authors' Video-XL state dict by name into ours. Strict: every key is mapped onto a
+    weight of ours of the same shape, or is a tower layer after the selected one (cut off on purpose:
+    it never runs), or a buffer the model recomputes; those are returned. Anything else, and any
+    weight of ours the state lacks, is an error naming the keys: a checkpoint with an extra part
+    (a `beacon_o_proj`, say) would otherwise load as another model."""
     ours = model.state_dict()
     tower_prefix = "vision.tower.vision_model." if any(k.startswith("vision.tower.vision_model.") for k in ours) else "vision.tower."
-    mapped, skipped = {}, []
+    kept = len(encoder_of(model.vision.tower).layers)
+    mapped, skipped, unknown, wrong = {}, [], [], []
     for name, tensor in state.items():
         new = author_name(name)
         if new.startswith("vision.tower."):
             new = tower_prefix + new[len("vision.tower."):]
         if new == "decoder.vst_embed.weight":
             tensor = tensor[:1]  # one VST embedding
-        if new in ours and ours[new].shape == tensor.shape:
-            mapped[new] = tensor
-        else:
+        layer = re.match(re.escape(tower_prefix) + r"encoder\.layers\.(\d+)\.", new)
+        if new in ours:
+            if ours[new].shape == tensor.shape:
+                mapped[new] = tensor
+            else:
+                wrong.append(f"{name} {tuple(tensor.shape)} (ours {tuple(ours[new].shape)})")
+        elif (layer and int(layer.group(1)) >= kept) or name.endswith(RECOMPUTED_BUFFERS):
             skipped.append(name)
+        else:
+            unknown.append(name)
+    if unknown or wrong:
+        parts = ([f"{len(unknown)} keys this model has no place for: {', '.join(sorted(unknown)[:6])}"] if unknown else []) + \
+                ([f"{len(wrong)} of another shape: {', '.join(wrong[:4])}"] if wrong else [])
+        raise ModelUserError(f"Video-XL checkpoint does not fit this model: {'; '.join(parts)}")
     missing = [k for k in ours if k not in mapped and not (model.decoder.dims.tie_word_embeddings and k == "decoder.lm_head.weight")]
     if missing:
         raise ModelUserError(f"Video-XL checkpoint lacks {len(missing)} weights, e.g. {missing[:3]}")
@@ -296,7 +360,11 @@ def load_for_eval(path: str | Path):
         saved.setdefault("vision_select_layer", -2)
         cfg = ModelConfig.model_validate(saved)
     tokenizer = AutoTokenizer.from_pretrained(str(ckpt / "tokenizer"))
-    model = build_model(cfg, tokenizer.eos_token_id, weights=False)
+    # Older checkpoints without their own config.json: the base folders only gave shapes, which
+    # model_config.json records since `resolved`; it loads after they have moved.
+    gone = {} if is_portable(ckpt) else {k: None for k in ("llm_path", "vision_path")
+                                         if saved.get(k) and not Path(saved[k]).exists()}
+    model = build_model(cfg.model_copy(update=gone), tokenizer.eos_token_id, weights=False)
     if (ckpt / ".metadata").exists() or (ckpt / "model_config.json").exists():
         load_weights(model, ckpt)
     else:  # an export: the authors' names

@@ -31,6 +31,7 @@ class ModelConfig(BaseModel):
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 32768  # the LLM's trained context (Qwen2's); INTP scales RoPE beyond it
+    rope_linear_factor: float = 1.0  # rope_scaling "linear": positions divided by this factor
     # Vision tower (CLIP ViT); ignored where vision_path is set.
     vision_path: str | None = None
     image_size: int = 56
@@ -47,7 +48,8 @@ class ModelConfig(BaseModel):
     vision_select_feature: str | None = None  # "patch" or "cls_patch"
     # Tokenizer: a local folder; empty means "train a small byte-level BPE on the shards' text".
     tokenizer_path: str | None = None
-    # VST memory.
+    # VST memory. window_tokens, ratios and vst_init come from the beacon_* keys of llm_path's config.json
+    # where it has them (the authors' checkpoint).
     window_tokens: int = 1440
     ratios: list[int] = Field(default_factory=lambda: [2, 4, 8, 12, 16])
     ratio: int = 8

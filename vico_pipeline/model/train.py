@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import build_model, latest_checkpoint, load_training_state, load_weights, save_checkpoint
+from .checkpoint import build_model, latest_checkpoint, load_training_state, load_weights, resolved, save_checkpoint
 from .config import ModelConfig, ModelUserError, TrainConfig
 from .data import QuestionSamples, ShardRows, load_tokenizer, stand_in_engines, train_tokenizer
 from .freeze import freeze, frozen_parts, init_checkpoint, param_groups
@@ -198,6 +198,7 @@ def run_training(mcfg: ModelConfig, tcfg: TrainConfig, stop_at: int | None = Non
     tcfg = tcfg.model_copy(update={"data": str(Path(tcfg.data).resolve()), "output": str(Path(tcfg.output).resolve()),
                                    "init_from": str(Path(tcfg.init_from).resolve()) if tcfg.init_from else None})
     out = Path(tcfg.output)
+    mcfg = resolved(mcfg)  # shapes, feature layer, beacon settings written out: checkpoints are self-contained
     check_provenance(tcfg)
     resume, schedule = resume_from(out, mcfg, tcfg)  # refusals first: a refused run prints nothing else
     init = init_checkpoint(tcfg, mcfg)
@@ -242,8 +243,13 @@ OPERATIONAL_KEYS = frozenset({"output", "resume", "new_schedule", "cpu_threads",
 def config_changes(saved: dict, mcfg: ModelConfig, tcfg: TrainConfig) -> tuple[list[str], list[str]]:
     """(model keys, train keys) that differ from a run folder's config.yaml, as "key: old -> new"."""
     def diff(section: str, cls, now: dict, skip=frozenset()) -> list[str]:
-        before = {k: v for k, v in (saved.get(section) or {}).items() if k in cls.model_fields}
-        before = cls(**before).model_dump(mode="json")
+        before = cls(**{k: v for k, v in (saved.get(section) or {}).items() if k in cls.model_fields})
+        if cls is ModelConfig:  # runs saved before configs were resolved compare by what they resolve to
+            try:
+                before = resolved(before)
+            except ModelUserError:
+                pass
+        before = before.model_dump(mode="json")
         return [f"{section}.{k}: {before[k]} -> {now[k]}" for k in now if k not in skip and before.get(k) != now[k]]
 
     return (diff("model", ModelConfig, mcfg.model_dump(mode="json")),
