@@ -90,3 +90,14 @@ def test_vico_eval_prints_cells_then_tables_then_the_folder(tmp_path, tiny_model
     for task, accuracy in results["vico_qa"].items():
         row = next(line.split() for line in qa if line.startswith(task))
         assert row[2] == f"{accuracy:.1%}" and row[-1] == f"{results['vico_qa_chance'][task]:.1%}"
+
+
+def test_qa_table_with_a_task_lost_to_out_of_memory():
+    results = {"vico_qa": {"temporal_order": 0.5, "counting": None}, "vico_qa_count": {"temporal_order": 2, "counting": 0},
+               "vico_qa_chance": {"temporal_order": 0.25, "counting": 0.25}, "vico_qa_oom": {"counting": 2},
+               "vico_qa_letter": {"temporal_order": 1.0, "counting": None}}
+    lines = qa_table(results)
+    counting = next(line for line in lines if line.startswith("counting"))
+    assert "0 (2 oom)" in counting and counting.split()[-3:] == ["-", "-", "25.0%"]
+    total = next(line for line in lines if line.startswith("all"))
+    assert total.split()[1:4] == ["2", "50.0%", "100.0%"]  # the mean is over answered questions only

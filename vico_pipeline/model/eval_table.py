@@ -97,11 +97,13 @@ def qa_table(results: dict) -> list[str]:
     count, chance = results.get("vico_qa_count") or {}, results.get("vico_qa_chance") or {}
     letter = results.get("vico_qa_letter") or {}
     header = ["task", "questions", "accuracy", *(["letter"] if letter else []), "chance"]
-    rows = [[task, str(count.get(task, "")), _percent(acc), *([_percent(letter.get(task))] if letter else []),
-             _percent(chance.get(task))] for task, acc in accuracy.items()]
+    lost = results.get("vico_qa_oom") or {}  # questions an out-of-memory error took (not in the accuracy)
+    rows = [[task, str(count.get(task, "")) + (f" ({lost[task]} oom)" if lost.get(task) else ""), _percent(acc),
+             *([_percent(letter.get(task))] if letter else []), _percent(chance.get(task))]
+            for task, acc in accuracy.items()]
     total = sum(count.get(t, 0) for t in accuracy)
     if len(rows) > 1 and total:
-        mean = lambda table: sum(table.get(t, 0) * count.get(t, 0) for t in accuracy) / total  # noqa: E731
+        mean = lambda table: sum((table.get(t) or 0) * count.get(t, 0) for t in accuracy) / total  # noqa: E731
         rows.append(["all", str(total), _percent(mean(accuracy)), *([_percent(mean(letter))] if letter else []),
                      _percent(mean(chance))])
     return ["VICO QA on val questions (accuracy: the most likely option)", *_grid(header, rows)]
