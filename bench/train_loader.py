@@ -9,6 +9,7 @@ training process, between steps) and with `--workers` worker processes that prep
 samples while a step runs. Steps per second count the steps after the first `--skip` (the
 workers' start-up), from the seconds each step logs in metrics.jsonl (data wait + forward +
 backward + optimizer). Both runs compute the same losses (asserted); the ratio is the speed-up.
+With `--repeats N` the two alternate N times (a noisy machine drifts) and the medians are compared.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,6 +64,7 @@ def main() -> None:
     ap.add_argument("--skip", type=int, default=2, help="first steps left out of the rate (worker start-up)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--prefetch", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1, help="alternate the two runs this many times; medians")
     ap.add_argument("--out", help="also write the numbers as JSON")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,11 +72,16 @@ def main() -> None:
         t0 = time.time()
         version = Path(args.version) if args.version else demo_version(tmp)
         made = round(time.time() - t0, 1)
-        baseline = run(version, tmp / "w0", args.steps, 0, args.prefetch)
-        loaded = run(version, tmp / f"w{args.workers}", args.steps, args.workers, args.prefetch)
-    assert [m["loss"] for m in baseline] == [m["loss"] for m in loaded], "the loader changed what was trained"
-    r0, rw = steps_per_second(baseline, args.skip), steps_per_second(loaded, args.skip)
+        rates0, ratesw = [], []
+        for k in range(args.repeats):
+            baseline = run(version, tmp / f"w0-{k}", args.steps, 0, args.prefetch)
+            loaded = run(version, tmp / f"w{args.workers}-{k}", args.steps, args.workers, args.prefetch)
+            assert [m["loss"] for m in baseline] == [m["loss"] for m in loaded], "the loader changed what was trained"
+            rates0.append(steps_per_second(baseline, args.skip))
+            ratesw.append(steps_per_second(loaded, args.skip))
+    r0, rw = statistics.median(rates0), statistics.median(ratesw)
     result = {"steps": args.steps, "skip": args.skip, "workers": args.workers, "prefetch": args.prefetch,
+              "repeats": args.repeats, "ratios": [round(w / b, 2) for b, w in zip(rates0, ratesw)],
               "frames_per_step": sum(m["frames"] for m in baseline[args.skip:]) / len(baseline[args.skip:]),
               "steps_per_s_workers_0": round(r0, 3), f"steps_per_s_workers_{args.workers}": round(rw, 3),
               "speedup": round(rw / r0, 2), "version_seconds": made if not args.version else None,
