@@ -177,7 +177,7 @@ def test_resume_is_exact(tmp_path, tiny_model_config):
 def test_loader_workers_change_nothing_and_resume_stays_exact(tmp_path, tiny_model_config):
     """Samples made in two DataLoader worker processes: the same losses and weights as in-process
     loading, and a run stopped and resumed with workers equals the straight run."""
-    from safetensors.torch import load_file
+    from vico_pipeline.model.checkpoint import load_for_eval
 
     version = write_shards(tmp_path / "v1", n_train=3, n_frames=6)
     mcfg = tiny_model_config()
@@ -187,8 +187,8 @@ def test_loader_workers_change_nothing_and_resume_stays_exact(tmp_path, tiny_mod
     run_training(mcfg, with_workers, stop_at=3)  # stops after step 3, last checkpoint at step 2
     resumed = run_training(mcfg, with_workers)
     assert len(losses(in_process)) == 5 and losses(resumed) == losses(in_process)
-    a = load_file(str(in_process / "checkpoints" / "step-0000005" / "model.safetensors"))
-    b = load_file(str(resumed / "checkpoints" / "step-0000005" / "model.safetensors"))
+    a = load_for_eval(in_process / "checkpoints" / "step-0000005")[0].state_dict()
+    b = load_for_eval(resumed / "checkpoints" / "step-0000005")[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

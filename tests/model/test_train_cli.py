@@ -55,7 +55,7 @@ def test_readme_example_trains_on_after_a_finished_run(tmp_path):
     """README: `vico train configs/train-tiny.yaml --set train.max_steps=30 --resume` after a 20-step run. The
     20-step schedule has reached a rate of 0 there: without --new-schedule it stops in one line (exit 2);
     with it, steps 21-30 train at a positive rate and the weights change."""
-    from safetensors.torch import load_file
+    from vico_pipeline.model.checkpoint import load_for_eval
 
     version = write_shards(tmp_path / "v1", n_frames=4)
     run = tmp_path / "run"
@@ -80,8 +80,8 @@ def test_readme_example_trains_on_after_a_finished_run(tmp_path):
     assert steps[19]["lr"] < 0.01 * 0.001  # the first run's last step used a rate near 0 (0 after it) ...
     assert all(s["lr"] > 0 for s in steps[20:29])  # ... the new schedule warms up and decays over 21-30
     assert max(s["lr"] for s in steps[20:]) == pytest.approx(0.001, rel=0.05)
-    before = load_file(str(run / "checkpoints" / "step-0000020" / "model.safetensors"))
-    after = load_file(str(run / "checkpoints" / "step-0000030" / "model.safetensors"))
+    before = load_for_eval(run / "checkpoints" / "step-0000020")[0].state_dict()
+    after = load_for_eval(run / "checkpoints" / "step-0000030")[0].state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert len(changed) > len(before) // 2, changed
 
