@@ -65,7 +65,7 @@ def measured_step(model, sample, checkpointing: bool) -> dict:
 def test_plan_is_within_15_percent_of_a_measured_cpu_step(tmp_path, tiny_model_config, checkpointing):
     from vico_pipeline.model.checkpoint import build_model
     from vico_pipeline.model.data import QuestionSamples, ShardRows, train_tokenizer
-    from vico_pipeline.model.train import prepare_sample
+    from vico_pipeline.model.loader import FrameLayout, prepare_sample
 
     version = write_shards(tmp_path / "v1", n_train=1, n_frames=16, questions_per_video=1)
     mcfg = tiny_model_config()
@@ -73,7 +73,8 @@ def test_plan_is_within_15_percent_of_a_measured_cpu_step(tmp_path, tiny_model_c
     tok = train_tokenizer(ShardRows(version, "train").texts(), mcfg.vocab_size)
     row, sample = QuestionSamples(version, "train", tcfg.max_frames)[0]
     model = build_model(mcfg, tok.eos_token_id)
-    s = prepare_sample(row, sample, tok, model, mcfg, tcfg.max_text_tokens, mcfg.ratios, random.Random(3), torch.device("cpu"))
+    s = prepare_sample(row, sample, tok, FrameLayout.of(model), mcfg.system_prompt, tcfg.max_text_tokens, mcfg.ratios,
+                       random.Random(3))
     assert s["pixels"].shape[0] == tcfg.max_frames and len(s["ratios"]) == len(model.window_lengths(tcfg.max_frames))
     measured = measured_step(model, s, checkpointing)
     plan = memory_plan(mcfg, tcfg, text_tokens=s["post_ids"].shape[1], pre_tokens=s["pre_ids"].shape[1], ratios=s["ratios"])
