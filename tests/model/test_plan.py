@@ -119,9 +119,6 @@ def test_plan_for_qwen2_7b_and_clip_l_fsdp_on_8_gpus_fits_where_ddp_on_1_does_no
                               capture_output=True, text=True, cwd=ROOT)
         assert done.returncode == 0, done.stderr[-2000:]
         plans[name] = json.loads(done.stdout.strip().splitlines()[-1])
-        table = subprocess.run([sys.executable, "-m", "vico_pipeline.cli", "train", str(config), "--plan", *sets],
-                               capture_output=True, text=True, cwd=ROOT).stdout
-        print(table)
     fsdp, ddp = plans["fsdp8"], plans["ddp1"]
     assert 8.3e9 < fsdp["parameters"] < 8.5e9  # Qwen2-7B 7.62 B + VST q/k/v 0.46 B + CLIP-L cut at -2 0.30 B + projector
     gib = 1024**3
