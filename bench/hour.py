@@ -242,9 +242,12 @@ def stages_alone(run: dict, sets: list[str], scratch: str) -> dict:
 
     stages_dir = os.path.join(os.path.dirname(run["version"]), "_stages")
     shutil.rmtree(scratch, ignore_errors=True)  # a part left there would be reused, not recomputed
+    from vico_pipeline.registry import stage_specs
+
     out = {}
+    dag_stages = {spec.name for spec in stage_specs()}  # not the driver's steps after the DAG (dedup, shards)
     for name in run["stages"]:
-        if name in ("download", "shards") or not run["stages"][name].get("items_in"):
+        if name not in dag_stages or name == "download" or not run["stages"][name].get("items_in"):
             continue
         args = ["--stage-alone", name, "--stages-dir", stages_dir, "--work", os.path.join(scratch, name)]
         args += [a for s in sets for a in ("--set", s)]
