@@ -147,6 +147,8 @@ def test_a_run_with_a_head_start_makes_the_same_version_as_one_without(one_video
         key = [c for c in ("clip_id", "question_id", "clue_id", "video_id") if c in b.column_names][:1]
         if key:
             a, b = a.sort_by([(key[0], "ascending")]), b.sort_by([(key[0], "ascending")])
+        timing = [c for c in b.column_names if c.endswith("latency_s")]  # wall time of a request: never equal
+        a, b = a.drop_columns(timing), b.drop_columns(timing)
         assert a.equals(b), table
 
 
