@@ -257,7 +257,6 @@ def test_ctrl_c_mid_run_shows_the_real_states_and_says_a_rerun_resumes(tmp_path)
     assert not any(row.endswith("done") for row in stage_rows), stage_rows  # nothing finished: nothing done
 
 
-@pytest.mark.xfail(strict=False, reason="not yet seen passing in a full run (issue 20 stays open for it)")
 def test_verbose_in_a_terminal_keeps_rays_output_and_the_stage_lines_apart(tmp_path):
     """`-v`: Ray's own bars and logs in the terminal, vico's stage lines as whole plain lines."""
     status, out = _in_a_terminal(_run_args(tmp_path, str(tmp_path / "out"), "-v", "--set", "ray.status_every_s=0.5"))
