@@ -181,12 +181,17 @@ AUTHOR_RULES = [
 ]
 
 
-def author_name(name: str) -> str:
-    for pattern, repl in AUTHOR_RULES:
+def renamed(name: str, rules: list[tuple[str, str]]) -> str | None:
+    """`name` rewritten by the first of `rules` (pattern, replacement) that matches; None if none does."""
+    for pattern, repl in rules:
         new, n = re.subn(pattern, repl, name)
         if n:
             return new
-    return name
+    return None
+
+
+def author_name(name: str) -> str:
+    return renamed(name, AUTHOR_RULES) or name
 
 
 # Buffers some saved checkpoints carry that the model computes itself.

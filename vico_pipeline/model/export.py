@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import latest_checkpoint, load_for_eval
+from .checkpoint import latest_checkpoint, load_for_eval, renamed
 from .config import ModelUserError
 from .portable import is_portable, write_config
 
@@ -37,11 +36,10 @@ OUR_RULES = [
 
 
 def to_author_name(name: str) -> str:
-    for pattern, repl in OUR_RULES:
-        new, n = re.subn(pattern, repl, name)
-        if n:
-            return new
-    raise ValueError(f"no author name for {name}")
+    new = renamed(name, OUR_RULES)
+    if new is None:
+        raise ValueError(f"no author name for {name}")
+    return new
 
 
 def export_checkpoint(path: str | Path, out: str | Path, dtype: str = "float32") -> Path:
