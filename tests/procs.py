@@ -38,6 +38,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free TCP ports on 127.0.0.1: all are held open together while chosen, so
+    none is handed out twice (one `free_port()` after another may return the same port)."""
+    import socket
+
+    held = [socket.socket() for _ in range(count)]
+    try:
+        for s in held:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
 def transformers_serve(root: Path, model: str | None = None):
     """`transformers serve` on 127.0.0.1 (hub offline, an empty cache), serving `model` (a local
     folder) or, with None, whatever a request names; yields its /v1 base URL and ends it by PID.

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.procs import free_port, pids_with_env
+from tests.procs import free_port, free_ports, pids_with_env
 from vico_pipeline import submit as submit_mod
 from vico_pipeline.cli import main as cli_main
 from vico_pipeline.config import load_config
@@ -35,11 +35,12 @@ VICO = [sys.executable, "-m", "vico_pipeline.cli"]
 NODE_IP = "127.0.0.2"
 
 
-def node_ports() -> list[str]:
-    """Every port a node would otherwise take at a fixed default (other Ray sessions may hold those)."""
-    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
+def node_ports(ports: list[int]) -> list[str]:
+    """Every port a node would otherwise take at a fixed default (other Ray sessions may hold those);
+    `ports`: six distinct free ports."""
+    names = ("dashboard-agent-listen", "dashboard-agent-grpc", "metrics-export", "runtime-env-agent",
+             "node-manager", "object-manager")
+    return [f"--{name}-port={port}" for name, port in zip(names, ports, strict=True)]
 
 
 def _stop(procs: list[subprocess.Popen], marker: str) -> None:
@@ -65,19 +66,20 @@ def cluster():
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    gcs, dashboard = free_port(), free_port()
+    # Distinct ports for both nodes, chosen at once (Ray refuses a port given to two components).
+    gcs, dashboard, client, *ports = free_ports(3 + 12)
     procs = []
     common = ["--block", f"--node-ip-address={NODE_IP}", "--disable-usage-stats", f"--temp-dir={temp}/ray"]
     try:
         procs.append(subprocess.Popen(
             [RAY, "start", "--head", f"--port={gcs}", "--num-cpus=0", "--include-dashboard=true",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-             f"--ray-client-server-port={free_port()}", *node_ports(), *common],
+             f"--ray-client-server-port={client}", *node_ports(ports[:6]), *common],
             env=env, stdout=open(Path(temp, "head.log"), "wb"), stderr=subprocess.STDOUT, start_new_session=True))
         address = f"http://127.0.0.1:{dashboard}"
         _wait_for_job_server(address, env, procs[0], Path(temp, "head.log"))
         procs.append(subprocess.Popen(
-            [RAY, "start", f"--address={NODE_IP}:{gcs}", "--num-cpus=2", *node_ports(), *common],
+            [RAY, "start", f"--address={NODE_IP}:{gcs}", "--num-cpus=2", *node_ports(ports[6:]), *common],
             # Ray refuses a second node when this is 0; the node still binds to 127.0.0.1 only.
             env={**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"},
             stdout=open(Path(temp, "worker.log"), "wb"), stderr=subprocess.STDOUT, start_new_session=True))
