@@ -3,6 +3,7 @@ starts. It must make the same version as a run without it, count its work as thi
 cleanly when the run fails or is interrupted, and leave no process behind."""
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import threading
@@ -75,6 +76,41 @@ def test_a_head_start_finds_cached_parts_and_claims_none_of_them(one_video, tmp_
         assert early.result()
     with headstart.HeadStart(rows, config, roots) as again:  # a resumed run: every part already there
         assert again.result() == {}
+
+
+class _Unavailable(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.requests.append(time.monotonic())
+        self.send_error(503)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_source_that_may_come_back_is_tried_once_and_left_to_the_dag(tmp_path, no_ray_yet):
+    """503 with retries configured: the head start asks once, writes no part and claims nothing,
+    so the DAG retries it with its backoff while the progress table shows it (retrying here held
+    the whole run behind a blank terminal)."""
+    _Unavailable.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text(f"http://127.0.0.1:{server.server_address[1]}/video.mp4\n")
+    try:
+        config = _config(str(manifest), str(tmp_path / "out"), "download.allowed_networks=[127.0.0.0/8]",
+                         "download.retries=5", "download.backoff_s=30")
+        rows = read_manifest(config.sources.manifest)
+        roots, _ = stage_roots_for(config)
+        with headstart.HeadStart(rows, config, roots) as early:
+            done = early.result()
+    finally:
+        server.shutdown()
+        server.server_close()
+    # One attempt of the stage (yt-dlp's own request retry inside it may ask twice), not 6 attempts.
+    assert done == {} and 1 <= len(_Unavailable.requests) <= 2, _Unavailable.requests
+    unit = download_unit(rows[0]["url"])
+    assert not os.path.exists(layout.part_uri(roots["download"], unit))
+    assert not os.path.exists(layout.errors_uri(roots["download"], unit))
 
 
 def test_no_head_start_when_off_or_when_ray_is_up(one_video, tmp_path, monkeypatch):

@@ -12,6 +12,11 @@ handed to the DAG's runners (`done_here`: {part uri: stats}) and reported as thi
 run's work, not as cached parts: the manifest, the summary and the progress lines
 read as they would without a head start.
 
+The head start tries each download once. A source that fails for a reason that
+may pass (throttled, 5xx, a timeout) is left to the DAG, which retries it with the
+configured backoff while the progress table shows it: retries here would hold up
+the whole run behind a blank terminal.
+
 Ray itself still starts on the main thread (it installs its signal handlers
 there). When the start fails, or the user interrupts it, the head start stops at
 the next clip (its ffmpeg is killed) and writes no half part.
@@ -22,9 +27,9 @@ import os
 import threading
 import time
 
-from vico_pipeline.pipeline import DownloadRunner, StageRunner, download_unit, write_part
+from vico_pipeline.pipeline import DownloadRunner, StageRunner, download_unit, transient_failure, write_part
 from vico_pipeline.registry import stage_specs
-from vico_pipeline import layout
+from vico_pipeline import layout, storage
 
 HEAD_START_STAGES = ("download", "frames")  # what a video needs before anything that uses a model
 # Ray's start comes first: its raylet has 30 s to register, which a loaded machine can miss. The
@@ -109,15 +114,23 @@ class HeadStart:
             pass
         try:
             specs = {spec.name: spec for spec in stage_specs()}
-            download = DownloadRunner(specs["download"], config, stage_roots["download"])
+            # One attempt: a source that fails is left to the DAG, which retries it with the configured
+            # backoff while the progress table shows it (here, retries would hold up the whole run).
+            one_try = config.model_copy(update={"download": config.download.model_copy(update={"retries": 0})})
+            download = DownloadRunner(specs["download"], one_try, stage_roots["download"])
             later = [_StoppableRunner(specs[name], config, stage_roots[name], self.stop)
                      for name in HEAD_START_STAGES[1:] if _runs_here(specs[name], config)]
             for line in lines:
                 if self.stop.is_set():
                     return
                 rows = download(line)
-                self._record("download", layout.part_uri(stage_roots["download"], download_unit(line["url"])),
-                             rows[0])
+                part = layout.part_uri(stage_roots["download"], download_unit(line["url"]))
+                errors = layout.errors_uri(stage_roots["download"], download_unit(line["url"]))
+                if transient_failure(part, errors):  # throttled, 5xx, a timeout: the DAG tries again
+                    storage.remove(part)
+                    storage.remove(errors)
+                    return
+                self._record("download", part, rows[0])
                 for row in rows:
                     for runner in later:
                         row = runner(row)
