@@ -204,3 +204,26 @@ def test_a_mistake_found_after_ray_starts_is_one_line_and_leaves_no_process(one_
     while pids_with_env(marker) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert pids_with_env(marker) == []
+
+
+def test_full_speed_gives_the_head_starts_decode_back_its_niceness(one_video, tmp_path, no_ray_yet):
+    """Niced while Ray starts; once Ray is up (`full_speed`), its thread and its ffmpeg run at the
+    run's own niceness (lowering a niceness needs root: CI and this machine run as root)."""
+    if os.geteuid() != 0:
+        pytest.skip("lowering a niceness needs root")
+    config = _config(one_video, str(tmp_path / "out"))
+    rows = read_manifest(config.sources.manifest)
+    roots, _ = stage_roots_for(config)
+    seen = []
+    with headstart.HeadStart(rows, config, roots) as early:
+        while early.native_id is None:
+            time.sleep(0.01)
+        seen.append(os.getpriority(os.PRIO_PROCESS, early.native_id))
+        early.full_speed()
+        seen.append(os.getpriority(os.PRIO_PROCESS, early.native_id))
+        children = headstart._children()
+        seen.append({os.getpriority(os.PRIO_PROCESS, pid) for pid in children if os.path.exists(f"/proc/{pid}")})
+        early.result()
+    own = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    assert seen[0] == own + headstart.NICENESS or seen[0] == 19
+    assert seen[1] == own and seen[2] <= {own}

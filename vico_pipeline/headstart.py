@@ -78,6 +78,7 @@ class HeadStart:
         self.error: BaseException | None = None
         self.seconds: float | None = None  # how long the head start worked (None: there was none)
         self.stop = threading.Event()
+        self.native_id: int | None = None  # the head start thread's id (Linux: its own niceness)
         count = config.ray.head_start_videos
         if not count or ray_ready() or cluster_address(config.ray):
             self.thread = None
@@ -98,6 +99,21 @@ class HeadStart:
             self.stop.set()  # the run failed or was interrupted: no more work, and no half part
             self.thread.join(timeout=10)
 
+    def full_speed(self) -> None:
+        """Ray is up: the head start no longer competes with its start. Its thread and the
+        processes it started (its ffmpeg) go back to the run's own niceness, so that the rest of
+        the decode, now the critical path, is not left to whatever else runs on the machine."""
+        if self.thread is None or self.native_id is None:
+            return
+        own = _niceness(os.getpid())
+        # Its thread, the threads it made (they inherit its niceness), and the processes it started.
+        for ident in {self.native_id, *_threads(), *_children()}:
+            try:
+                if os.getpriority(os.PRIO_PROCESS, ident) > own:
+                    os.setpriority(os.PRIO_PROCESS, ident, own)
+            except OSError:  # gone meanwhile, or no right to lower a niceness (not root): leave it
+                pass
+
     def result(self) -> dict[str, dict]:
         """Waits for the head start; {part uri: stats} of the parts it wrote (for the DAG's runners)."""
         if self.thread is not None:
@@ -108,10 +124,12 @@ class HeadStart:
 
     def _work(self, lines: list[dict], config, stage_roots: dict[str, str]) -> None:
         started = time.perf_counter()
+        native_id = threading.get_native_id()
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
+            os.setpriority(os.PRIO_PROCESS, native_id, NICENESS)
         except (AttributeError, OSError):  # not Linux: the same work, at the same priority
             pass
+        self.native_id = native_id  # set once niced: full_speed() may undo it from now on
         try:
             specs = {spec.name: spec for spec in stage_specs()}
             # One attempt: a source that fails is left to the DAG, which retries it with the configured
@@ -148,6 +166,33 @@ class HeadStart:
         stats = json.loads(row["stats"]).get(stage)
         if stats is not None and not stats.get("cached"):  # a part found before this run stays "cached"
             self.done[part] = stats
+
+
+def _niceness(pid: int) -> int:
+    try:
+        return os.getpriority(os.PRIO_PROCESS, pid)
+    except (AttributeError, OSError):
+        return 0
+
+
+def _threads() -> list[int]:
+    """This process's threads (Linux /proc; none elsewhere)."""
+    try:
+        return [int(task) for task in os.listdir("/proc/self/task")]
+    except OSError:
+        return []
+
+
+def _children() -> list[int]:
+    """The processes this process started (Linux /proc; none elsewhere)."""
+    pids: list[int] = []
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as handle:
+                pids += [int(p) for p in handle.read().split()]
+    except OSError:
+        pass
+    return pids
 
 
 def _runs_here(spec, config) -> bool:

@@ -103,6 +103,7 @@ def _run(config, log, retry_failed: bool, heartbeats: list) -> str:
         with HeadStart(manifest_rows, config, roots) as early:  # the first video's decode while Ray starts
             log("starting Ray…")  # its start takes seconds: say so before, not after
             log(init_ray(config.ray))
+            early.full_speed()  # Ray is up: the head start's decode is now the critical path
             configure_data_context(config.ray.progress)
             from vico_pipeline.resources import check_resources
             check_resources(config, log)  # actor pools that take every CPU would hang the run: say so instead
