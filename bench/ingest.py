@@ -9,8 +9,10 @@ Ratio (a)/(b); goal <= 1.15.
     manifest naming that one video, as a user types it: process start, Ray's start,
     the DAG, assembly, shards. Its wall time over (b) is the whole-run ratio (goal
     <= 1.5); the DAG's own seconds (manifest phases_s.stages) over (b) is the stage ratio.
-    Twice, interleaved: with the head start (the default: the video's download and decode
-    run while Ray starts, vico_pipeline/headstart.py) and without (ray.head_start_videos=0).
+    Three ways, interleaved: the default (one file and no model stage: the whole run in
+    this process, no Ray: ray.inline_one_file), and on Ray (ray.inline_one_file=false)
+    with the head start (the video's download and decode run while Ray starts,
+    vico_pipeline/headstart.py) and without (ray.head_start_videos=0).
     Where the time goes: the process start (wall - manifest seconds), phases_s.start
     (manifest, claim, Ray's start, waiting for the head start), the DAG, assembly, shards.
 Then the end-to-end `vico run` of the demo against the sum of its stages' own
@@ -72,7 +74,14 @@ def bare_decode(path: str, config) -> float:
     return time.perf_counter() - start
 
 
-def one_run(manifest: str, out: str, head_start_videos: int) -> dict:
+MODES = {  # name: settings
+    "default": [],  # one file, no model: in this process, no Ray (ray.inline_one_file)
+    "ray_head_start": ["ray.inline_one_file=false", "ray.head_start_videos=1"],
+    "ray_no_head_start": ["ray.inline_one_file=false", "ray.head_start_videos=0"],
+}
+
+
+def one_run(manifest: str, out: str, settings: list[str]) -> dict:
     """One `vico run` on `manifest` into a fresh output root (nothing cached): its wall time and phases."""
     import shutil
 
@@ -81,7 +90,7 @@ def one_run(manifest: str, out: str, head_start_videos: int) -> dict:
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "vico_pipeline.cli", "run", "configs/demo.yaml",
                            "--set", f"sources.manifest={manifest}", "--set", f"output.root={out}",
-                           "--set", f"ray.head_start_videos={head_start_videos}"],
+                           *[arg for setting in settings for arg in ("--set", setting)]],
                           cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode not in (0, 3):  # 3: no question (template clues on a test pattern may find none)
@@ -94,16 +103,16 @@ def one_run(manifest: str, out: str, head_start_videos: int) -> dict:
 
 
 def whole_run(path: str, work: str, floors: list[float], repeat: int, config) -> dict:
-    """`vico run` on a manifest naming `path`, with and without the head start, interleaved with
-    bare decodes (added to `floors`) so all see the same machine; the best of `repeat` each."""
+    """`vico run` on a manifest naming `path`, in each of MODES, interleaved with bare decodes
+    (added to `floors`) so all see the same machine; the best of `repeat` each."""
     manifest = os.path.join(work, "one-video.txt")
     with open(manifest, "w") as handle:
         handle.write(path + "\n")
-    runs: dict[str, list[dict]] = {"head_start": [], "no_head_start": []}
+    runs: dict[str, list[dict]] = {name: [] for name in MODES}
     for attempt in range(repeat):
-        for name, videos in (("no_head_start", 0), ("head_start", 1)):
+        for name, settings in MODES.items():
             for retry in range(3):  # a run whose Ray did not start (a loaded machine) is tried again
-                result = one_run(manifest, os.path.join(work, f"run-{name}-{attempt}"), videos)
+                result = one_run(manifest, os.path.join(work, f"run-{name}-{attempt}"), settings)
                 if "failed" not in result:
                     break
             runs[name].append(result)
@@ -117,8 +126,8 @@ def whole_run(path: str, work: str, floors: list[float], repeat: int, config) ->
             continue
         out[name] = {**best, "whole_run_ratio": round(best["wall_s"] / floor_s, 3),
                      "stage_ratio": round(best["stages"] / floor_s, 3), "walls_s": [r["wall_s"] for r in results]}
-    if "wall_s" in out["head_start"] and "wall_s" in out["no_head_start"]:
-        out["after_over_before"] = round(out["head_start"]["wall_s"] / out["no_head_start"]["wall_s"], 3)
+    if "wall_s" in out["ray_head_start"] and "wall_s" in out["ray_no_head_start"]:
+        out["head_start_over_none"] = round(out["ray_head_start"]["wall_s"] / out["ray_no_head_start"]["wall_s"], 3)
     return out
 
 

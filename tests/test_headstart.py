@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import threading
 import time
 
@@ -159,33 +160,58 @@ def test_an_interrupted_head_start_stops_its_decode_and_writes_no_half_part(one_
 
 @pytest.mark.slow
 def test_a_run_with_a_head_start_makes_the_same_version_as_one_without(one_video, tmp_path, vico):
-    versions = {}
-    for videos in (1, 0):
-        out = tmp_path / f"out{videos}"
+    """Three ways to one version of one file: on Ray with the head start, on Ray without it, and
+    the default, which runs a one-file run without a model in this process (no Ray at all)."""
+    modes = {"head_start": ["ray.inline_one_file=false", "ray.head_start_videos=1"],
+             "none": ["ray.inline_one_file=false", "ray.head_start_videos=0"],
+             "in_process": []}
+    versions, said = {}, {}
+    for mode, settings in modes.items():
+        out = tmp_path / f"out-{mode}"
         proc = vico("run", "configs/demo.yaml", "--set", f"sources.manifest={one_video}", "--set", f"output.root={out}",
-                    "--set", f"ray.head_start_videos={videos}", "--set", "ray.num_cpus=2",
+                    "--set", "ray.num_cpus=2", *[a for s in settings for a in ("--set", s)],
                     env={"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
         assert proc.returncode in (0, 3), proc.stderr
-        versions[videos] = proc.stdout.strip().splitlines()[-1]
+        versions[mode], said[mode] = proc.stdout.strip().splitlines()[-1], proc.stderr
+    assert "starting Ray…" in said["head_start"] and "starting Ray…" in said["none"]
+    assert "starting Ray…" not in said["in_process"] and "ray: not started; one file" in said["in_process"]
+    assert re.search(r"frames\s+1/1\s+videos.*done", said["in_process"])  # its progress lines, as on Ray
     manifests = {k: json.load(open(os.path.join(v, "manifest.json"))) for k, v in versions.items()}
-    on, off = manifests[1], manifests[0]
-    assert on["phases_s"]["head_start"] > 0 and "head_start" not in off["phases_s"]
-    assert on["fingerprint"] == off["fingerprint"] and on["stage_fingerprints"] == off["stage_fingerprints"]
-    assert on["reused"] == off["reused"] == {}
-    for stage in off["stages"]:  # the head start's work counted as this run's, not as cached parts
-        for key in ("items_in", "items_out", "failed", "cached", "error_types"):
-            assert on["stages"][stage].get(key) == off["stages"][stage].get(key), (stage, key)
-    assert on["stages"]["frames"]["seconds"] > 0
-    assert on["tables"].keys() == off["tables"].keys()
-    for table in off["tables"]:
-        a = pq.read_table(layout.table_dir(versions[1], table))
-        b = pq.read_table(layout.table_dir(versions[0], table))
-        key = [c for c in ("clip_id", "question_id", "clue_id", "video_id") if c in b.column_names][:1]
-        if key:
-            a, b = a.sort_by([(key[0], "ascending")]), b.sort_by([(key[0], "ascending")])
-        timing = [c for c in b.column_names if c.endswith("latency_s")]  # wall time of a request: never equal
-        a, b = a.drop_columns(timing), b.drop_columns(timing)
-        assert a.equals(b), table
+    off = manifests["none"]
+    assert manifests["head_start"]["phases_s"]["head_start"] > 0 and "head_start" not in off["phases_s"]
+    for mode in ("head_start", "in_process"):
+        on = manifests[mode]
+        assert on["fingerprint"] == off["fingerprint"] and on["stage_fingerprints"] == off["stage_fingerprints"]
+        assert on["reused"] == off["reused"] == {}
+        for stage in off["stages"]:  # the head start's work counted as this run's, not as cached parts
+            for key in ("items_in", "items_out", "failed", "cached", "error_types"):
+                assert on["stages"][stage].get(key) == off["stages"][stage].get(key), (mode, stage, key)
+        assert on["stages"]["frames"]["seconds"] > 0
+        assert on["tables"].keys() == off["tables"].keys()
+        for table in off["tables"]:
+            a = pq.read_table(layout.table_dir(versions[mode], table))
+            b = pq.read_table(layout.table_dir(versions["none"], table))
+            key = [c for c in ("clip_id", "question_id", "clue_id", "video_id") if c in b.column_names][:1]
+            if key:
+                a, b = a.sort_by([(key[0], "ascending")]), b.sort_by([(key[0], "ascending")])
+            timing = [c for c in b.column_names if c.endswith("latency_s")]  # wall time of a request: never equal
+            a, b = a.drop_columns(timing), b.drop_columns(timing)
+            assert a.equals(b), (mode, table)
+
+
+def test_one_file_runs_in_process_only_without_models_urls_or_a_cluster(one_video, monkeypatch):
+    from vico_pipeline.inline import one_file_work
+
+    rows = read_manifest(one_video)
+    config = _config(one_video, "/tmp/unused")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert one_file_work(rows, config) and set(one_file_work(rows, config)) >= {"download", "frames", "caption"}
+    two = rows + [{**rows[0], "url": rows[0]["url"] + ".copy.mp4"}]
+    url = [{**rows[0], "url": "https://example.com/watch?v=x"}]  # may be a playlist of many videos
+    assert one_file_work(two, config) is None and one_file_work(url, config) is None
+    for more in (["ray.inline_one_file=false"], ["ray.inline_max_videos=0"], ["ray.address=127.0.0.1:6379"],
+                 ["caption.engine=openai", "caption.model=m", "caption.base_url=http://127.0.0.1:9/v1"]):
+        assert one_file_work(rows, _config(one_video, "/tmp/unused", *more)) is None, more
 
 
 def test_a_mistake_found_after_ray_starts_is_one_line_and_leaves_no_process(one_video, tmp_path, vico):

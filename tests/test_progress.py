@@ -121,7 +121,8 @@ def _manifest(tmp_path) -> str:
 
 def _run_args(tmp_path, root: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "vico_pipeline.cli", "run", "configs/demo.yaml",
-            "--set", f"sources.manifest={_manifest(tmp_path)}", "--set", f"output.root={root}", *extra]
+            "--set", f"sources.manifest={_manifest(tmp_path)}", "--set", f"output.root={root}",
+            "--set", "ray.inline_max_videos=0", *extra]  # one file would run without Ray: these test Ray's run
 
 
 def test_piped_progress_exit_3_and_the_last_lines(tmp_path):

@@ -140,6 +140,7 @@ def test_run_on_s3_resumes_after_a_kill_and_reads_back(s3, s3_manifest, capsys):
         deadline = time.monotonic() + 300  # a hang guard, not an assertion about speed
         killed_parts: list[str] = []
         while time.monotonic() < deadline and first.poll() is None:
+            raw.invalidate_cache()  # s3fs keeps listings: an empty one seen early would be seen again
             killed_parts = raw.glob(f"{BUCKET}/out/demo/_stages/frames-*/parts/*.parquet")
             if killed_parts:
                 break

@@ -56,6 +56,10 @@ class RayConfig(Section):
     # have work left for at most this many videos: a clue-only regeneration skips Ray's start-up.
     # 0: always use Ray.
     inline_max_videos: int = Field(default=64, ge=0)
+    # Run without Ray, in this process, when the manifest names one local or object-store file and
+    # no stage needs a model actor or a GPU: one video's decode is one task, so Ray would add only
+    # its start (vico_pipeline/inline.py one_file_work). `inline_max_videos: 0` turns this off too.
+    inline_one_file: bool = True
     # Embedded local Ray only: while it starts, download and decode this many videos (the first
     # of the manifest) in the driver; the DAG goes on from their parts (vico_pipeline/headstart.py).
     # 0: the DAG does all the work.

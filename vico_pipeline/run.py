@@ -55,7 +55,7 @@ def _run(config, log, retry_failed: bool, heartbeats: list) -> str:
     With `retry_failed`, a complete version of the same config whose downloads failed for
     reasons that may pass (throttled, 5xx, timeouts) is not the answer: a new version
     retries those downloads and reuses everything else."""
-    from vico_pipeline.inline import describe as describe_inline, light_work, run_inline
+    from vico_pipeline.inline import HEAVY_STAGES, describe as describe_inline, light_work, one_file_work, run_inline
     from vico_pipeline.pipeline import run_stages, stage_roots_for
     from vico_pipeline.headstart import HeadStart
     from vico_pipeline.runtime import configure_data_context, init_ray
@@ -97,6 +97,8 @@ def _run(config, log, retry_failed: bool, heartbeats: list) -> str:
 
     roots, stage_fps = stage_roots_for(config)
     light = None if ray_ready() else light_work(manifest_rows, config, roots)
+    if light is None and not ray_ready():
+        light = one_file_work(manifest_rows, config)  # one video and no model: Ray would add only its start
     done_here: dict = {}
     head_start_s = None
     if light is None:
@@ -114,7 +116,7 @@ def _run(config, log, retry_failed: bool, heartbeats: list) -> str:
     log(f"{'resuming' if resumed else 'writing'} {version_root} from {len(manifest_rows)} manifest lines")
     t_dag = time.time()
     refs = run_stages(manifest_rows, config, roots, log=log, done_here=done_here) if light is None \
-        else run_inline(manifest_rows, config, roots)
+        else run_inline(manifest_rows, config, roots, log=log, progress=any(s in light for s in HEAVY_STAGES))
     dropped, dedup_s = {}, 0.0
     if config.dedup.enabled:  # one copy of each video (vico_pipeline/dedup.py)
         refs, dropped, dedup_s = drop_duplicates(version_root, refs)
