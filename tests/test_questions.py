@@ -322,3 +322,12 @@ def test_next_event_distractors_share_as_many_words_as_the_answer(per_task):
     rates, total = _trivial_rule_rates("next_event", per_task)
     assert total > 600
     assert abs(rates["overlap"] - 0.25) < 0.05, rates
+
+
+def test_every_task_has_at_least_five_distinct_wordings():
+    """Issue 19: varied wording. Each task's question has five or more templates, each answer line
+    five or more, and no two are the same text."""
+    from stages.questions import ANSWER_LINES, TEMPLATES
+
+    for name, wordings in {**TEMPLATES, **ANSWER_LINES}.items():
+        assert len(wordings) >= 5 and len(set(wordings)) == len(wordings), name
