@@ -4,6 +4,7 @@ cropped by 5% and trimmed by 10 s, and no match among 20 different demo videos; 
 longest copy and drops the other with a `duplicate_of` error row."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
@@ -89,3 +90,32 @@ def test_a_run_drops_the_shorter_copy_with_a_duplicate_of_row(demo_files, tmp_pa
     assert (error["stage"], error["error_type"]) == ("dedup", "duplicate_of") and "orig" in error["message"]
     assert [r for r in out if r["video_id"] != "copy"] == [r for r in refs if r["video_id"] != "copy"]
     assert os.path.basename(os.path.dirname(json.loads(copy_row["error_parts"])[0])) == ".dedup"
+
+
+def test_vico_run_keeps_one_copy_of_a_reuploaded_video(demo_files, tmp_path):
+    """Through `vico run` (issue 19: on the demo and in CI): a manifest of a video, its trimmed,
+    cropped, re-encoded copy and another video. The copy is dropped with a `duplicate_of` row and
+    says so on stderr; no question, shard row or export record comes from it."""
+    import pyarrow.parquet as pq
+
+    from tests.conftest import run_vico
+
+    paths, copy = demo_files
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text(f"{paths[0]}\n{copy}\n{paths[1]}\n")
+    done = run_vico("run", "configs/demo.yaml", "--set", f"sources.manifest={manifest}",
+                    "--set", f"output.root={tmp_path / 'out'}", "--set", "ray.progress=false",
+                    env={"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    version = done.stdout.strip().splitlines()[-1]
+    videos = pq.read_table(os.path.join(version, "videos")).to_pylist()
+    ids = {os.path.basename(v["source"]): v["video_id"] for v in videos}
+    orig, dup, other = ids["demo-00.mp4"], ids["reupload.mp4"], ids["demo-01.mp4"]
+    assert f"dedup: video {dup} is a copy of {orig}: dropped (kept {orig})" in done.stderr
+    errors = pq.read_table(os.path.join(version, "errors")).to_pylist()
+    assert [(e["item_id"], e["error_type"]) for e in errors if e["stage"] == "dedup"] == [(dup, "duplicate_of")]
+    asked = {q["video_id"] for q in pq.read_table(os.path.join(version, "questions")).to_pylist()}
+    assert dup not in asked and {orig, other} <= asked
+    shard_ids = {row["video_id"] for path in glob.glob(os.path.join(version, "shards", "*", "*.parquet"))
+                 for row in pq.read_table(path, columns=["video_id"]).to_pylist()}
+    assert dup not in shard_ids and orig in shard_ids
