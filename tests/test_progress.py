@@ -266,3 +266,46 @@ def test_verbose_in_a_terminal_keeps_rays_output_and_the_stage_lines_apart(tmp_p
     finals = {re.match(r"^\[\s*[\d:]+\] (\w+)", ln).group(1): ln for ln in ours}
     assert set(STAGES) <= set(finals) and all(line.rstrip().endswith("done") for line in finals.values())
     assert "no video produced a question" in [ln for ln in plain if ln.strip()][-1]
+
+
+def test_ctrl_c_in_a_run_without_ray_keeps_no_half_part_and_the_rerun_resumes(tmp_path):
+    """One file, no model stage: the run is in the driver (ray.inline_one_file). Ctrl-C mid-decode
+    ends it with 130 and the resume line, writes no frames part, leaves no ffmpeg; the rerun
+    keeps the download part and finishes."""
+    import glob
+
+    from tests.media import testsrc
+
+    video = testsrc(str(tmp_path / "long.mp4"), 180, size="1280x720", rate=30)  # seconds to decode
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text(f"{video}\n")
+    args = [sys.executable, "-m", "vico_pipeline.cli", "run", "configs/demo.yaml", "--set", f"sources.manifest={manifest}",
+            "--set", f"output.root={tmp_path}/out"]
+    # Ctrl-C once the download is done: the decode is then under way.
+    status, out = _in_a_terminal(args, interrupt_at=b"\x1b[2Kdownload       1/1", limit_s=300)
+    assert status == 130, out[-3000:]
+    lines = [ln for ln in ANSI.sub("", out).replace("\r", "\n").splitlines() if ln.strip()]
+    assert lines[0].startswith("ray: not started; one file") and "starting Ray…" not in lines
+    assert "interrupted" in lines[-1] and "resume" in lines[-1], lines[-5:]
+    assert re.search(r"frames\s+0/1\s+videos.*stopped$", [ln for ln in lines if ln.startswith("frames")][-1])
+    stages = f"{tmp_path}/out/demo/_stages"
+    assert glob.glob(f"{stages}/download-*/parts/*.parquet") and not glob.glob(f"{stages}/frames-*/parts/*.parquet")
+    assert not _processes_naming(video)  # no ffmpeg left decoding it
+    again = subprocess.run(args + ["--set", "ray.progress=false"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode in (0, 3), again.stderr[-3000:]
+    manifest_json = json.load(open(os.path.join(again.stdout.strip().splitlines()[-1], "manifest.json")))
+    assert manifest_json["stages"]["download"]["cached"] == 1 and manifest_json["stages"]["frames"]["cached"] == 0
+
+
+def _processes_naming(text: str) -> list[int]:
+    """PIDs whose command line holds `text`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if text.encode() in handle.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
