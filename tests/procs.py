@@ -6,19 +6,29 @@ import signal
 from pathlib import Path
 
 
-def pids_with_env(marker: str) -> list[int]:
-    """PIDs whose environment names `marker` (e.g. the test's Ray temp dir): Ray workers rename
-    themselves and live in process groups of their own, but keep their environment."""
+def _pids_whose(file: str, text: str) -> list[int]:
+    """PIDs (other than this one) whose /proc/PID/`file` holds `text`."""
     out = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) != os.getpid():
             try:
-                environ = Path("/proc", entry, "environ").read_bytes()
+                content = Path("/proc", entry, file).read_bytes()
             except OSError:
                 continue
-            if marker.encode() in environ:
+            if text.encode() in content:
                 out.append(int(entry))
     return out
+
+
+def pids_with_env(marker: str) -> list[int]:
+    """PIDs whose environment names `marker` (e.g. the test's Ray temp dir): Ray workers rename
+    themselves and live in process groups of their own, but keep their environment."""
+    return _pids_whose("environ", marker)
+
+
+def pids_with_cmdline(text: str) -> list[int]:
+    """PIDs whose command line holds `text` (e.g. the path of the video an ffmpeg decodes)."""
+    return _pids_whose("cmdline", text)
 
 
 def kill_with_env(marker: str) -> None:
@@ -31,11 +41,7 @@ def kill_with_env(marker: str) -> None:
 
 def free_port() -> int:
     """A free TCP port on 127.0.0.1."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def free_ports(count: int) -> list[int]:

@@ -275,6 +275,7 @@ def test_ctrl_c_in_a_run_without_ray_keeps_no_half_part_and_the_rerun_resumes(tm
     import glob
 
     from tests.media import testsrc
+    from tests.procs import pids_with_cmdline
 
     video = testsrc(str(tmp_path / "long.mp4"), 180, size="1280x720", rate=30)  # seconds to decode
     manifest = tmp_path / "manifest.txt"
@@ -290,22 +291,9 @@ def test_ctrl_c_in_a_run_without_ray_keeps_no_half_part_and_the_rerun_resumes(tm
     assert re.search(r"frames\s+0/1\s+videos.*stopped$", [ln for ln in lines if ln.startswith("frames")][-1])
     stages = f"{tmp_path}/out/demo/_stages"
     assert glob.glob(f"{stages}/download-*/parts/*.parquet") and not glob.glob(f"{stages}/frames-*/parts/*.parquet")
-    assert not _processes_naming(video)  # no ffmpeg left decoding it
+    assert not pids_with_cmdline(video)  # no ffmpeg left decoding it
     again = subprocess.run(args + ["--set", "ray.progress=false"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode in (0, 3), again.stderr[-3000:]
     manifest_json = json.load(open(os.path.join(again.stdout.strip().splitlines()[-1], "manifest.json")))
     assert manifest_json["stages"]["download"]["cached"] == 1 and manifest_json["stages"]["frames"]["cached"] == 0
 
-
-def _processes_naming(text: str) -> list[int]:
-    """PIDs whose command line holds `text`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    if text.encode() in handle.read():
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found

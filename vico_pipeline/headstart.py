@@ -28,6 +28,7 @@ import threading
 import time
 
 from vico_pipeline.pipeline import DownloadRunner, StageRunner, download_unit, transient_failure, write_part
+from vico_pipeline.inline import runs_in_driver
 from vico_pipeline.registry import stage_specs
 from vico_pipeline import layout, storage
 
@@ -137,13 +138,13 @@ class HeadStart:
             one_try = config.model_copy(update={"download": config.download.model_copy(update={"retries": 0})})
             download = DownloadRunner(specs["download"], one_try, stage_roots["download"])
             later = [_StoppableRunner(specs[name], config, stage_roots[name], self.stop)
-                     for name in HEAD_START_STAGES[1:] if _runs_here(specs[name], config)]
+                     for name in HEAD_START_STAGES[1:] if runs_in_driver(specs[name], config)]
             for line in lines:
                 if self.stop.is_set():
                     return
                 rows = download(line)
-                part = layout.part_uri(stage_roots["download"], download_unit(line["url"]))
-                errors = layout.errors_uri(stage_roots["download"], download_unit(line["url"]))
+                unit = download_unit(line["url"])
+                part, errors = layout.part_uri(stage_roots["download"], unit), layout.errors_uri(stage_roots["download"], unit)
                 if transient_failure(part, errors):  # throttled, 5xx, a timeout: the DAG tries again
                     storage.remove(part)
                     storage.remove(errors)
@@ -186,19 +187,13 @@ def _threads() -> list[int]:
 def _children() -> list[int]:
     """The processes this process started (Linux /proc; none elsewhere)."""
     pids: list[int] = []
-    try:
-        for task in os.listdir("/proc/self/task"):
+    for task in _threads():
+        try:
             with open(f"/proc/self/task/{task}/children") as handle:
                 pids += [int(p) for p in handle.read().split()]
-    except OSError:
-        pass
+        except OSError:  # the thread ended meanwhile
+            pass
     return pids
-
-
-def _runs_here(spec, config) -> bool:
-    """A plain task stage (no actor, no GPU): one the driver can run as a worker would."""
-    res = spec.resources(config)
-    return not res.get("actor") and not res.get("num_gpus")
 
 
 __all__ = ["HeadStart", "HEAD_START_STAGES"]

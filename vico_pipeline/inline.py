@@ -22,9 +22,14 @@ from vico_pipeline.registry import stage_specs
 HEAVY_STAGES = ("download", "frames")  # network and video decoding: always worth Ray's workers
 
 
-def is_light(spec, config) -> bool:
+def runs_in_driver(spec, config) -> bool:
+    """A plain task stage (no model actor, no GPU): one the driver can run as a worker would."""
     res = spec.resources(config)
-    return spec.name not in HEAVY_STAGES and not res.get("actor") and not res.get("num_gpus")
+    return not res.get("actor") and not res.get("num_gpus")
+
+
+def is_light(spec, config) -> bool:
+    return spec.name not in HEAVY_STAGES and runs_in_driver(spec, config)
 
 
 def light_work(manifest_rows: list[dict], config, stage_roots: dict[str, str]) -> dict[str, int] | None:
@@ -76,10 +81,8 @@ def one_file_work(manifest_rows: list[dict], config) -> dict[str, int] | None:
     if len(units) != 1 or source_kind(manifest_rows[0]["url"]) not in ("file", "store"):
         return None
     specs = stage_specs()
-    for spec in specs:
-        res = spec.resources(config)
-        if res.get("actor") or res.get("num_gpus"):
-            return None
+    if not all(runs_in_driver(spec, config) for spec in specs):
+        return None
     return {spec.name: 1 for spec in specs}
 
 

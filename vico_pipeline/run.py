@@ -96,9 +96,11 @@ def _run(config, log, retry_failed: bool, heartbeats: list) -> str:
     heartbeats.append(heartbeat.start())
 
     roots, stage_fps = stage_roots_for(config)
-    light = None if ray_ready() else light_work(manifest_rows, config, roots)
-    if light is None and not ray_ready():
-        light = one_file_work(manifest_rows, config)  # one video and no model: Ray would add only its start
+    light = None  # {stage: videos} of work to run in this process, without Ray (inline.py)
+    if not ray_ready():
+        light = light_work(manifest_rows, config, roots)  # {}: nothing left to do, still no Ray
+        if light is None:
+            light = one_file_work(manifest_rows, config)  # one video and no model: Ray would add only its start
     done_here: dict = {}
     head_start_s = None
     if light is None:
