@@ -87,6 +87,31 @@ def test_two_fsdp_workers_match_one_process_hold_half_and_resume_with_one(tmp_pa
     assert len(losses(resumed)) == 3 and abs(step3 - b[2]) < 1e-4
 
 
+def test_fsdp_workers_whose_samples_differ_in_length_match_one_process(tmp_path, tiny_model_config):
+    """Real samples differ in length: one worker's sample here has 4 windows, the other's 1. Every
+    FSDP unit all-gathers each time it runs, so the shorter one runs idle windows (`VideoXL.idle`);
+    without them gloo fails with "Received data size doesn't match expected size" (checked).
+    The losses still equal one process's, so the idle windows change nothing."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    version = write_shards(tmp_path / "v1", n_train=2, n_frames=8, questions_per_video=1)
+    part = version / "shards" / "train" / "part-00000.parquet"
+    rows = pq.read_table(part).to_pylist()
+    rows[1] |= {"frames": rows[1]["frames"][:2], "frame_times_s": rows[1]["frame_times_s"][:2], "duration_s": 2.0}
+    pq.write_table(pa.Table.from_pylist(rows), part)
+    common = COMMON | {"max_frames": 8, "max_steps": 3, "checkpoint_every": 3, "activation_checkpointing": True}
+    mcfg = tiny_model_config()
+    one = run_training(mcfg, TrainConfig(data=str(version), output=str(tmp_path / "one"), grad_accum=2, **common))
+    two = run_training(mcfg, TrainConfig(data=str(version), output=str(tmp_path / "two"), strategy="fsdp", workers=2,
+                                         grad_accum=1, **common), launch=spawn_workers)
+    a, b = losses(one), losses(two)
+    print(f"ddp x1 losses {a}\nfsdp x2 losses {b}")
+    assert len(a) == len(b) == 3 and max(abs(x - y) for x, y in zip(a, b)) < 1e-4
+    frames = [json.loads(line)["frames"] for line in (two / "metrics.jsonl").read_text().splitlines()]
+    assert frames == [10, 10, 10], frames  # 8 + 2 real frames a step; idle frames are not counted
+
+
 def test_vico_train_fsdp_on_two_workers_resumes_a_one_process_run(tmp_path):
     """The real CLI with train.strategy=fsdp and train.workers=2 (Ray Train, gloo), going on from a
     one-process run's step-2 checkpoint: step 3's loss equals the one-process run's own step 3."""

@@ -63,6 +63,18 @@ def shard(model: nn.Module, world: int, device: torch.device, bf16: bool, cpu_of
     return model
 
 
+def idle_windows(windows: int, strategy: str, world: int, device: torch.device) -> int:
+    """How many idle windows this worker's micro-step runs (`VideoXL.idle`): with fsdp over several
+    workers, the most windows any worker's sample has, less this one's; otherwise 0."""
+    if strategy != "fsdp" or world <= 1:
+        return 0
+    import torch.distributed as dist
+
+    most = torch.tensor([windows], dtype=torch.int64, device=device)
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    return int(most.item()) - windows
+
+
 def gradient_sync(train_model: nn.Module, sync: bool):
     """A context for one micro-step: gradients are reduced across workers only when `sync`
     (the last micro-step of gradient accumulation)."""

@@ -25,7 +25,7 @@ from .data import QuestionSamples, ShardRows, load_tokenizer, stand_in_engines, 
 from .freeze import freeze, frozen_parts, init_checkpoint, param_groups
 from .loader import FrameLayout, PositionSamples, training_samples
 from .schedule import Schedule, resumed_schedule, saved_schedule
-from .sharding import full_value, gradient_sync, held_bytes, local_process_group, wrap
+from .sharding import full_value, gradient_sync, held_bytes, idle_windows, local_process_group, wrap
 
 
 def prepare_tokenizer(mcfg: ModelConfig, tcfg: TrainConfig, init: Path | None = None) -> str:
@@ -105,8 +105,9 @@ def train_loop(config: dict) -> None:
             s = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in next(batches).items()}
             frames += s["pixels"].shape[0]
             sync = micro == tcfg.grad_accum - 1 or world == 1
+            idle = idle_windows(len(s["ratios"]), tcfg.strategy, world, device)
             with gradient_sync(train_model, sync), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = train_model(s["pre_ids"], s["pixels"], s["post_ids"], s["labels"], s["ratios"])
+                loss = train_model(s["pre_ids"], s["pixels"], s["post_ids"], s["labels"], s["ratios"], idle_windows=idle)
             (loss / tcfg.grad_accum).backward()
             total += loss.item() / tcfg.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip) if tcfg.grad_clip > 0 else torch.tensor(0.0)

@@ -142,10 +142,34 @@ class VideoXL(nn.Module):
             logits, memory = self.read(memory, torch.tensor([[tok]], device=ids.device), rope_base)
         return out
 
-    def forward(self, pre_ids, pixels, post_ids, labels, ratios):
-        """Training loss: next-token cross-entropy on the answer tokens of the text after the video."""
+    def forward(self, pre_ids, pixels, post_ids, labels, ratios, idle_windows: int = 0):
+        """Training loss: next-token cross-entropy on the answer tokens of the text after the video.
+        `idle_windows`: see `idle`; it changes neither the loss nor any gradient."""
         memory = self.encode_video(pre_ids, pixels, ratios)
+        idle = self.idle(idle_windows, pixels) if idle_windows else None
         logits, _ = self.read(memory, post_ids)
         if not (labels[0, 1:] != -100).any():
-            return logits.sum() * 0.0  # no answer tokens (truncated text): nothing to learn, no NaN
-        return F.cross_entropy(logits[0, :-1].float(), labels[0, 1:], ignore_index=-100)
+            loss = logits.sum() * 0.0  # no answer tokens (truncated text): nothing to learn, no NaN
+        else:
+            loss = F.cross_entropy(logits[0, :-1].float(), labels[0, 1:], ignore_index=-100)
+        return loss if idle is None else loss + idle
+
+    def idle(self, windows: int, like: torch.Tensor) -> torch.Tensor:
+        """Windows of blank frames through the vision tower and the decoder, then thrown away: a
+        zero that depends on them (so their backward runs, and gives zero gradients).
+
+        For sharded training (fsdp): every FSDP unit all-gathers its parameters each time it runs,
+        forward and backward, so every worker must run every unit as often and in the same order.
+        A worker whose sample has fewer windows than another's runs this many idle windows after
+        its video and before its text, where the others run their last windows; without them the
+        collectives mismatch (gloo fails, NCCL may hang)."""
+        dec, size = self.decoder, self.vision.image_size
+        blank = like.new_zeros(self.window_frames, 3, size, size)
+        zero = like.new_zeros((), dtype=torch.float32)
+        for _ in range(windows):
+            vis = self.vision(blank)
+            vis = vis.reshape(1, -1, vis.shape[-1]).to(dec.vst_embed.weight.dtype)
+            chunk, vst_idx = interleave(vis, dec.vst_embed.weight[0], None)
+            _, kv = dec(chunk, vst_idx=vst_idx)
+            zero = zero + sum(k.float().mean() + v.float().mean() for k, v in kv) * 0.0
+        return zero
