@@ -78,14 +78,14 @@ def train_in_process(version, out, lr=None, shuffle_labels=False, steps=STEPS, m
     raw = yaml.safe_load((ROOT / "configs" / "train-tiny.yaml").read_text())
     forward, draws = vst.VideoXL.forward, []
 
-    def spy(self, pre_ids, pixels, post_ids, labels, ratios):
+    def spy(self, pre_ids, pixels, post_ids, labels, ratios, **kw):
         draws.append(list(ratios))
         if shuffle_labels:  # answer tokens permuted among the answer positions, afresh every sample
             labels = labels.clone()
             at = (labels[0] != -100).nonzero().squeeze(1)
             order = torch.randperm(len(at), generator=torch.Generator().manual_seed(len(draws)))
             labels[0, at] = labels[0, at[order]]
-        return forward(self, pre_ids, pixels, post_ids, labels, ratios)
+        return forward(self, pre_ids, pixels, post_ids, labels, ratios, **kw)
 
     monkeypatch.setattr(vst.VideoXL, "forward", spy)
     train = raw["train"] | {"data": str(version), "output": str(out), "max_steps": steps, "checkpoint_every": steps,
