@@ -87,3 +87,45 @@ def test_readme_example_trains_on_after_a_finished_run(tmp_path):
 
     again = vico_train(config, *paths, "--set", "train.max_steps=30", "--resume", "--new-schedule")
     assert again.returncode == 0 and "already trained to step 30" in again.stderr
+
+
+# Runs `vico train` in a process that kills itself with SIGKILL the moment the step-4 checkpoint,
+# every shard and file of it written into step-0000004.tmp, would be renamed into place.
+KILLED_AT_RENAME = """
+import os, signal, sys
+replace = os.replace
+def replace_or_die(src, dst):
+    if str(dst).endswith("step-0000004"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return replace(src, dst)
+os.replace = replace_or_die
+from vico_pipeline.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_run_killed_while_saving_resumes_from_the_last_whole_checkpoint(tmp_path):
+    """SIGKILL between writing a checkpoint and renaming it: the half checkpoint (.tmp) is never
+    taken for one; `--resume` goes on from the step before and ends where a straight run ends."""
+    version = write_shards(tmp_path / "v1", n_frames=4)
+    config = tmp_path / "train.yaml"
+    config.write_text(f"model: {{vocab_size: 384, hidden_size: 32, intermediate_size: 64, window_tokens: 8, ratios: [2, 4], ratio: 4}}\n"
+                      f"train: {{data: {version}, output: {tmp_path / 'straight'}, max_steps: 6, checkpoint_every: 2, "
+                      f"keep_checkpoints: 5, max_frames: 4, lr: 0.001, warmup_ratio: 0.0, cpu_threads: 1}}\n")
+    assert vico_train(config).returncode == 0
+    run = tmp_path / "killed"
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_RENAME, "train", str(config), "--set", f"train.output={run}"],
+                            capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert checkpoints == ["step-0000002", "step-0000004.tmp"], checkpoints
+    assert (run / "checkpoints" / "step-0000004.tmp" / ".metadata").exists()  # the shards were all there
+
+    resumed = vico_train(config, "--set", f"train.output={run}", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "step-2 checkpoint" in resumed.stderr
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    straight = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]
+    assert [s["loss"] for s in steps] == pytest.approx([s["loss"] for s in straight], abs=1e-6)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000002", "step-0000004", "step-0000006"]

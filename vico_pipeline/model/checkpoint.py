@@ -257,11 +257,13 @@ def has_weights(folder: Path) -> bool:
 
 
 def latest_checkpoint(path: str | Path) -> Path | None:
-    """A checkpoint folder itself, or the newest complete one under a run folder."""
+    """A checkpoint folder itself, or the newest complete one under a run folder. A `.tmp` folder
+    is never one, even with its `done` written: the rename is what completes a checkpoint."""
     path = Path(path)
     if has_weights(path):
         return path
-    found = sorted(p for p in (path / "checkpoints").glob("step-*") if (p / "done").exists()) if (path / "checkpoints").exists() else []
+    folders = (path / "checkpoints").glob("step-*") if (path / "checkpoints").exists() else []
+    found = sorted(p for p in folders if not p.name.endswith(".tmp") and (p / "done").exists())
     return found[-1] if found else None
 
 
