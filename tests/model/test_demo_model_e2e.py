@@ -60,11 +60,14 @@ def test_vico_train_and_eval_on_demo_shards(tmp_path, demo_version):
     assert len(list(out.glob("needle_*.png"))) == 4
 
 
-STEPS, FIRST, LAST = 40, 5, 10
-# Loss drop (mean of the first steps minus median of the last) that real training clears and the
-# controls miss. Measured on the demo shards (2026-11-29): real about 4.8 nats, shuffled labels
-# about 3.7 (they still learn which answer tokens occur), frozen weights about 0.
-MARGIN = 4.25
+STEPS, FIRST, LAST = 60, 5, 10
+# How far real training must beat the shuffled-label control, in nats: on both its loss drop
+# and the level it ends at. The demo videos' ids come from their paths, so which video lands in
+# train (and its 3 or 4 questions) changes from run to run; a fixed bar on the drop alone
+# (4.25 at 40 steps) failed once in CI at 4.21. Measured 2026-12-07, 9 runs at 60 steps from
+# different paths: drop real 5.16-5.44 vs shuffled 3.20-3.78 (smallest gap in a run 1.59);
+# last-10 median real 0.26-0.58 vs shuffled 1.99-2.58 (smallest gap 1.67).
+MARGIN = 1.0
 
 
 def train_in_process(version, out, lr=None, shuffle_labels=False, steps=STEPS, monkeypatch=None):
@@ -103,13 +106,15 @@ def drop(losses):
 @pytest.mark.slow
 def test_training_on_demo_shards_learns(tmp_path, demo_version, monkeypatch):
     losses, draws = train_in_process(demo_version, tmp_path / "real", monkeypatch=monkeypatch)
-    assert len(losses) == STEPS and drop(losses) > MARGIN, losses
+    assert len(losses) == STEPS
     # The ratio of a window is drawn afresh per sample: window 0 sees both of train-tiny's ratios.
     assert {d[0] for d in draws if d} == {2, 4} and len({tuple(d) for d in draws}) > 2
-    # The controls miss the margin: weights that never move, and labels that no longer follow the text.
+    # The controls: weights that never move, and labels that no longer follow the text.
     # (Frozen: FIRST + LAST steps suffice, its loss only varies with the sample.)
     frozen, _ = train_in_process(demo_version, tmp_path / "frozen", lr=0.0, steps=FIRST + LAST, monkeypatch=monkeypatch)
     assert abs(drop(frozen)) < 0.5, frozen
     shuffled, _ = train_in_process(demo_version, tmp_path / "shuffled", shuffle_labels=True, monkeypatch=monkeypatch)
-    assert drop(shuffled) < MARGIN, shuffled
-    assert statistics.median(losses[-LAST:]) < statistics.median(shuffled[-LAST:]) - 0.5
+    end, shuffled_end = statistics.median(losses[-LAST:]), statistics.median(shuffled[-LAST:])
+    print(f"drop {drop(losses):.2f} vs shuffled {drop(shuffled):.2f}; last-{LAST} median {end:.2f} vs {shuffled_end:.2f}")
+    assert drop(losses) > drop(shuffled) + MARGIN, (losses, shuffled)
+    assert end < shuffled_end - MARGIN, (losses, shuffled)
