@@ -112,6 +112,15 @@ def test_fsdp_workers_whose_samples_differ_in_length_match_one_process(tmp_path,
     assert frames == [10, 10, 10], frames  # 8 + 2 real frames a step; idle frames are not counted
 
 
+def test_fsdp_workers_refuse_a_vision_chunk_smaller_than_a_window(tmp_path, tiny_model_config):
+    """A window of 2 frames through the tower 1 frame at a time: a short last window would run the
+    CLIP units fewer times than a full one on another worker. Every worker refuses in one line."""
+    version = write_shards(tmp_path / "v1", n_train=2, n_frames=6, questions_per_video=1)
+    with pytest.raises(Exception, match=r"model.vision_chunk_frames >= 2 \(the frames of a window\); it is 1"):
+        run_training(tiny_model_config(vision_chunk_frames=1), TrainConfig(
+            data=str(version), output=str(tmp_path / "two"), strategy="fsdp", workers=2, **COMMON), launch=spawn_workers)
+
+
 def test_vico_train_fsdp_on_two_workers_resumes_a_one_process_run(tmp_path):
     """The real CLI with train.strategy=fsdp and train.workers=2 (Ray Train, gloo), going on from a
     one-process run's step-2 checkpoint: step 3's loss equals the one-process run's own step 3."""

@@ -67,6 +67,11 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(tcfg.seed)
 
     model = build_model(mcfg, tokenizer.eos_token_id)
+    if tcfg.strategy == "fsdp" and world > 1 and model.vision.chunk_frames < model.window_frames:
+        # A short last window would then run the CLIP units fewer times than a full one elsewhere
+        # (see VideoXL.idle): every worker refuses, before any collective.
+        raise ModelUserError(f"train.strategy fsdp on {world} workers needs model.vision_chunk_frames >= "
+                             f"{model.window_frames} (the frames of a window); it is {model.vision.chunk_frames}")
     model.set_gradient_checkpointing(tcfg.activation_checkpointing)
     if config.get("init") and not config.get("resume"):  # a stage starting from the previous stage's weights
         load_weights(model, Path(config["init"]))
