@@ -73,6 +73,9 @@ def test_two_fsdp_workers_match_one_process_hold_half_and_resume_with_one(tmp_pa
     held_one = json.loads((one / "memory.json").read_text())
     held_two = json.loads((two / "memory.json").read_text())
     assert held_two["workers"] == 2 and held_two["strategy"] == "fsdp"
+    # Only rank 0 built the whole model; rank 1 built its shapes on the meta device and took its
+    # shards from rank 0 (the equal losses above say it got the same weights and buffers).
+    assert held_two["built_whole_model"] == [True, False] and held_one["built_whole_model"] == [True]
     for key in ("param_bytes", "optimizer_bytes"):
         ratios = [rank / held_one[key][0] for rank in held_two[key]]
         print(f"{key}: one process {held_one[key][0]}, per fsdp rank {held_two[key]}, ratios {ratios}")

@@ -104,6 +104,14 @@ def test_stage_two_starts_from_stage_one(tmp_path):
     after_one, _ = final(one.model, stage1, 2)
     start_two, moments = final(two.model, stage2, 1)
     assert all(torch.equal(start_two[k], after_one[k]) for k in after_one)
+    # The same with fsdp on two workers: rank 0 alone reads stage 1, rank 1 takes its shards from it.
+    from tests.model.test_sharded import spawn_workers
+
+    sharded = tmp_path / "stage2-fsdp"
+    run_training(two.model, two.train.model_copy(update={"output": str(sharded), "strategy": "fsdp", "workers": 2}),
+                 launch=spawn_workers)
+    start_sharded, _ = final(two.model, sharded, 1)
+    assert all(torch.equal(start_sharded[k], after_one[k]) for k in after_one)
     fresh = initial_weights(one.model, stage1)
     assert not torch.equal(after_one["vision.projector.0.weight"], fresh["vision.projector.0.weight"])
     assert (stage2 / "tokenizer" / "tokenizer.json").read_text() == (stage1 / "tokenizer" / "tokenizer.json").read_text()

@@ -345,7 +345,9 @@ def load_weights(model, ckpt: Path) -> None:
         import torch.distributed.checkpoint as dcp
 
         weights = model.state_dict()
-        dcp.load({"model": weights}, checkpoint_id=str(ckpt))  # reads every shard, in this one process
+        # Reads every shard, in this one process (with no_dist, even where a process group is up:
+        # under fsdp only rank 0 loads, the others take their shards from it).
+        dcp.load({"model": weights}, checkpoint_id=str(ckpt), no_dist=True)
         model.load_state_dict(weights)
         return
     load_model(model, str(ckpt / "model.safetensors"))

@@ -49,6 +49,9 @@ def shard(model: nn.Module, world: int, device: torch.device, bf16: bool, cpu_of
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
+    # Rank 0's whole model, taken before sharding: the workers that built theirs on the meta device
+    # get their shards of it (references to the tensors, no copy).
+    whole = model.state_dict() if world > 1 and torch.distributed.get_rank() == 0 else {}
     mesh = init_device_mesh(device.type, (world,))
     on_gpu = device.type == "cuda"
     precision = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 and on_gpu
@@ -60,7 +63,29 @@ def shard(model: nn.Module, world: int, device: torch.device, bf16: bool, cpu_of
     # As DDP's find_unused_parameters: a rank whose sample left a parameter unused (the VST
     # projections of a window-less sample) still takes part in its gradient's reduce-scatter.
     model.set_reduce_scatter_unused_params(True)
+    if world > 1:
+        from_rank0(model, whole, torch.device("cpu") if cpu_offload else device, device)
     return model
+
+
+def from_rank0(model: nn.Module, whole: dict, param_device: torch.device, device: torch.device) -> None:
+    """Every worker's shards of rank 0's whole model (`whole`, empty elsewhere). A worker that
+    built its model on the meta device first allocates its shards and buffers (uninitialised);
+    then each parameter is broadcast from rank 0 and every worker keeps its shard, and every
+    buffer (RoPE tables, CLIP position ids: not all of them are in a state dict) is broadcast
+    whole. So a node holds one whole model in host memory, not one a worker."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        model.to_empty(device=param_device)
+        for module in model.modules():  # buffers are used where the layers run, offloaded or not
+            for name, buf in module._buffers.items():
+                if buf is not None:
+                    module._buffers[name] = buf.to(device)
+    set_model_state_dict(model, whole, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for buf in model.buffers():
+        dist.broadcast(buf, src=0)
 
 
 def idle_windows(windows: int, strategy: str, world: int, device: torch.device) -> int:

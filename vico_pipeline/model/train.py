@@ -9,6 +9,7 @@ repeats exactly what an uninterrupted one would have done.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -66,18 +67,23 @@ def train_loop(config: dict) -> None:
     samples = QuestionSamples(tcfg.data, "train", tcfg.max_frames, tcfg.pack_questions, tcfg.seed)
     torch.manual_seed(tcfg.seed)
 
-    model = build_model(mcfg, tokenizer.eos_token_id)
+    # With fsdp over several workers only rank 0 builds the whole model (weights read, VSTs set up);
+    # the others build its shapes on the meta device and get their shards from rank 0 (sharding.shard).
+    lean = tcfg.strategy == "fsdp" and world > 1 and rank > 0
+    with torch.device("meta") if lean else contextlib.nullcontext():
+        model = build_model(mcfg, tokenizer.eos_token_id, weights=not lean)
     if tcfg.strategy == "fsdp" and world > 1 and model.vision.chunk_frames < model.window_frames:
         # A short last window would then run the CLIP units fewer times than a full one elsewhere
         # (see VideoXL.idle): every worker refuses, before any collective.
         raise ModelUserError(f"train.strategy fsdp on {world} workers needs model.vision_chunk_frames >= "
                              f"{model.window_frames} (the frames of a window); it is {model.vision.chunk_frames}")
     model.set_gradient_checkpointing(tcfg.activation_checkpointing)
-    if config.get("init") and not config.get("resume"):  # a stage starting from the previous stage's weights
+    if config.get("init") and not config.get("resume") and not lean:  # a stage starting from the previous stage's weights
         load_weights(model, Path(config["init"]))
     freeze(model, frozen_parts(tcfg))
     resume = Path(config["resume"]) if config.get("resume") else None
     train_model = wrap(model, tcfg.strategy, world, device, tcfg.bf16, tcfg.cpu_offload)
+    built = {"built_whole_model": not lean, "host_peak_after_build_bytes": host_peak_bytes()}
     # After wrapping: with fsdp the optimizer holds (and keeps state for) this worker's shards only.
     optimizer = torch.optim.AdamW(param_groups(model, tcfg), betas=tcfg.betas, weight_decay=tcfg.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -118,7 +124,7 @@ def train_loop(config: dict) -> None:
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip) if tcfg.grad_clip > 0 else torch.tensor(0.0)
         optimizer.step()
         if step == first_step:  # the first step of this process: gradients and AdamW state now exist
-            _write_held_bytes(out / "memory.json", model, optimizer, tcfg.strategy, rank, world)
+            _write_held_bytes(out / "memory.json", model, optimizer, tcfg.strategy, rank, world, built)
         optimizer.zero_grad(set_to_none=True)
         step += 1
         if world > 1:
@@ -176,10 +182,23 @@ def clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
-def _write_held_bytes(path: Path, model, optimizer, strategy: str, rank: int, world: int) -> None:
+def host_peak_bytes() -> int | None:
+    """Peak resident memory of this process's address space (VmHWM: since its exec, where
+    getrusage's peak also counts the process it was forked from); None off Linux."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    kb = next((line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return int(kb) * 1024 if kb else None
+
+
+def _write_held_bytes(path: Path, model, optimizer, strategy: str, rank: int, world: int, built: dict) -> None:
     """memory.json: the bytes each worker holds of parameters, gradients and optimizer state (its
-    local shards under fsdp), measured after the first optimizer step of this process."""
-    held = held_bytes(model, optimizer)
+    local shards under fsdp), measured after the first optimizer step of this process; `built`
+    (whether it built the whole model, its peak resident host memory once the model was built and
+    sharded), and its peak resident host memory after that first step."""
+    held = held_bytes(model, optimizer) | built | {"host_peak_bytes": host_peak_bytes()}
     every = [held]
     if world > 1:
         every = [None] * world
