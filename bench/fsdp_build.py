@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from train_loader import demo_version  # noqa: E402
+from train_loader import demo_version, report  # noqa: E402
 
 from vico_pipeline.config import load_config  # noqa: E402
 from vico_pipeline.model.train import run_training  # noqa: E402
@@ -65,9 +65,7 @@ def main() -> None:
               "param_bytes": held["param_bytes"],
               "rank1_held_less_in_models": round((peaks[0] - peaks[1]) / model_bytes, 3), "seconds": seconds,
               "cpus": os.cpu_count(), "machine": platform.platform()}
-    print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+    report(result, args.out)
 
 
 if __name__ == "__main__":

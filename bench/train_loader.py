@@ -86,9 +86,14 @@ def main() -> None:
               "steps_per_s_workers_0": round(r0, 3), f"steps_per_s_workers_{args.workers}": round(rw, 3),
               "speedup": round(rw / r0, 2), "version_seconds": made if not args.version else None,
               "cpus": os.cpu_count(), "machine": platform.platform()}
+    report(result, args.out)
+
+
+def report(result: dict, out: str | None) -> None:
+    """The numbers on stdout, and as JSON in `out` when given."""
     print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
