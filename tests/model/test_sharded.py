@@ -151,3 +151,15 @@ def test_vico_train_fsdp_on_two_workers_resumes_a_one_process_run(tmp_path):
     assert len(resumed) == 5 and abs(resumed[2] - straight[2]) < 1e-4
     held = json.loads((tmp_path / "two" / "memory.json").read_text())
     assert held["strategy"] == "fsdp" and held["workers"] == 2
+
+
+def test_who_builds_the_whole_model():
+    """Rank 0 alone builds it under fsdp with several workers; not with cpu_offload on GPUs (an NCCL
+    group cannot broadcast into shards in CPU memory), nor under ddp or with one worker."""
+    from vico_pipeline.model.sharding import built_on_rank0
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert built_on_rank0("fsdp", 2, cpu, False) and built_on_rank0("fsdp", 8, gpu, False)
+    assert built_on_rank0("fsdp", 2, cpu, True)  # gloo broadcasts into CPU shards
+    assert not built_on_rank0("fsdp", 8, gpu, True)
+    assert not built_on_rank0("ddp", 8, gpu, False) and not built_on_rank0("fsdp", 1, gpu, False)

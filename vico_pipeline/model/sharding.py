@@ -43,6 +43,14 @@ def wrap(model: nn.Module, strategy: str, world: int, device: torch.device, bf16
         "find_unused_parameters": True, "gradient_as_bucket_view": True})
 
 
+def built_on_rank0(strategy: str, world: int, device: torch.device, cpu_offload: bool) -> bool:
+    """Whether rank 0 alone builds the whole model and the other workers take their shards from it
+    (`from_rank0`): with fsdp over several workers, except with cpu_offload on GPUs, where the
+    shards live in CPU memory and an NCCL group cannot broadcast into them (there every worker
+    builds the whole model, as ddp workers do)."""
+    return strategy == "fsdp" and world > 1 and not (cpu_offload and device.type == "cuda")
+
+
 def shard(model: nn.Module, world: int, device: torch.device, bf16: bool, cpu_offload: bool) -> nn.Module:
     """FSDP2 over a 1-D mesh of all workers: one unit a layer, then the root. Shards land on `device`
     (or stay in CPU memory with cpu_offload, copied to the GPU a unit at a time)."""
@@ -51,7 +59,8 @@ def shard(model: nn.Module, world: int, device: torch.device, bf16: bool, cpu_of
 
     # Rank 0's whole model, taken before sharding: the workers that built theirs on the meta device
     # get their shards of it (references to the tensors, no copy).
-    whole = model.state_dict() if world > 1 and torch.distributed.get_rank() == 0 else {}
+    from_0 = built_on_rank0("fsdp", world, device, cpu_offload)
+    whole = model.state_dict() if from_0 and torch.distributed.get_rank() == 0 else {}
     mesh = init_device_mesh(device.type, (world,))
     on_gpu = device.type == "cuda"
     precision = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 and on_gpu
@@ -63,7 +72,7 @@ def shard(model: nn.Module, world: int, device: torch.device, bf16: bool, cpu_of
     # As DDP's find_unused_parameters: a rank whose sample left a parameter unused (the VST
     # projections of a window-less sample) still takes part in its gradient's reduce-scatter.
     model.set_reduce_scatter_unused_params(True)
-    if world > 1:
+    if from_0:
         from_rank0(model, whole, torch.device("cpu") if cpu_offload else device, device)
     return model
 

@@ -26,7 +26,8 @@ from .data import QuestionSamples, ShardRows, load_tokenizer, stand_in_engines, 
 from .freeze import freeze, frozen_parts, init_checkpoint, param_groups
 from .loader import FrameLayout, PositionSamples, training_samples
 from .schedule import Schedule, resumed_schedule, saved_schedule
-from .sharding import full_value, gradient_sync, held_bytes, idle_windows, local_process_group, wrap
+from .sharding import (built_on_rank0, full_value, gradient_sync, held_bytes, idle_windows, local_process_group,
+                       wrap)
 
 
 def prepare_tokenizer(mcfg: ModelConfig, tcfg: TrainConfig, init: Path | None = None) -> str:
@@ -69,7 +70,7 @@ def train_loop(config: dict) -> None:
 
     # With fsdp over several workers only rank 0 builds the whole model (weights read, VSTs set up);
     # the others build its shapes on the meta device and get their shards from rank 0 (sharding.shard).
-    lean = tcfg.strategy == "fsdp" and world > 1 and rank > 0
+    lean = rank > 0 and built_on_rank0(tcfg.strategy, world, device, tcfg.cpu_offload)
     with torch.device("meta") if lean else contextlib.nullcontext():
         model = build_model(mcfg, tokenizer.eos_token_id, weights=not lean)
     if tcfg.strategy == "fsdp" and world > 1 and model.vision.chunk_frames < model.window_frames:
