@@ -58,6 +58,8 @@ def _run(config, log, retry_failed: bool, heartbeats: list) -> str:
     from vico_pipeline.inline import HEAVY_STAGES, describe as describe_inline, light_work, one_file_work, run_inline
     from vico_pipeline.pipeline import run_stages, stage_roots_for
     from vico_pipeline.headstart import HeadStart
+
+    started = time.time()
     from vico_pipeline.runtime import configure_data_context, init_ray
 
     started = time.time()
@@ -181,6 +183,8 @@ def _run(config, log, retry_failed: bool, heartbeats: list) -> str:
     write_card(version_root, manifest)
     manifest["status"] = "complete"
     _still_ours(version_root, heartbeat)
+    # Temp files older than this run are killed runs' (it holds the claim): none stays in a complete version.
+    storage.sweep_temp_files(version_root, started)
     storage.write_json(storage.join(version_root, layout.MANIFEST), manifest)  # last: the version is complete
     from vico_pipeline.summary import run_summary, summary_line
     log(summary_line(run_summary(version_root, manifest)))

@@ -185,6 +185,26 @@ def create_exclusive(uri: str, data: bytes) -> bool:
     return True
 
 
+def sweep_temp_files(root: str, older_than: float) -> int:
+    """Removes the temp files (`.tmp-*`, see write_bytes) under a local folder last written before
+    `older_than` (a time.time()): a SIGKILL between a temp file's creation and its rename leaves
+    one behind. Newer ones may be another write still under way and are kept. Returns how many
+    were removed; object stores write with one PUT and have none."""
+    if not is_local(root):
+        return 0
+    removed = 0
+    for folder, _, names in os.walk(fs_and_path(root)[1]):
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                if name.startswith(".tmp-") and os.stat(path).st_mtime < older_than:
+                    os.remove(path)
+                    removed += 1
+            except OSError:
+                pass
+    return removed
+
+
 def _discard(path: str) -> None:
     try:
         os.remove(path)
