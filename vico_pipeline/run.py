@@ -58,8 +58,6 @@ def _run(config, log, retry_failed: bool, heartbeats: list) -> str:
     from vico_pipeline.inline import HEAVY_STAGES, describe as describe_inline, light_work, one_file_work, run_inline
     from vico_pipeline.pipeline import run_stages, stage_roots_for
     from vico_pipeline.headstart import HeadStart
-
-    started = time.time()
     from vico_pipeline.runtime import configure_data_context, init_ray
 
     started = time.time()
