@@ -175,6 +175,67 @@ def test_the_same_config_waits_for_the_live_run_and_takes_its_result(tmp_path, m
     assert said == ["version v1 is being written by first with this config; waiting for it"]
 
 
+def _listed_before_the_others_claimed(monkeypatch):
+    """The race in one thread: this run's first listing of the versions is empty, as if it had listed
+    just before another run of its config created its claim."""
+    real, calls = versions.list_versions, [0]
+
+    def listing(root):
+        calls[0] += 1
+        return [] if calls[0] == 1 else real(root)
+
+    monkeypatch.setattr(versions, "list_versions", listing)
+
+
+def test_two_runs_of_one_config_that_listed_at_once_write_one_version(tmp_path, monkeypatch):
+    root = str(tmp_path / "out" / "demo")
+    config = _config(tmp_path)
+    assert claim.claim_version(config, root, "fpA", "first", print) == ("v1", False)
+    claim.Heartbeat(f"{root}/v1", "first", "fpA", "v1").beat()
+    monkeypatch.setattr(versions, "HEARTBEAT_S", 0.05)
+    _listed_before_the_others_claimed(monkeypatch)
+    threading.Timer(0.3, lambda: storage.write_json(f"{root}/v1/manifest.json",
+                                                    {"status": "complete", "fingerprint": "fpA"})).start()
+    said = []
+    # The second run claims v2 (v1 is taken), sees the live v1 of its config, withdraws and waits for it.
+    assert claim.claim_version(config, root, "fpA", "second", said.append) == ("v1", None)
+    assert said == ["version v1 is being written by first with this config; waiting for it"]
+    assert sorted(os.listdir(root)) == ["v1"]
+
+
+def test_a_run_that_finds_its_config_completed_meanwhile_takes_that_version(tmp_path, monkeypatch):
+    root = str(tmp_path / "out" / "demo")
+    config = _config(tmp_path)
+    storage.write_json(f"{root}/v1/manifest.json", {"status": "complete", "fingerprint": "fpA"})
+    _listed_before_the_others_claimed(monkeypatch)
+    assert claim.claim_version(config, root, "fpA", "second", print) == ("v1", None)
+    assert sorted(os.listdir(root)) == ["v1"]
+
+
+def test_a_complete_version_known_at_the_start_still_gets_a_new_one(tmp_path):
+    """--retry-failed: the caller chose to replace a complete version of its config; it is not waited for."""
+    root = str(tmp_path / "out" / "demo")
+    config = _config(tmp_path)
+    storage.write_json(f"{root}/v1/manifest.json", {"status": "complete", "fingerprint": "fpA"})
+    assert claim.claim_version(config, root, "fpA", "retry", print) == ("v2", False)
+
+
+def test_racing_runs_of_one_config_claim_one_version(tmp_path):
+    root = str(tmp_path / "out" / "demo")
+    config = _config(tmp_path)
+
+    def run(i):
+        try:
+            return claim.claim_version(config, root, "fpA", f"owner{i}", print, wait_s=0.2)
+        except RunError as exc:
+            return str(exc)
+
+    results = _race(run)
+    assert [r for r in results if isinstance(r, tuple)] == [("v1", False)]
+    assert all("v1 is still being written" in r for r in results if isinstance(r, str))
+    assert sorted(os.listdir(root)) == ["v1"]
+
+
 def test_a_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
     def full_disk(fd):
         raise OSError(28, "No space left on device")

@@ -5,6 +5,10 @@
     same config, running    wait for that run; its complete version is the answer
     named version, in use   one line naming the owner (exit 2)
 
+Two runs of one config that list the versions before either has claimed one both claim a
+new number; each then looks below its number, and the higher one withdraws its claim and
+waits for the lower (`_earlier_run_of`), so one config never writes two versions at once.
+
 While a run holds a claim, a `Heartbeat` thread refreshes it; the run checks
 `lost` before it assembles and before it marks the version complete.
 """
@@ -45,8 +49,15 @@ def claim_version(config, dataset_root: str, fingerprint: str, owner: str, log, 
     wait_s = versions.STALE_S * 4 if wait_s is None else wait_s
     waited_since = time.time()
     announced: list[str] = []  # versions of this config another run was writing: we wait for them
+    known: set[str] | None = None  # complete versions of this config when we began (--retry-failed replaces them)
     while True:
         found = versions.list_versions(dataset_root)
+        if known is None:
+            known = {v["version"] for v in found if _is_ours_complete(v, fingerprint)}
+        if not config.dataset.version:
+            fresh = [v["version"] for v in found if _is_ours_complete(v, fingerprint) and v["version"] not in known]
+            if fresh:  # a run of this config completed a version while we looked
+                return fresh[-1], None
         candidates = [config.dataset.version] if config.dataset.version else list(dict.fromkeys(
             announced + [v["version"] for v in found if v["status"] != "complete" and _claim_fp(v["path"]) == fingerprint]))
         for name in candidates:
@@ -84,8 +95,57 @@ def claim_version(config, dataset_root: str, fingerprint: str, owner: str, log, 
                 if not storage.exists(root) or not storage.listdir(root):
                     if storage.create_exclusive(storage.join(root, versions.CLAIM),
                                                 storage.json_bytes(_claim_body(owner, fingerprint, name))):
-                        return name, False
+                        earlier = _earlier_run_of(dataset_root, number, fingerprint, owner, known)
+                        if earlier is None:
+                            return name, False
+                        _withdraw(root)  # two runs of one config listed before either claimed: the lower number wins
+                        if earlier[1]:
+                            return earlier[0], None
+                        break  # look again: the loop above waits for that run
                 number += 1
+
+
+def _is_ours_complete(version: dict, fingerprint: str) -> bool:
+    return version["status"] == "complete" and version["manifest"].get("fingerprint") == fingerprint
+
+
+def _earlier_run_of(dataset_root: str, number: int, fingerprint: str, owner: str, known: set[str]):
+    """(name, complete) of a version numbered below `number` that another run of this config claimed
+    live or completed since we began; None when there is none and our new claim stands.
+
+    Without this, two runs of one config that both listed the versions before either had claimed
+    one would each claim a new number and write the same data twice."""
+    for version in versions.list_versions(dataset_root):
+        below = (layout.version_number(version["version"]) or 1 << 30) < number
+        if not below or version["version"] in known:
+            continue
+        if _is_ours_complete(version, fingerprint):
+            return version["version"], True
+        claim = _settled_claim(version["path"])
+        if (claim and claim.get("fingerprint") == fingerprint and claim.get("owner") != owner
+                and not versions.claim_is_stale(claim)):
+            return version["version"], False
+    return None
+
+
+def _settled_claim(version_root: str, tries: int = 20) -> dict | None:
+    """The folder's claim, read again for a moment while it is being written (created, not yet filled)."""
+    for _ in range(tries):
+        _, claim = versions.read_claim(version_root)
+        if claim is None or "owner" in claim:
+            return claim
+        time.sleep(0.05)
+    return claim
+
+
+def _withdraw(version_root: str) -> None:
+    """Remove the claim we just created, and the folder if nothing else is in it."""
+    storage.remove(storage.join(version_root, versions.CLAIM))
+    if storage.is_local(version_root):
+        try:
+            os.rmdir(storage.local_path(version_root))
+        except OSError:
+            pass  # someone else's file arrived meanwhile: the folder is theirs now
 
 
 def _claim_fp(version_root: str) -> str | None:

@@ -31,7 +31,7 @@ from vico_pipeline.registry import stage_specs
 from vico_pipeline.runtime import ray_ready
 from vico_pipeline.summary import (blind_stats, rejected_then_retried, reused_map, stage_stats,
                                    tasks_without_input_stats, transient_failures)
-from vico_pipeline.versions import CLAIM, is_complete, list_versions
+from vico_pipeline.versions import is_complete, list_versions
 CARD = "README.md"
 
 
@@ -213,19 +213,6 @@ def _still_ours(version_root: str, heartbeat) -> None:
     heartbeat.check()
     if is_complete(version_root):
         raise RunError(f"{version_root} is complete already (written by another run); nothing is rewritten")
-
-
-def _resumable(versions: list[dict], fingerprint: str) -> str | None:
-    """An incomplete version claimed by the same fingerprint: a killed run to finish."""
-    for version in versions:
-        claim = storage.join(version["path"], CLAIM)
-        if version["status"] != "complete" and storage.exists(claim):
-            try:
-                if storage.read_json(claim).get("fingerprint") == fingerprint:
-                    return version["version"]
-            except ValueError:
-                continue
-    return None
 
 
 def log_failures(errors: pa.Table, log, limit: int = 20) -> None:
