@@ -203,6 +203,34 @@ def test_two_runs_of_one_config_that_listed_at_once_write_one_version(tmp_path, 
     assert sorted(os.listdir(root)) == ["v1"]
 
 
+def test_a_run_waiting_on_a_version_that_is_withdrawn_does_not_claim_it(tmp_path, monkeypatch):
+    root = str(tmp_path / "out" / "demo")
+    config = _config(tmp_path)
+    assert claim.claim_version(config, root, "fpA", "first", print) == ("v1", False)
+    claim.Heartbeat(f"{root}/v1", "first", "fpA", "v1").beat()
+    assert storage.create_exclusive(f"{root}/v2/.claim.json", storage.json_bytes(
+        claim._claim_body("second", "fpA", "v2")))  # a second run, about to find v1 and withdraw
+    monkeypatch.setattr(versions, "HEARTBEAT_S", 0.05)
+    real, calls = versions.list_versions, [0]
+
+    def listing(path):
+        calls[0] += 1
+        if calls[0] == 1:  # the third run sees only v2 ...
+            return [v for v in real(path) if v["version"] == "v2"]
+        if calls[0] == 2:  # ... which the second run withdraws while the third one waits on it
+            claim._withdraw(f"{root}/v2")
+        return real(path)
+
+    monkeypatch.setattr(versions, "list_versions", listing)
+    threading.Timer(0.3, lambda: storage.write_json(f"{root}/v1/manifest.json",
+                                                    {"status": "complete", "fingerprint": "fpA"})).start()
+    said = []
+    assert claim.claim_version(config, root, "fpA", "third", said.append) == ("v1", None)
+    assert said == ["version v2 is being written by second with this config; waiting for it",
+                    "version v1 is being written by first with this config; waiting for it"]
+    assert sorted(os.listdir(root)) == ["v1"]
+
+
 def test_a_run_that_finds_its_config_completed_meanwhile_takes_that_version(tmp_path, monkeypatch):
     root = str(tmp_path / "out" / "demo")
     config = _config(tmp_path)

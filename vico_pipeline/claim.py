@@ -67,6 +67,9 @@ def claim_version(config, dataset_root: str, fingerprint: str, owner: str, log, 
                     return name, None
                 raise RunError(f"version {name} exists with another config; choose another dataset.version")
             _, claim = versions.read_claim(root)
+            if claim is None and name in announced and not config.dataset.version:
+                announced.remove(name)  # the run we waited for withdrew: it found an earlier run of this config
+                break  # look again
             if claim is None or versions.claim_is_stale(claim) or claim.get("owner") == owner:
                 resumed = claim is not None and claim.get("fingerprint") == fingerprint
                 if try_claim(root, owner, fingerprint, name):
