@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -187,6 +188,15 @@ def _listed_before_the_others_claimed(monkeypatch):
     monkeypatch.setattr(versions, "list_versions", listing)
 
 
+def _first_run_completes_when_waited_for(root: str, said: list):
+    """A log for the waiting run that records its lines; the run writing v1 completes it once waited for."""
+    def log(line):
+        said.append(line)
+        if line.startswith("version v1 "):
+            storage.write_json(f"{root}/v1/manifest.json", {"status": "complete", "fingerprint": "fpA"})
+    return log
+
+
 def test_two_runs_of_one_config_that_listed_at_once_write_one_version(tmp_path, monkeypatch):
     root = str(tmp_path / "out" / "demo")
     config = _config(tmp_path)
@@ -194,11 +204,10 @@ def test_two_runs_of_one_config_that_listed_at_once_write_one_version(tmp_path, 
     claim.Heartbeat(f"{root}/v1", "first", "fpA", "v1").beat()
     monkeypatch.setattr(versions, "HEARTBEAT_S", 0.05)
     _listed_before_the_others_claimed(monkeypatch)
-    threading.Timer(0.3, lambda: storage.write_json(f"{root}/v1/manifest.json",
-                                                    {"status": "complete", "fingerprint": "fpA"})).start()
     said = []
     # The second run claims v2 (v1 is taken), sees the live v1 of its config, withdraws and waits for it.
-    assert claim.claim_version(config, root, "fpA", "second", said.append) == ("v1", None)
+    assert claim.claim_version(config, root, "fpA", "second", _first_run_completes_when_waited_for(root, said)) \
+        == ("v1", None)
     assert said == ["version v1 is being written by first with this config; waiting for it"]
     assert sorted(os.listdir(root)) == ["v1"]
 
@@ -222,10 +231,9 @@ def test_a_run_waiting_on_a_version_that_is_withdrawn_does_not_claim_it(tmp_path
         return real(path)
 
     monkeypatch.setattr(versions, "list_versions", listing)
-    threading.Timer(0.3, lambda: storage.write_json(f"{root}/v1/manifest.json",
-                                                    {"status": "complete", "fingerprint": "fpA"})).start()
     said = []
-    assert claim.claim_version(config, root, "fpA", "third", said.append) == ("v1", None)
+    assert claim.claim_version(config, root, "fpA", "third", _first_run_completes_when_waited_for(root, said)) \
+        == ("v1", None)
     assert said == ["version v2 is being written by second with this config; waiting for it",
                     "version v1 is being written by first with this config; waiting for it"]
     assert sorted(os.listdir(root)) == ["v1"]
@@ -260,7 +268,9 @@ def test_racing_runs_of_one_config_claim_one_version(tmp_path):
 
     results = _race(run)
     assert [r for r in results if isinstance(r, tuple)] == [("v1", False)]
-    assert all("v1 is still being written" in r for r in results if isinstance(r, str))
+    # The others gave up waiting (wait_s): for v1, or for a higher number whose run had not yet withdrawn.
+    waited = re.compile(r"version v\d+ is still being written by owner\d; try again when it has finished")
+    assert all(waited.fullmatch(r) for r in results if isinstance(r, str)), results
     assert sorted(os.listdir(root)) == ["v1"]
 
 
