@@ -109,14 +109,21 @@ class VideoXL(nn.Module):
         added = []
         for w, start in enumerate(range(0, n, wf)):
             vis = visual[start : start + wf] if visual is not None else self.vision(pixels[start : start + wf])
-            vis = vis.reshape(1, -1, vis.shape[-1]).to(dec.vst_embed.weight.dtype)
             ratio = ratios[w] if isinstance(ratios, (list, tuple)) else ratios
-            chunk, vst_idx = interleave(vis, dec.vst_embed.weight[0], ratio)
-            _, kv = dec(chunk, past=memory, vst_idx=vst_idx, rope_base=rope_base)
+            chunk, vst_idx, kv = self._window(vis, ratio, memory, rope_base)
             # Raw visual KV is dropped here; only the window's VSTs join the memory.
             memory = append(memory, kv, vst_idx if ratio else None)
             added.append(vst_idx.numel() if ratio else chunk.shape[1])
         return Memory(memory, sink, added)
+
+    def _window(self, vis: torch.Tensor, ratio, past=None, rope_base=None):
+        """One window's visual features [frames,P,D], with its VSTs interleaved, through the decoder:
+        (chunk, vst_idx, kv)."""
+        dec = self.decoder
+        vis = vis.reshape(1, -1, vis.shape[-1]).to(dec.vst_embed.weight.dtype)
+        chunk, vst_idx = interleave(vis, dec.vst_embed.weight[0], ratio)
+        _, kv = dec(chunk, past=past, vst_idx=vst_idx, rope_base=rope_base)
+        return chunk, vst_idx, kv
 
     def read(self, memory: Memory, ids: torch.Tensor, rope_base=None, extend: bool = True):
         """Text after the video against the memory, uncompressed: (logits [B,T,V], memory extended by
@@ -163,13 +170,10 @@ class VideoXL(nn.Module):
         A worker whose sample has fewer windows than another's runs this many idle windows after
         its video and before its text, where the others run their last windows; without them the
         collectives mismatch (gloo fails, NCCL may hang)."""
-        dec, size = self.decoder, self.vision.image_size
+        size = self.vision.image_size
         blank = like.new_zeros(self.window_frames, 3, size, size)
         zero = like.new_zeros((), dtype=torch.float32)
         for _ in range(windows):
-            vis = self.vision(blank)
-            vis = vis.reshape(1, -1, vis.shape[-1]).to(dec.vst_embed.weight.dtype)
-            chunk, vst_idx = interleave(vis, dec.vst_embed.weight[0], None)
-            _, kv = dec(chunk, vst_idx=vst_idx)
+            _, _, kv = self._window(self.vision(blank), None)
             zero = zero + sum(k.float().mean() + v.float().mean() for k, v in kv) * 0.0
         return zero
