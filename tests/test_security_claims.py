@@ -248,12 +248,13 @@ def test_a_run_that_finds_its_config_completed_meanwhile_takes_that_version(tmp_
     assert sorted(os.listdir(root)) == ["v1"]
 
 
-def test_a_complete_version_known_at_the_start_still_gets_a_new_one(tmp_path):
-    """--retry-failed: the caller chose to replace a complete version of its config; it is not waited for."""
+def test_a_complete_version_being_replaced_is_not_the_answer(tmp_path):
+    """--retry-failed: the caller chose to write a complete version of its config anew."""
     root = str(tmp_path / "out" / "demo")
     config = _config(tmp_path)
     storage.write_json(f"{root}/v1/manifest.json", {"status": "complete", "fingerprint": "fpA"})
-    assert claim.claim_version(config, root, "fpA", "retry", print) == ("v2", False)
+    assert claim.claim_version(config, root, "fpA", "plain", print) == ("v1", None)
+    assert claim.claim_version(config, root, "fpA", "retry", print, replacing={"v1"}) == ("v2", False)
 
 
 def test_racing_runs_of_one_config_claim_one_version(tmp_path):

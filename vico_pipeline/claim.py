@@ -43,19 +43,18 @@ def try_claim(version_root: str, owner: str, fingerprint: str, name: str) -> boo
     return storage.create_exclusive(storage.join(version_root, versions.claim_name(generation + 1)), body)
 
 
-def claim_version(config, dataset_root: str, fingerprint: str, owner: str, log, wait_s: float | None = None):
+def claim_version(config, dataset_root: str, fingerprint: str, owner: str, log, wait_s: float | None = None,
+                  replacing: frozenset[str] | set[str] = frozenset()):
     """(version name, resumed) for this run, its claim created; or (name, None) when a run of the same
-    config, waited for, completed that version meanwhile."""
+    config completed that version meanwhile. `replacing`: complete versions of this config that the
+    caller chose to write anew (`--retry-failed`); they are not the answer."""
     wait_s = versions.STALE_S * 4 if wait_s is None else wait_s
     waited_since = time.time()
     announced: list[str] = []  # versions of this config another run was writing: we wait for them
-    known: set[str] | None = None  # complete versions of this config when we began (--retry-failed replaces them)
     while True:
         found = versions.list_versions(dataset_root)
-        if known is None:
-            known = {v["version"] for v in found if _is_ours_complete(v, fingerprint)}
         if not config.dataset.version:
-            fresh = [v["version"] for v in found if _is_ours_complete(v, fingerprint) and v["version"] not in known]
+            fresh = [v["version"] for v in found if _is_ours_complete(v, fingerprint) and v["version"] not in replacing]
             if fresh:  # a run of this config completed a version while we looked
                 return fresh[-1], None
         candidates = [config.dataset.version] if config.dataset.version else list(dict.fromkeys(
@@ -98,7 +97,7 @@ def claim_version(config, dataset_root: str, fingerprint: str, owner: str, log, 
                 if not storage.exists(root) or not storage.listdir(root):
                     if storage.create_exclusive(storage.join(root, versions.CLAIM),
                                                 storage.json_bytes(_claim_body(owner, fingerprint, name))):
-                        earlier = _earlier_run_of(dataset_root, number, fingerprint, owner, known)
+                        earlier = _earlier_run_of(dataset_root, number, fingerprint, owner, replacing)
                         if earlier is None:
                             return name, False
                         _withdraw(root)  # two runs of one config listed before either claimed: the lower number wins
@@ -112,15 +111,15 @@ def _is_ours_complete(version: dict, fingerprint: str) -> bool:
     return version["status"] == "complete" and version["manifest"].get("fingerprint") == fingerprint
 
 
-def _earlier_run_of(dataset_root: str, number: int, fingerprint: str, owner: str, known: set[str]):
+def _earlier_run_of(dataset_root: str, number: int, fingerprint: str, owner: str, replacing):
     """(name, complete) of a version numbered below `number` that another run of this config claimed
-    live or completed since we began; None when there is none and our new claim stands.
+    live or completed (and the caller is not replacing); None when there is none and our claim stands.
 
     Without this, two runs of one config that both listed the versions before either had claimed
     one would each claim a new number and write the same data twice."""
     for version in versions.list_versions(dataset_root):
         below = (layout.version_number(version["version"]) or 1 << 30) < number
-        if not below or version["version"] in known:
+        if not below or version["version"] in replacing:
             continue
         if _is_ours_complete(version, fingerprint):
             return version["version"], True

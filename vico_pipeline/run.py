@@ -85,7 +85,8 @@ def _run(config, log, retry_failed: bool, heartbeats: list) -> str:
     # Claim the folder first, exclusively, so no other run writes it and a killed run, started again, finds it.
     owner = new_owner()
     try:
-        name, resumed = claim_version(config, dataset_root, fingerprint, owner, log)
+        name, resumed = claim_version(config, dataset_root, fingerprint, owner, log,
+                                      replacing={v["version"] for v in same})  # --retry-failed
     except OSError as exc:
         raise RunError(f"output.root is not writable: {config.output.root} ({exc.strerror or exc})") from None
     version_root = layout.version_dir(config.output.root, config.dataset.name, name)
